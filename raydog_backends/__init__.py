@@ -1,0 +1,1 @@
+"""RayDog's built-in plugins, one module or sub-package each; loaded by name, never eagerly."""

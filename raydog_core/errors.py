@@ -1,0 +1,51 @@
+"""RayDog's exceptions: one base, a few kinds a caller can act on."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+class RayDogError(Exception):
+    """Base of every error RayDog raises on purpose."""
+
+
+class ConfigError(RayDogError):
+    """The cluster config is wrong; ``key_path`` says where (``provider.tag_store.port``)."""
+
+    def __init__(self, key_path: str, problem: str, choices: Iterable[str] = ()) -> None:
+        self.key_path = key_path
+        self.problem = problem
+        self.choices = tuple(choices)
+        message = f"{key_path}: {problem}"
+        if self.choices:
+            message += f" (choices: {', '.join(self.choices)})"
+        super().__init__(message)
+
+
+class UnreachableError(RayDogError):
+    """A server (tag store, head node, tunnel) did not answer within a bounded time."""
+
+    def __init__(self, what: str, host: str, port: int, reason: str = "") -> None:
+        self.what = what
+        self.host = host
+        self.port = port
+        message = f"{what} at {host}:{port} is unreachable"
+        if reason:
+            message += f": {reason}"
+        super().__init__(message)
+
+
+class BackendError(RayDogError):
+    """A compute backend action failed; says on what, and what was cleaned up after it."""
+
+    def __init__(
+        self, action: str, resource: str, reason: str, cleaned_up: Iterable[str] = ()
+    ) -> None:
+        self.action = action
+        self.resource = resource
+        self.reason = reason
+        self.cleaned_up = tuple(cleaned_up)
+        message = f"{action} {resource} failed: {reason}"
+        if self.cleaned_up:
+            message += f" (cleaned up: {', '.join(self.cleaned_up)})"
+        super().__init__(message)

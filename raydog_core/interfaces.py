@@ -1,0 +1,194 @@
+"""The three plugin interfaces, and the value types that cross them.
+
+Third parties code against these names; keep them small. Everything shared (caching, locking,
+batching, buffering writes, reconciliation with the compute backend) lives in the core.
+"""
+
+from __future__ import annotations
+
+import enum
+from abc import ABC, abstractmethod
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from types import ModuleType
+
+    from ray.autoscaler.command_runner import CommandRunnerInterface
+
+Tags = dict[str, str]
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where a server can be reached from the process that holds this value."""
+
+    host: str
+    port: int
+
+
+class TagStore(ABC):
+    """Where Ray's node tags live: ``node id -> {tag: value}`` for one cluster.
+
+    Plugins need not be thread-safe: the core serialises every call. Connection failures are
+    raised as :class:`raydog_core.errors.UnreachableError` so the core can buffer and retry.
+    """
+
+    head_port: int | None = None
+    """Port the store's server listens on at the head node; None: the store is not on the head."""
+
+    def __init__(self, cluster_name: str, **options: Any) -> None:
+        self.cluster_name = cluster_name
+
+    @abstractmethod
+    def connect(self, endpoint: Endpoint | None) -> None:
+        """Connect; ``endpoint`` is where the transport made ``head_port`` reachable."""
+
+    @abstractmethod
+    def load_all(self) -> dict[str, Tags]:
+        """Every node's tags, in O(1) round trips."""
+
+    @abstractmethod
+    def update(self, updates: Mapping[str, Mapping[str, str]]) -> None:
+        """Merge tags into many nodes at once (tags not named keep their values)."""
+
+    @abstractmethod
+    def delete(self, node_ids: Collection[str]) -> None:
+        """Forget these nodes and all their tags."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release connections; the store may be connected again later."""
+
+    def head_server_command(self) -> str | None:
+        """Optional: the shell command that runs this store's server on the head node.
+
+        The core puts it in front of the head node's task script. It must return at once
+        (start the server in the background) and never carry a secret on its command line.
+        """
+        return None
+
+
+class Transport(ABC):
+    """Opens a path from where the provider runs to a port on the head node."""
+
+    def __init__(self, cluster_name: str, **options: Any) -> None:
+        self.cluster_name = cluster_name
+
+    @abstractmethod
+    def open(self, host: str, port: int, auth: Mapping[str, Any]) -> Endpoint:
+        """Make ``port`` on ``host`` (the head's external address) reachable; idempotent.
+
+        Called again after a failure on the path: a dropped path must be reopened here.
+        ``auth`` is the cluster config's ``auth`` section.
+        """
+
+    @abstractmethod
+    def close(self) -> None:
+        """Close whatever ``open`` opened."""
+
+
+class NodeState(enum.Enum):
+    PENDING = "pending"
+    RUNNING = "running"
+    TERMINATED = "terminated"
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    """One node as the compute backend sees it."""
+
+    node_id: str
+    node_type: str
+    is_head: bool
+    state: NodeState
+    internal_ip: str | None = None
+    external_ip: str | None = None
+    detail: str = ""
+    """Why the node is in this state (for logs), e.g. ``task FAILED``."""
+
+
+@dataclass(frozen=True)
+class NodeTypeSpec:
+    """One entry of the cluster config's ``available_node_types``."""
+
+    name: str
+    node_config: Mapping[str, Any] = field(default_factory=dict)
+    resources: Mapping[str, float] = field(default_factory=dict)
+    min_workers: int = 0
+    max_workers: int = 0
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    """What a compute backend is told about the cluster, validated before it is built."""
+
+    cluster_name: str
+    head_node_type: str
+    node_types: Mapping[str, NodeTypeSpec]
+    head_script: str
+    """Bash the head node runs; the core has already put the tag store's server command first."""
+    worker_script: str
+    """Bash each worker runs; the backend sets ``RAY_HEAD_IP`` (the head's internal IP)."""
+    auth: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LaunchRequest:
+    node_type: str
+    count: int
+    is_head: bool
+    node_config: Mapping[str, Any] = field(default_factory=dict)
+
+
+class ComputeBackend(ABC):
+    """Where nodes come from. One instance per provider; the core serialises nothing here,
+    so methods may be called from several threads at once and must be safe for that.
+
+    Construction does no I/O: it validates ``spec`` and the options (raising
+    :class:`raydog_core.errors.ConfigError`) and nothing else. Every method finds an existing
+    cluster of the same name by itself (a second ``ray up``, ``ray down``, the head's autoscaler).
+    Tasks get the environment variables ``RAYDOG_CLUSTER_NAME``, ``RAYDOG_NODE_TYPE``,
+    ``RAYDOG_NODE_ID`` and, on workers, ``RAY_HEAD_IP``.
+    """
+
+    def __init__(self, spec: ClusterSpec, **options: Any) -> None:
+        self.spec = spec
+
+    @abstractmethod
+    def launch(self, request: LaunchRequest) -> list[str]:
+        """Start ``request.count`` nodes and return their ids.
+
+        Workers: return at once. The head: return once it runs and its IPs are known, or raise
+        :class:`raydog_core.errors.BackendError` after cleaning up what was made.
+        """
+
+    @abstractmethod
+    def describe(self) -> list[NodeInfo]:
+        """Every node of the cluster in one batched round of calls. Nodes long gone may be
+        left out; a node left out is terminated as far as the core is concerned."""
+
+    @abstractmethod
+    def terminate(self, node_ids: Collection[str]) -> None:
+        """Stop these worker nodes; unknown or already stopped ids are not an error."""
+
+    @abstractmethod
+    def shutdown(self) -> None:
+        """Stop the whole cluster and leave nothing billable; idempotent."""
+
+    def command_runner(
+        self,
+        *,
+        log_prefix: str,
+        node_id: str,
+        auth_config: Mapping[str, Any],
+        cluster_name: str,
+        process_runner: ModuleType,
+        use_internal_ip: bool,
+    ) -> CommandRunnerInterface | None:
+        """Optional: how Ray runs commands on ``node_id``; None means Ray's SSH runner."""
+        return None
+
+    def close(self) -> None:
+        """Optional: release clients and threads (not the cluster's nodes)."""

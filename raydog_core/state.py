@@ -1,0 +1,60 @@
+"""A cluster's private files: generated secrets and credentials, kept 0600.
+
+On the client they live in ``$RAYDOG_HOME/clusters/<cluster>/`` (default ``~/.raydog``); the
+provider uploads that folder to the same place on the head with the bootstrap config (over Ray's
+file sync, never through the compute backend), so code on either side finds them by the same call.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets as _random
+from pathlib import Path
+
+REMOTE_HOME = "~/.raydog"
+
+
+def raydog_home() -> Path:
+    return Path(os.environ.get("RAYDOG_HOME", "~/.raydog")).expanduser()
+
+
+def cluster_dir(cluster_name: str) -> Path:
+    return raydog_home() / "clusters" / cluster_name
+
+
+def remote_cluster_dir(cluster_name: str) -> str:
+    """Where the head keeps the same folder (a path for Ray's ``file_mounts``)."""
+    return f"{REMOTE_HOME}/clusters/{cluster_name}"
+
+
+def secret_path(cluster_name: str, name: str) -> Path:
+    return cluster_dir(cluster_name) / name
+
+
+def read_secret(cluster_name: str, name: str) -> str | None:
+    path = secret_path(cluster_name, name)
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        return None
+
+
+def write_secret(cluster_name: str, name: str, value: str) -> Path:
+    """Write a secret file readable by its owner only (created 0600, never world-readable)."""
+    path = secret_path(cluster_name, name)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(value)
+    os.chmod(path, 0o600)
+    return path
+
+
+def cluster_secret(cluster_name: str, name: str) -> str:
+    """The cluster's secret ``name``, generated on first use and kept for the cluster's life."""
+    existing = read_secret(cluster_name, name)
+    if existing:
+        return existing
+    value = _random.token_urlsafe(32)
+    write_secret(cluster_name, name, value)
+    return value
