@@ -1,0 +1,144 @@
+"""The ``memory`` compute backend: simulated nodes in this process.
+
+Nodes get distinct internal (10.x) and external (100.64.x) addresses and turn from pending to
+running after ``launch_delay`` seconds. Backends made for the same cluster name share nodes, as
+clients of one cloud account would. Tests reach a cluster through ``MemoryComputeBackend.cluster``
+to fail launches or lose running nodes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from raydog_core.errors import BackendError, ConfigError
+from raydog_core.interfaces import (
+    ClusterSpec,
+    ComputeBackend,
+    LaunchRequest,
+    NodeInfo,
+    NodeState,
+)
+
+_addresses = itertools.count(1)
+
+
+def _address(prefix: str, number: int) -> str:
+    return f"{prefix}.{number // 65536 % 256}.{number // 256 % 256}.{number % 256}"
+
+
+@dataclass
+class SimulatedNode:
+    node_id: str
+    node_type: str
+    is_head: bool
+    ready_at: float
+    internal_ip: str
+    external_ip: str
+    lost: str = ""
+
+    def info(self, now: float) -> NodeInfo:
+        if self.lost:
+            return NodeInfo(self.node_id, self.node_type, self.is_head, NodeState.TERMINATED,
+                            self.internal_ip, self.external_ip, self.lost)
+        if now < self.ready_at:
+            return NodeInfo(self.node_id, self.node_type, self.is_head, NodeState.PENDING)
+        return NodeInfo(self.node_id, self.node_type, self.is_head, NodeState.RUNNING,
+                        self.internal_ip, self.external_ip)
+
+
+@dataclass
+class SimulatedCluster:
+    """One cluster's nodes; the handle tests use to make things go wrong."""
+
+    name: str
+    clock: Callable[[], float] = time.monotonic
+    nodes: dict[str, SimulatedNode] = field(default_factory=dict)
+    launch_failures: list[str] = field(default_factory=list)
+    launches: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def fail_next_launch(self, reason: str = "simulated capacity shortage") -> None:
+        with self.lock:
+            self.launch_failures.append(reason)
+
+    def lose(self, node_id: str, reason: str = "node lost") -> None:
+        """The platform loses a node (spot reclaim, hardware failure): it reports terminated."""
+        with self.lock:
+            self.nodes[node_id].lost = reason
+
+    def live_nodes(self) -> list[NodeInfo]:
+        now = self.clock()
+        with self.lock:
+            infos = [node.info(now) for node in self.nodes.values()]
+        return [info for info in infos if info.state is not NodeState.TERMINATED]
+
+
+class MemoryComputeBackend(ComputeBackend):
+    _clusters: ClassVar[dict[str, SimulatedCluster]] = {}
+    _registry_lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def __init__(self, spec: ClusterSpec, launch_delay: float = 0.0) -> None:
+        super().__init__(spec)
+        if launch_delay < 0:
+            raise ConfigError("launch_delay", f"must be >= 0 seconds, got {launch_delay!r}")
+        self.launch_delay = float(launch_delay)
+        self._cluster = self.cluster(spec.cluster_name)
+
+    @classmethod
+    def cluster(cls, name: str) -> SimulatedCluster:
+        with cls._registry_lock:
+            return cls._clusters.setdefault(name, SimulatedCluster(name))
+
+    @classmethod
+    def forget(cls, name: str) -> None:
+        with cls._registry_lock:
+            cls._clusters.pop(name, None)
+
+    def launch(self, request: LaunchRequest) -> list[str]:
+        cluster = self._cluster
+        with cluster.lock:
+            if cluster.launch_failures:
+                reason = cluster.launch_failures.pop(0)
+                raise BackendError("launch", f"{request.count} {request.node_type} node(s)", reason)
+            cluster.launches += 1
+            ready_at = cluster.clock() + self.launch_delay
+            kind = "head" if request.is_head else request.node_type
+            created = []
+            for _ in range(request.count):
+                number = next(_addresses)
+                node_id = f"{cluster.name}-{kind}-{number}"
+                cluster.nodes[node_id] = SimulatedNode(
+                    node_id,
+                    request.node_type,
+                    request.is_head,
+                    ready_at,
+                    _address("10", number),
+                    _address("100.64", number),
+                )
+                created.append(node_id)
+        if request.is_head and self.launch_delay:
+            time.sleep(max(0.0, ready_at - cluster.clock()))
+        return created
+
+    def describe(self) -> list[NodeInfo]:
+        now = self._cluster.clock()
+        with self._cluster.lock:
+            infos = [node.info(now) for node in self._cluster.nodes.values()]
+            for info in infos:
+                if info.state is NodeState.TERMINATED:
+                    del self._cluster.nodes[info.node_id]
+        return infos
+
+    def terminate(self, node_ids: Collection[str]) -> None:
+        with self._cluster.lock:
+            for node_id in node_ids:
+                self._cluster.nodes.pop(node_id, None)
+
+    def shutdown(self) -> None:
+        with self._cluster.lock:
+            self._cluster.nodes.clear()

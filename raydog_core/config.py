@@ -1,0 +1,355 @@
+"""The ``provider`` section of a cluster config: parsing, validation, ``file:`` references.
+
+Ray hands a provider only its ``provider`` section, so ``bootstrap`` (run through Ray's
+``bootstrap_config`` before anything is created) validates the whole config and stores what the
+provider needs from the rest of it (node types, ``auth``) under ``provider._raydog``. That section
+travels with the bootstrap config to the head, so both sides build plugins from the same facts.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from raydog_core import plugins, state
+from raydog_core.errors import ConfigError
+from raydog_core.interfaces import ClusterSpec, NodeTypeSpec
+
+DEFAULT_PLUGINS: dict[plugins.Kind, str] = {
+    "compute": "yellowdog",
+    "tag_store": "valkey",
+    "transport": "sshtunnel",
+}
+FILE_PREFIX = "file:"
+NORMALIZED_KEY = "_raydog"
+ON_HEAD_KEY = "_raydog_on_head"
+
+# Provider keys that Ray itself reads; they are neither ours nor the compute backend's.
+RAY_PROVIDER_KEYS = frozenset(
+    {
+        "type",
+        "module",
+        "use_internal_ips",
+        "disable_node_updaters",
+        "disable_launch_config_check",
+        "foreground_node_launch",
+        "worker_liveness_check",
+        "cache_stopped_nodes",
+        "_config_cache_path",
+    }
+)
+SCRIPT_KEYS = ("ray_head_node_task_script", "ray_worker_node_task_script")
+CORE_KEYS = frozenset(
+    {
+        *plugins.GROUPS,
+        *SCRIPT_KEYS,
+        "files_to_upload",
+        "head_node_tag_server_port",
+        "auth",
+        NORMALIZED_KEY,
+        ON_HEAD_KEY,
+    }
+)
+
+
+@dataclass(frozen=True)
+class PluginChoice:
+    """A plugin named by the config, with its options and where each came from."""
+
+    kind: plugins.Kind
+    name: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+    paths: Mapping[str, str] = field(default_factory=dict)
+
+    def build(self, *args: Any) -> Any:
+        plugin = plugins.load(self.kind, self.name, self.paths[""])
+        return plugins.construct(plugin, args, self.options, self.paths)
+
+
+@dataclass(frozen=True)
+class RayDogConfig:
+    cluster_name: str
+    compute: PluginChoice
+    tag_store: PluginChoice
+    transport: PluginChoice
+    head_node_type: str
+    node_types: Mapping[str, NodeTypeSpec]
+    head_script: str = ""
+    worker_script: str = ""
+    files_to_upload: tuple[str, ...] = ()
+    auth: Mapping[str, Any] = field(default_factory=dict)
+    on_head: bool = False
+
+    def cluster_spec(self, head_server_command: str | None) -> ClusterSpec:
+        return ClusterSpec(
+            cluster_name=self.cluster_name,
+            head_node_type=self.head_node_type,
+            node_types=self.node_types,
+            head_script=compose_head_script(self.head_script, head_server_command),
+            worker_script=self.worker_script,
+            auth=self.auth,
+        )
+
+
+def compose_head_script(script: str, head_server_command: str | None) -> str:
+    """The head's task script with the tag store's server started first (after any shebang)."""
+    if not head_server_command:
+        return script
+    lines = script.splitlines(keepends=True)
+    shebang = lines.pop(0) if lines and lines[0].startswith("#!") else "#!/usr/bin/env bash\n"
+    return f"{shebang}# Started by RayDog: the tag store's server\n{head_server_command}\n{''.join(lines)}"
+
+
+def resolve_files(cluster_config: Mapping[str, Any], config_dir: Path) -> dict[str, Any]:
+    """A copy of the config with every ``file:PATH`` string replaced by that file's text."""
+
+    def resolve(value: Any, path: str) -> Any:
+        if isinstance(value, str) and value.startswith(FILE_PREFIX):
+            target = (config_dir / Path(value[len(FILE_PREFIX) :].strip()).expanduser()).resolve()
+            try:
+                return target.read_text()
+            except FileNotFoundError:
+                raise ConfigError(path, f"file not found: {target}") from None
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ConfigError(path, f"cannot read {target}: {exc}") from None
+        if isinstance(value, Mapping):
+            return {k: resolve(v, f"{path}.{k}" if path else str(k)) for k, v in value.items()}
+        if isinstance(value, list):
+            return [resolve(v, f"{path}[{i}]") for i, v in enumerate(value)]
+        return value
+
+    resolved: dict[str, Any] = resolve(cluster_config, "")
+    return resolved
+
+
+def parse(cluster_config: Mapping[str, Any]) -> RayDogConfig:
+    """Validate a whole cluster config (``file:`` already resolved) and say what it asks for."""
+    provider = _mapping(cluster_config.get("provider"), "provider")
+    cluster_name = cluster_config.get("cluster_name", "default")
+    if not isinstance(cluster_name, str) or not cluster_name:
+        raise ConfigError("cluster_name", f"expected a non-empty string, got {cluster_name!r}")
+    node_types, head_node_type = _node_types(cluster_config)
+    auth = _mapping(cluster_config.get("auth", {}), "auth")
+    return _parse_provider(provider, cluster_name, node_types, head_node_type, dict(auth))
+
+
+def from_provider_section(provider: Mapping[str, Any], cluster_name: str) -> RayDogConfig:
+    """What the provider Ray built knows: its section, as ``bootstrap`` left it."""
+    normalized = provider.get(NORMALIZED_KEY)
+    if not isinstance(normalized, Mapping):
+        raise ConfigError(
+            "provider",
+            "this provider section did not go through Ray's bootstrap "
+            "(ray up / ray.autoscaler.sdk, or raydog_core.config.bootstrap)",
+        )
+    node_types = {
+        name: NodeTypeSpec(
+            name,
+            spec.get("node_config", {}),
+            spec.get("resources", {}),
+            spec.get("min_workers", 0),
+            spec.get("max_workers", 0),
+        )
+        for name, spec in normalized["node_types"].items()
+    }
+    return _parse_provider(
+        provider, cluster_name, node_types, normalized["head_node_type"], dict(normalized["auth"])
+    )
+
+
+def bootstrap(cluster_config: Mapping[str, Any], config_dir: Path) -> dict[str, Any]:
+    """Ray's ``bootstrap_config``: validate everything, then record what the provider needs.
+
+    Builds every plugin once (constructors do no I/O) so that a wrong option fails here, before
+    any node exists. Adds the cluster's private folder and ``files_to_upload`` to the files Ray
+    syncs to the head.
+    """
+    config = resolve_files(cluster_config, config_dir)
+    parsed = parse(config)
+    build_plugins(parsed)
+    provider = config["provider"]
+    provider.setdefault("disable_node_updaters", True)
+    provider[NORMALIZED_KEY] = {
+        "head_node_type": parsed.head_node_type,
+        "node_types": {
+            name: {
+                "node_config": dict(spec.node_config),
+                "resources": dict(spec.resources),
+                "min_workers": spec.min_workers,
+                "max_workers": spec.max_workers,
+            }
+            for name, spec in parsed.node_types.items()
+        },
+        "auth": dict(parsed.auth),
+    }
+    mounts = config.setdefault("file_mounts", {})
+    local_dir = state.cluster_dir(parsed.cluster_name)
+    local_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    mounts[state.remote_cluster_dir(parsed.cluster_name)] = str(local_dir)
+    for index, name in enumerate(parsed.files_to_upload):
+        source = (config_dir / Path(name).expanduser()).resolve()
+        if not source.exists():
+            raise ConfigError(f"provider.files_to_upload[{index}]", f"file not found: {source}")
+        mounts[f"~/{source.name}"] = str(source)
+    return config
+
+
+def build_plugins(config: RayDogConfig) -> tuple[Any, Any, Any]:
+    """The tag store, transport and compute backend a config names, in that order."""
+    store = config.tag_store.build(config.cluster_name)
+    transport = config.transport.build(config.cluster_name)
+    compute = config.compute.build(config.cluster_spec(store.head_server_command()))
+    return store, transport, compute
+
+
+def for_head(provider: Mapping[str, Any], head_auth: Mapping[str, Any]) -> dict[str, Any]:
+    """The provider section the head's autoscaler gets: it talks to its own store directly."""
+    section = copy.deepcopy(dict(provider))
+    section[ON_HEAD_KEY] = True
+    if isinstance(section.get(NORMALIZED_KEY), dict):
+        section[NORMALIZED_KEY]["auth"] = dict(head_auth)
+    return section
+
+
+def _parse_provider(
+    provider: Mapping[str, Any],
+    cluster_name: str,
+    node_types: Mapping[str, NodeTypeSpec],
+    head_node_type: str,
+    auth: dict[str, Any],
+) -> RayDogConfig:
+    on_head = provider.get(ON_HEAD_KEY, False) is True
+    choices = {kind: _plugin_choice(provider, kind) for kind in plugins.GROUPS}
+    flat = {k: v for k, v in provider.items() if k not in CORE_KEYS | RAY_PROVIDER_KEYS}
+    choices["compute"] = _merge_flat_options(choices["compute"], flat)
+    port = provider.get("head_node_tag_server_port")
+    if port is not None:
+        choices["tag_store"] = _merge_flat_options(
+            choices["tag_store"], {"port": port}, {"port": "provider.head_node_tag_server_port"}
+        )
+    if on_head:
+        choices["transport"] = PluginChoice("transport", "direct", {}, {"": "provider.transport"})
+    scripts = {key: _string(provider.get(key, ""), f"provider.{key}") for key in SCRIPT_KEYS}
+    return RayDogConfig(
+        cluster_name=cluster_name,
+        compute=choices["compute"],
+        tag_store=choices["tag_store"],
+        transport=choices["transport"],
+        head_node_type=head_node_type,
+        node_types=node_types,
+        head_script=scripts["ray_head_node_task_script"],
+        worker_script=scripts["ray_worker_node_task_script"],
+        files_to_upload=_files_to_upload(provider.get("files_to_upload", [])),
+        auth=auth,
+        on_head=on_head,
+    )
+
+
+def _plugin_choice(provider: Mapping[str, Any], kind: plugins.Kind) -> PluginChoice:
+    path = f"provider.{kind}"
+    value = provider.get(kind, DEFAULT_PLUGINS[kind])
+    if isinstance(value, str):
+        return PluginChoice(kind, value, {}, {"": path})
+    section = _mapping(value, path, "a plugin name or a mapping with 'type'")
+    name = section.get("type", DEFAULT_PLUGINS[kind])
+    if not isinstance(name, str):
+        raise ConfigError(f"{path}.type", f"expected a plugin name, got {name!r}")
+    options = {str(k): v for k, v in section.items() if k != "type"}
+    paths = {"": path, **{k: f"{path}.{k}" for k in options}}
+    return PluginChoice(kind, name, options, paths)
+
+
+def _merge_flat_options(
+    choice: PluginChoice, flat: Mapping[str, Any], paths: Mapping[str, str] | None = None
+) -> PluginChoice:
+    """yellowdog-ray style flat keys are options too; naming one twice is an error."""
+    for key in flat:
+        if key in choice.options:
+            raise ConfigError(
+                f"provider.{key}", f"also given as {choice.paths[key]}: keep one of the two"
+            )
+    flat_paths = paths or {k: f"provider.{k}" for k in flat}
+    return PluginChoice(
+        choice.kind,
+        choice.name,
+        {**choice.options, **flat},
+        {**choice.paths, **flat_paths},
+    )
+
+
+def _node_types(cluster_config: Mapping[str, Any]) -> tuple[dict[str, NodeTypeSpec], str]:
+    types = _mapping(cluster_config.get("available_node_types"), "available_node_types")
+    if not types:
+        raise ConfigError("available_node_types", "at least one node type is needed")
+    head = cluster_config.get("head_node_type")
+    if not isinstance(head, str) or head not in types:
+        raise ConfigError("head_node_type", f"must name one of the node types, got {head!r}", types)
+    specs = {}
+    for name, raw in types.items():
+        path = f"available_node_types.{name}"
+        entry = _mapping(raw, path)
+        node_config = _mapping(entry.get("node_config", {}), f"{path}.node_config")
+        resources = _mapping(entry.get("resources", {}), f"{path}.resources")
+        for resource, amount in resources.items():
+            if not _is_number(amount) or amount < 0:
+                raise ConfigError(f"{path}.resources.{resource}", f"expected a number >= 0, got {amount!r}")
+        counts = {}
+        for key in ("min_workers", "max_workers"):
+            value = entry.get(key, 0)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ConfigError(f"{path}.{key}", f"expected a whole number >= 0, got {value!r}")
+            counts[key] = value
+        if counts["min_workers"] > counts["max_workers"] and "max_workers" in entry:
+            raise ConfigError(f"{path}.min_workers", "is greater than max_workers")
+        specs[str(name)] = NodeTypeSpec(
+            str(name), dict(node_config), dict(resources), counts["min_workers"], counts["max_workers"]
+        )
+    return specs, head
+
+
+def _files_to_upload(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise ConfigError("provider.files_to_upload", f"expected a list of paths, got {value!r}")
+    for index, item in enumerate(value):
+        if not isinstance(item, str) or not item:
+            raise ConfigError(f"provider.files_to_upload[{index}]", f"expected a path, got {item!r}")
+    return tuple(value)
+
+
+def _mapping(value: Any, path: str, expected: str = "a mapping") -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ConfigError(path, f"expected {expected}, got {value!r}")
+    return value
+
+
+def _string(value: Any, path: str) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(path, f"expected text (inline or file:PATH), got {value!r}")
+    return value
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def ray_config_dir() -> Path:
+    """The folder of the YAML that Ray's CLI is working on, found on the call stack.
+
+    Ray hands ``bootstrap_config`` the parsed config only; its command functions
+    (``create_or_update_cluster``, ``teardown_cluster``, ``exec_cluster``, ...) all hold the
+    path as ``config_file``. Without one (a config built in code) it is the working directory.
+    """
+    frame = inspect.currentframe()
+    try:
+        while frame is not None:
+            candidate = frame.f_locals.get("config_file")
+            if isinstance(candidate, str) and Path(candidate).is_file():
+                return Path(candidate).resolve().parent
+            frame = frame.f_back
+    finally:
+        del frame
+    return Path.cwd()

@@ -1,0 +1,298 @@
+"""``RayDogNodeProvider``: Ray's NodeProvider, assembled from three plugins.
+
+One autoscaler tick is one snapshot: the tag store's ``load_all`` followed by one batched
+``describe`` from the compute backend. Every query after that answers from memory. The compute
+backend decides which nodes exist; the tag store only annotates them, so a node the backend
+reports gone leaves ``non_terminated_nodes`` (and Ray replaces it), and its tags are deleted.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from types import ModuleType
+from typing import Any
+
+from ray.autoscaler.command_runner import CommandRunnerInterface
+from ray.autoscaler.node_launch_exception import NodeLaunchException
+from ray.autoscaler.node_provider import NodeProvider
+from ray.autoscaler.tags import (
+    NODE_KIND_HEAD,
+    NODE_KIND_WORKER,
+    STATUS_UNINITIALIZED,
+    STATUS_UP_TO_DATE,
+    TAG_RAY_CLUSTER_NAME,
+    TAG_RAY_NODE_KIND,
+    TAG_RAY_NODE_STATUS,
+    TAG_RAY_USER_NODE_TYPE,
+)
+
+from raydog_core import config as raydog_config
+from raydog_core.errors import BackendError, RayDogError
+from raydog_core.interfaces import (
+    ComputeBackend,
+    Endpoint,
+    LaunchRequest,
+    NodeInfo,
+    NodeState,
+    Tags,
+    TagStore,
+    Transport,
+)
+from raydog_core.tag_cache import NotReady, TagCache
+
+logger = logging.getLogger(__name__)
+
+# How long a node launched by this process is kept as pending while describe() does not list it
+# yet (a describe that started before the launch returned cannot know it).
+LAUNCH_GRACE_SECONDS = 120.0
+
+
+class RayDogNodeProvider(NodeProvider):
+    """``provider: {type: external, module: raydog_core.RayDogNodeProvider}``."""
+
+    def __init__(self, provider_config: dict[str, Any], cluster_name: str) -> None:
+        super().__init__(provider_config, cluster_name)
+        self.raydog_config = raydog_config.from_provider_section(provider_config, cluster_name)
+        store, transport, compute = raydog_config.build_plugins(self.raydog_config)
+        self.store: TagStore = store
+        self.transport: Transport = transport
+        self.compute: ComputeBackend = compute
+        self._derive_worker_status = bool(provider_config.get("disable_node_updaters", True))
+        self._lock = threading.Lock()
+        self._refresh_lock = threading.Lock()
+        self._nodes: dict[str, NodeInfo] = {}
+        self._launched_at: dict[str, float] = {}
+        self.tags = TagCache(self.store, self._store_endpoint)
+
+    # --- Ray's queries: answered from the last snapshot, no I/O ---------------------------
+
+    def non_terminated_nodes(self, tag_filters: dict[str, str]) -> list[str]:
+        self.refresh()
+        with self._lock:
+            live = [n for n, info in self._nodes.items() if info.state is not NodeState.TERMINATED]
+        return [node_id for node_id in live if tags_match(self.node_tags(node_id), tag_filters)]
+
+    def is_running(self, node_id: str) -> bool:
+        info = self._info(node_id)
+        return info is not None and info.state is NodeState.RUNNING
+
+    def is_terminated(self, node_id: str) -> bool:
+        info = self._info(node_id)
+        return info is None or info.state is NodeState.TERMINATED
+
+    def node_tags(self, node_id: str) -> dict[str, str]:
+        info = self._info(node_id)
+        tags = self._derived_tags(info) if info is not None else {}
+        tags.update(self.tags.get(node_id))
+        if info is not None and not info.is_head and self._derive_worker_status:
+            running = info.state is NodeState.RUNNING
+            tags[TAG_RAY_NODE_STATUS] = STATUS_UP_TO_DATE if running else STATUS_UNINITIALIZED
+        return tags
+
+    def internal_ip(self, node_id: str) -> str | None:  # type: ignore[override]
+        info = self._info(node_id)
+        return info.internal_ip if info is not None else None
+
+    def external_ip(self, node_id: str) -> str | None:  # type: ignore[override]
+        info = self._info(node_id)
+        return info.external_ip if info is not None else None
+
+    # --- Ray's actions -------------------------------------------------------------------
+
+    def create_node(
+        self, node_config: dict[str, Any], tags: dict[str, str], count: int
+    ) -> dict[str, Any]:
+        is_head = tags.get(TAG_RAY_NODE_KIND) == NODE_KIND_HEAD
+        node_type = tags.get(TAG_RAY_USER_NODE_TYPE) or (
+            self.raydog_config.head_node_type if is_head else ""
+        )
+        if node_type not in self.raydog_config.node_types:
+            raise RayDogError(
+                f"create_node: unknown node type {node_type!r} "
+                f"(available_node_types: {', '.join(self.raydog_config.node_types)})"
+            )
+        request = LaunchRequest(node_type, count, is_head, node_config)
+        try:
+            node_ids = self.compute.launch(request)
+        except BackendError as exc:
+            if is_head:
+                raise
+            raise NodeLaunchException(
+                "RayDog launch failed", str(exc), src_exc_info=None
+            ) from exc
+        now = time.monotonic()
+        with self._lock:
+            for node_id in node_ids:
+                self._launched_at[node_id] = now
+                self._nodes.setdefault(
+                    node_id, NodeInfo(node_id, node_type, is_head, NodeState.PENDING)
+                )
+        base = {**tags, TAG_RAY_CLUSTER_NAME: self.cluster_name, TAG_RAY_USER_NODE_TYPE: node_type}
+        self.tags.update({node_id: base for node_id in node_ids})
+        return {node_id: node_id for node_id in node_ids}
+
+    def set_node_tags(self, node_id: str, tags: dict[str, str]) -> None:
+        self.tags.update({node_id: tags})
+
+    def terminate_node(self, node_id: str) -> dict[str, Any] | None:
+        return self.terminate_nodes([node_id])
+
+    def terminate_nodes(self, node_ids: list[str]) -> dict[str, Any] | None:
+        """A batch that contains the head shuts the whole cluster down."""
+        if not node_ids:
+            return None
+        if any(self._is_head(node_id) for node_id in node_ids):
+            logger.info("RayDog: the head is in the batch; shutting down cluster %s", self.cluster_name)
+            with self._lock:
+                known = set(self._nodes)
+            self.tags.delete(known | set(node_ids) | set(self.tags.all()))
+            self.compute.shutdown()
+            with self._lock:
+                self._nodes.clear()
+            self.transport.close()
+            return None
+        self.compute.terminate(node_ids)
+        with self._lock:
+            for node_id in node_ids:
+                info = self._nodes.get(node_id)
+                if info is not None:
+                    self._nodes[node_id] = _terminated(info, "terminated by Ray")
+        self.tags.delete(node_ids)
+        return None
+
+    # --- Ray's hooks ---------------------------------------------------------------------
+
+    @staticmethod
+    def bootstrap_config(cluster_config: dict[str, Any]) -> dict[str, Any]:
+        return raydog_config.bootstrap(cluster_config, raydog_config.ray_config_dir())
+
+    def prepare_for_head_node(self, cluster_config: dict[str, Any]) -> dict[str, Any]:
+        cluster_config["provider"] = raydog_config.for_head(
+            cluster_config["provider"], cluster_config.get("auth", {})
+        )
+        return cluster_config
+
+    def get_command_runner(
+        self,
+        log_prefix: str,
+        node_id: str,
+        auth_config: dict[str, Any],
+        cluster_name: str,
+        process_runner: ModuleType,
+        use_internal_ip: bool,
+        docker_config: dict[str, Any] | None = None,
+    ) -> CommandRunnerInterface:
+        runner = self.compute.command_runner(
+            log_prefix=log_prefix,
+            node_id=node_id,
+            auth_config=auth_config,
+            cluster_name=cluster_name,
+            process_runner=process_runner,
+            use_internal_ip=use_internal_ip,
+        )
+        if runner is not None:
+            return runner
+        return super().get_command_runner(
+            log_prefix, node_id, auth_config, cluster_name, process_runner, use_internal_ip,
+            docker_config,
+        )
+
+    # --- the snapshot --------------------------------------------------------------------
+
+    def refresh(self) -> None:
+        """Take one snapshot: tags first, then the backend's view.
+
+        Reading the tags before describing means any node whose tags were seen had been
+        launched before the describe started, so a node missing from it is really gone.
+        """
+        with self._refresh_lock:
+            started = time.monotonic()
+            tags = self.tags.refresh()
+            described = {info.node_id: info for info in self.compute.describe()}
+            with self._lock:
+                kept = set()
+                for node_id, launched in list(self._launched_at.items()):
+                    if node_id in described or started - launched > LAUNCH_GRACE_SECONDS:
+                        del self._launched_at[node_id]
+                    elif node_id in self._nodes:
+                        described[node_id] = self._nodes[node_id]
+                        kept.add(node_id)
+                self._nodes = described
+                gone = [
+                    node_id
+                    for node_id in tags
+                    if node_id not in kept
+                    and (
+                        node_id not in described
+                        or described[node_id].state is NodeState.TERMINATED
+                    )
+                ]
+            if gone:
+                logger.info("RayDog: %d node(s) gone from the compute backend: %s", len(gone), gone)
+                self.tags.delete(gone)
+            if not self.tags.connected:
+                self.tags.refresh()
+
+    def _info(self, node_id: str) -> NodeInfo | None:
+        with self._lock:
+            return self._nodes.get(node_id)
+
+    def _is_head(self, node_id: str) -> bool:
+        info = self._info(node_id)
+        if info is not None:
+            return info.is_head
+        return self.tags.get(node_id).get(TAG_RAY_NODE_KIND) == NODE_KIND_HEAD
+
+    def _derived_tags(self, info: NodeInfo) -> Tags:
+        """What the backend alone says of a node: enough for Ray if its tags were lost."""
+        return {
+            TAG_RAY_CLUSTER_NAME: self.cluster_name,
+            TAG_RAY_NODE_KIND: NODE_KIND_HEAD if info.is_head else NODE_KIND_WORKER,
+            TAG_RAY_USER_NODE_TYPE: info.node_type,
+            TAG_RAY_NODE_STATUS: (
+                STATUS_UP_TO_DATE if info.state is NodeState.RUNNING else STATUS_UNINITIALIZED
+            ),
+        }
+
+    def _store_endpoint(self) -> Endpoint | None:
+        """Where the tag store answers from here; NotReady until the head runs."""
+        port = self.store.head_port
+        if port is None:
+            return None
+        if self.raydog_config.on_head:
+            return Endpoint("127.0.0.1", port)
+        with self._lock:
+            heads = [
+                info
+                for info in self._nodes.values()
+                if info.is_head and info.state is NodeState.RUNNING
+            ]
+        address = heads[0].external_ip or heads[0].internal_ip if heads else None
+        if not address:
+            raise NotReady
+        return self.transport.open(address, port, self.raydog_config.auth)
+
+    def close(self) -> None:
+        """Send pending tag writes and release connections."""
+        self.tags.close()
+        self.transport.close()
+        self.compute.close()
+
+
+def _terminated(info: NodeInfo, detail: str) -> NodeInfo:
+    return NodeInfo(
+        info.node_id,
+        info.node_type,
+        info.is_head,
+        NodeState.TERMINATED,
+        info.internal_ip,
+        info.external_ip,
+        detail,
+    )
+
+
+def tags_match(tags: Mapping[str, str], tag_filters: Mapping[str, str]) -> bool:
+    return all(tags.get(k) == v for k, v in tag_filters.items())
