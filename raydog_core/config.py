@@ -42,6 +42,24 @@ RAY_PROVIDER_KEYS = frozenset(
         "_config_cache_path",
     }
 )
+# Top-level keys Ray's launcher needs and does not fill in for external providers, with the
+# value a config that does not use them should give.
+RAY_TOP_LEVEL_DEFAULTS: dict[str, Any] = {
+    "max_workers": 2,
+    "upscaling_speed": 1.0,
+    "idle_timeout_minutes": 5,
+    "file_mounts": {},
+    "cluster_synced_files": [],
+    "file_mounts_sync_continuously": False,
+    "rsync_exclude": [],
+    "rsync_filter": [],
+    "initialization_commands": [],
+    "setup_commands": [],
+    "head_setup_commands": [],
+    "worker_setup_commands": [],
+    "head_start_ray_commands": [],
+    "worker_start_ray_commands": [],
+}
 SCRIPT_KEYS = ("ray_head_node_task_script", "ray_worker_node_task_script")
 CORE_KEYS = frozenset(
     {
