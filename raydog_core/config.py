@@ -8,9 +8,12 @@ travels with the bootstrap config to the head, so both sides build plugins from 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
-from collections.abc import Mapping
+import os
+import tempfile
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -208,12 +211,19 @@ def bootstrap(cluster_config: Mapping[str, Any], config_dir: Path) -> dict[str, 
     local_dir = state.cluster_dir(parsed.cluster_name)
     local_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     mounts[state.remote_cluster_dir(parsed.cluster_name)] = str(local_dir)
+    mounts.update(uploads(parsed, config_dir))
+    return config
+
+
+def uploads(parsed: RayDogConfig, config_dir: Path) -> dict[str, str]:
+    """``files_to_upload`` as Ray file mounts: ``~/<name>`` on the head from the local path."""
+    mounts = {}
     for index, name in enumerate(parsed.files_to_upload):
         source = (config_dir / Path(name).expanduser()).resolve()
         if not source.exists():
             raise ConfigError(f"provider.files_to_upload[{index}]", f"file not found: {source}")
         mounts[f"~/{source.name}"] = str(source)
-    return config
+    return mounts
 
 
 def build_plugins(config: RayDogConfig) -> tuple[Any, Any, Any]:
@@ -312,9 +322,6 @@ def _node_types(cluster_config: Mapping[str, Any]) -> tuple[dict[str, NodeTypeSp
         entry = _mapping(raw, path)
         node_config = _mapping(entry.get("node_config", {}), f"{path}.node_config")
         resources = _mapping(entry.get("resources", {}), f"{path}.resources")
-        for resource, amount in resources.items():
-            if not _is_number(amount) or amount < 0:
-                raise ConfigError(f"{path}.resources.{resource}", f"expected a number >= 0, got {amount!r}")
         counts = {}
         for key in ("min_workers", "max_workers"):
             value = entry.get(key, 0)
@@ -350,10 +357,6 @@ def _string(value: Any, path: str) -> str:
     return value
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 def ray_config_dir() -> Path:
     """The folder of the YAML that Ray's CLI is working on, found on the call stack.
 
@@ -371,3 +374,70 @@ def ray_config_dir() -> Path:
     finally:
         del frame
     return Path.cwd()
+
+
+def load_file(path: Path) -> dict[str, Any]:
+    """A cluster YAML as a mapping; a ConfigError naming the file otherwise."""
+    import yaml
+
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(str(path), "file not found") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(str(path), f"not valid YAML: {exc}") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(str(path), "expected a mapping at the top level")
+    return loaded
+
+
+def validate(cluster_config: Mapping[str, Any], config_dir: Path) -> RayDogConfig:
+    """Every check that needs no credentials and no network, as ``raydog validate`` runs them.
+
+    Ray's own schema first (with the keys it needs but does not fill in for external providers
+    reported one by one), then RayDog's section and every plugin's options.
+    """
+    import jsonschema
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    from raydog_core.progress import quiet_ray_logs
+
+    provider = _mapping(cluster_config.get("provider"), "provider")
+    if provider.get("type") != "external":
+        raise ConfigError("provider.type", f"must be 'external' for RayDog, got {provider.get('type')!r}")
+    module = "raydog_core.RayDogNodeProvider"
+    if provider.get("module") != module:
+        raise ConfigError("provider.module", f"must be {module!r}, got {provider.get('module')!r}")
+    for key, default in RAY_TOP_LEVEL_DEFAULTS.items():
+        if key not in cluster_config:
+            raise ConfigError(
+                key, f"missing; Ray needs it for external providers (add `{key}: {default!r}`)"
+            )
+    try:
+        with quiet_ray_logs():
+            validate_config(prepare_config(copy.deepcopy(dict(cluster_config))))
+    except jsonschema.ValidationError as exc:
+        where = ".".join(str(part) for part in exc.absolute_path) or "(top level)"
+        raise ConfigError(where, exc.message) from None
+    except (ValueError, KeyError, RuntimeError) as exc:
+        raise ConfigError("(cluster config)", str(exc)) from None
+    parsed = parse(resolve_files(cluster_config, config_dir))
+    uploads(parsed, config_dir)
+    with _scratch_raydog_home():
+        build_plugins(parsed)
+    return parsed
+
+
+@contextlib.contextmanager
+def _scratch_raydog_home() -> Iterator[None]:
+    """Plugins may create per-cluster secrets when built; validation keeps none of them."""
+    previous = os.environ.get("RAYDOG_HOME")
+    with tempfile.TemporaryDirectory(prefix="raydog-validate-") as home:
+        os.environ["RAYDOG_HOME"] = home
+        try:
+            yield
+        finally:
+            if previous is None:
+                os.environ.pop("RAYDOG_HOME", None)
+            else:
+                os.environ["RAYDOG_HOME"] = previous

@@ -18,7 +18,6 @@ the ``memory`` plugins. Each tick every running node reports its resources to Ra
 from __future__ import annotations
 
 import copy
-import logging
 import shutil
 import uuid
 from collections import Counter
@@ -41,6 +40,7 @@ from raydog_core import config as raydog_config
 from raydog_core import state
 from raydog_core.errors import ConfigError
 from raydog_core.interfaces import NodeState
+from raydog_core.progress import quiet_ray_logs
 from raydog_core.provider import RayDogNodeProvider
 
 
@@ -155,7 +155,8 @@ class Simulation:
         name = f"{cluster_config.get('cluster_name', 'default')}-sim-{uuid.uuid4().hex[:6]}"
         config = _memory_config(cluster_config, name, launch_delay_s)
         try:
-            config = prepare_config(config)
+            with quiet_ray_logs():
+                config = prepare_config(config)
             validate_config(config)
         except (ValueError, RuntimeError) as exc:
             raise ConfigError("cluster config", str(exc)) from None
@@ -175,12 +176,13 @@ class Simulation:
             1,
         )
         self.load_metrics = LoadMetrics()
-        self.autoscaler = StandardAutoscaler(
-            lambda: copy.deepcopy(self.config),
-            self.load_metrics,
-            _NoGcs(),  # type: ignore[arg-type]
-            update_interval_s=0,
-        )
+        with quiet_ray_logs():
+            self.autoscaler = StandardAutoscaler(
+                lambda: copy.deepcopy(self.config),
+                self.load_metrics,
+                _NoGcs(),  # type: ignore[arg-type]
+                update_interval_s=0,
+            )
         self.autoscaler.provider = self.provider
         self._known: dict[str, str] = {}
 
@@ -188,17 +190,12 @@ class Simulation:
         """Tick until ``duration_s`` simulated seconds have passed since the start."""
         timeline = Timeline()
         self._observe(timeline)
-        ray_logger = logging.getLogger("ray.autoscaler")
-        level = ray_logger.level
-        ray_logger.setLevel(logging.WARNING)
-        try:
+        with quiet_ray_logs():
             while self.clock.now < duration_s:
                 self.clock.now += self.tick_s
                 self._report_load(demand)
                 self.autoscaler.update()
                 self._observe(timeline)
-        finally:
-            ray_logger.setLevel(level)
         return timeline
 
     def lose_node(self, node_id: str) -> None:

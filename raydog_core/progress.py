@@ -1,0 +1,30 @@
+"""What RayDog shows a person: progress on long waits through Ray's own CLI output."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+
+from ray.autoscaler._private.cli_logger import cli_logger
+
+logger = logging.getLogger("raydog")
+
+
+def report(message: str, *args: object) -> None:
+    """One line of progress: printed by Ray's CLI (``ray up``) and kept in the log."""
+    logger.info(message, *args)
+    if cli_logger.verbosity >= 0:
+        cli_logger.print("RayDog: " + message, *args)
+
+
+@contextlib.contextmanager
+def quiet_ray_logs() -> Iterator[None]:
+    """Ray's autoscaler logs its whole config and status on every tick; keep only warnings."""
+    ray_logger = logging.getLogger("ray.autoscaler")
+    level = ray_logger.level
+    ray_logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        ray_logger.setLevel(level)

@@ -1,0 +1,183 @@
+"""The memory plugins pass the contract suites, and the suites have teeth: broken plugins fail."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from raydog_backends.memory.compute import MemoryComputeBackend
+from raydog_backends.memory.tag_store import MemoryTagStore
+from raydog_core.interfaces import ClusterSpec, ComputeBackend, TagStore
+from raydog_core.testing import ComputeBackendContract, TagStoreContract
+
+
+class TestMemoryTagStore(TagStoreContract):
+    @pytest.fixture
+    def make_store(self) -> Iterator[Callable[[str], TagStore]]:
+        made: list[MemoryTagStore] = []
+
+        def make(cluster_name: str) -> TagStore:
+            store = MemoryTagStore(cluster_name)
+            store.connect(None)
+            made.append(store)
+            return store
+
+        yield make
+        for store in made:
+            MemoryTagStore.forget(store.cluster_name)
+
+
+class TestMemoryComputeBackend(ComputeBackendContract):
+    settle_seconds = 5.0
+
+    @pytest.fixture
+    def make_backend(self) -> Iterator[Callable[[ClusterSpec], ComputeBackend]]:
+        names: list[str] = []
+
+        def make(spec: ClusterSpec) -> ComputeBackend:
+            names.append(spec.cluster_name)
+            return MemoryComputeBackend(spec, launch_delay=0.2)
+
+        yield make
+        for name in names:
+            MemoryComputeBackend.forget(name)
+
+    @pytest.fixture
+    def lose_node(self) -> Callable[[str], None]:
+        def lose(node_id: str) -> None:
+            for cluster in list(MemoryComputeBackend._clusters.values()):
+                if node_id in cluster.nodes:
+                    cluster.lose(node_id)
+
+        return lose
+
+
+BROKEN_STORES = {
+    "replaces instead of merging": """
+    def update(self, updates):
+        for node, tags in updates.items():
+            self.data()[node] = dict(tags)
+""",
+    "leaks nodes between clusters": """
+    def data(self):
+        return SHARED.setdefault("all", {})
+""",
+    "loses a node": """
+    def load_all(self):
+        everything = {n: dict(t) for n, t in self.data().items()}
+        if len(everything) > 1:
+            everything.pop(sorted(everything)[-1])
+        return everything
+""",
+    "deletes nothing": """
+    def delete(self, node_ids):
+        pass
+""",
+}
+
+STORE_TEMPLATE = '''
+import pytest
+from raydog_core.interfaces import TagStore
+from raydog_core.testing import TagStoreContract
+
+SHARED = {{}}
+
+class Store(TagStore):
+    def connect(self, endpoint):
+        pass
+    def data(self):
+        return SHARED.setdefault(self.cluster_name, {{}})
+    def load_all(self):
+        return {{n: dict(t) for n, t in self.data().items()}}
+    def update(self, updates):
+        for node, tags in updates.items():
+            self.data().setdefault(node, {{}}).update(tags)
+    def delete(self, node_ids):
+        for node in node_ids:
+            self.data().pop(node, None)
+    def close(self):
+        pass
+
+class Broken(Store):
+{override}
+
+class TestBroken(TagStoreContract):
+    @pytest.fixture
+    def make_store(self):
+        return lambda name: Broken(name)
+'''
+
+
+@pytest.mark.parametrize("flaw", sorted(BROKEN_STORES))
+def test_tag_store_contract_fails_a_broken_store(pytester: pytest.Pytester, flaw: str) -> None:
+    pytester.makepyfile(test_broken=STORE_TEMPLATE.format(override=BROKEN_STORES[flaw]))
+    result = pytester.runpytest_inprocess("-q", "-p", "no:cacheprovider")
+    outcomes = result.parseoutcomes()
+    assert outcomes.get("failed", 0) >= 1, f"a store that {flaw} passed the contract"
+
+
+def test_tag_store_contract_passes_the_unbroken_template(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_sound=STORE_TEMPLATE.format(override="    pass"))
+    result = pytester.runpytest_inprocess("-q", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=len([n for n in dir(TagStoreContract) if n.startswith("test_")]))
+
+
+BROKEN_BACKENDS = {
+    "forgets pending workers": """
+    def describe(self):
+        return [n for n in super().describe() if n.state is NodeState.RUNNING]
+""",
+    "does not attach to an existing cluster": """
+    def __init__(self, spec):
+        super().__init__(spec, launch_delay=0.1)
+        self._cluster = SimulatedCluster(spec.cluster_name)
+""",
+    "shutdown leaves workers running": """
+    def shutdown(self):
+        with self._cluster.lock:
+            for node in list(self._cluster.nodes.values()):
+                if node.is_head:
+                    del self._cluster.nodes[node.node_id]
+""",
+    "never reports a lost node": """
+    def describe(self):
+        for node in self._cluster.nodes.values():
+            node.lost = ""
+        return super().describe()
+""",
+}
+
+BACKEND_TEMPLATE = '''
+import pytest
+from raydog_backends.memory.compute import MemoryComputeBackend, SimulatedCluster
+from raydog_core.interfaces import NodeState
+from raydog_core.testing import ComputeBackendContract
+
+class Broken(MemoryComputeBackend):
+    def __init__(self, spec):
+        super().__init__(spec, launch_delay=0.1)
+{override}
+
+class TestBroken(ComputeBackendContract):
+    settle_seconds = 2.0
+
+    @pytest.fixture
+    def make_backend(self):
+        return Broken
+
+    @pytest.fixture
+    def lose_node(self):
+        def lose(node_id):
+            for cluster in MemoryComputeBackend._clusters.values():
+                if node_id in cluster.nodes:
+                    cluster.lose(node_id)
+        return lose
+'''
+
+
+@pytest.mark.parametrize("flaw", sorted(BROKEN_BACKENDS))
+def test_compute_contract_fails_a_broken_backend(pytester: pytest.Pytester, flaw: str) -> None:
+    pytester.makepyfile(test_broken=BACKEND_TEMPLATE.format(override=BROKEN_BACKENDS[flaw]))
+    result = pytester.runpytest_inprocess("-q", "-p", "no:cacheprovider")
+    assert result.parseoutcomes().get("failed", 0) >= 1, f"a backend that {flaw} passed"

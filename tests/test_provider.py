@@ -1,0 +1,207 @@
+"""RayDogNodeProvider as Ray drives it: loaded by Ray's loader after Ray's bootstrap."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from ray.autoscaler.tags import (
+    NODE_KIND_HEAD,
+    STATUS_UNINITIALIZED,
+    STATUS_UP_TO_DATE,
+    TAG_RAY_NODE_KIND,
+    TAG_RAY_NODE_STATUS,
+    TAG_RAY_USER_NODE_TYPE,
+)
+
+from raydog_backends.memory.compute import MemoryComputeBackend
+from raydog_backends.memory.tag_store import MemoryTagStore
+from raydog_core import RayDogNodeProvider, state
+from raydog_core.interfaces import NodeState
+from tests.ray_helpers import bootstrap, head_tags, load_provider, worker_tags
+
+ConfigFactory = Callable[..., dict[str, Any]]
+
+
+@pytest.fixture
+def provider(
+    cluster_config: ConfigFactory, forget_memory_clusters: Callable[[str], None]
+) -> RayDogNodeProvider:
+    config = cluster_config()
+    forget_memory_clusters(config["cluster_name"])
+    return load_provider(config)
+
+
+def test_ray_loads_the_provider_from_the_yaml_module_path(provider: RayDogNodeProvider) -> None:
+    assert type(provider).__module__ == "raydog_core.provider"
+    assert provider.compute.__class__ is MemoryComputeBackend
+
+
+def test_bootstrap_defaults_and_uploads(cluster_config: ConfigFactory, tmp_path: Path) -> None:
+    (tmp_path / "extra.txt").write_text("data")
+    config = cluster_config(files_to_upload=[str(tmp_path / "extra.txt")])
+    bootstrapped = bootstrap(config)
+    provider = bootstrapped["provider"]
+    assert provider["disable_node_updaters"] is True
+    assert provider["_raydog"]["head_node_type"] == "head"
+    assert provider["_raydog"]["auth"] == {"ssh_user": "ubuntu"}
+    name = config["cluster_name"]
+    mounts = bootstrapped["file_mounts"]
+    assert mounts[state.remote_cluster_dir(name)] == str(state.cluster_dir(name))
+    assert mounts["~/extra.txt"] == str(tmp_path / "extra.txt")
+
+
+def test_file_references_resolve_next_to_the_yaml_and_travel_inline(
+    cluster_config: ConfigFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from raydog_core import config as raydog_config
+
+    (tmp_path / "scripts").mkdir()
+    (tmp_path / "scripts" / "head.sh").write_text("#!/bin/bash\necho head\n")
+    config = cluster_config(ray_head_node_task_script="file:scripts/head.sh")
+    monkeypatch.chdir("/")
+    bootstrapped = raydog_config.bootstrap(config, tmp_path)
+    assert bootstrapped["provider"]["ray_head_node_task_script"] == "#!/bin/bash\necho head\n"
+
+
+def test_head_launch_then_workers(provider: RayDogNodeProvider) -> None:
+    (head,) = provider.create_node({}, head_tags(), 1)
+    workers = list(provider.create_node({}, worker_tags(), 3))
+    assert sorted(provider.non_terminated_nodes({})) == sorted([head, *workers])
+    assert provider.non_terminated_nodes({TAG_RAY_NODE_KIND: NODE_KIND_HEAD}) == [head]
+    assert set(provider.non_terminated_nodes({TAG_RAY_USER_NODE_TYPE: "cpu"})) == set(workers)
+    ips = {provider.internal_ip(n) for n in [head, *workers]}
+    assert None not in ips and len(ips) == 4
+    assert provider.external_ip(head)
+    assert provider.node_tags(head)["ray-node-name"] == "ray-head"
+    assert provider.node_tags(workers[0])[TAG_RAY_NODE_STATUS] == STATUS_UP_TO_DATE
+
+
+def test_ips_are_none_until_known_and_queries_do_not_block(
+    cluster_config: ConfigFactory, forget_memory_clusters: Callable[[str], None]
+) -> None:
+    config = cluster_config(compute={"type": "memory", "launch_delay": 3600})
+    forget_memory_clusters(config["cluster_name"])
+    provider = load_provider(config)
+    (worker,) = provider.create_node({}, worker_tags(), 1)
+    assert provider.internal_ip(worker) is None
+    assert provider.non_terminated_nodes({}) == [worker]
+    assert not provider.is_running(worker) and not provider.is_terminated(worker)
+    assert provider.internal_ip(worker) is None
+    assert provider.node_tags(worker)[TAG_RAY_NODE_STATUS] == STATUS_UNINITIALIZED
+
+
+def test_a_node_lost_in_the_backend_leaves_and_its_tags_go(provider: RayDogNodeProvider) -> None:
+    provider.create_node({}, head_tags(), 1)
+    lost, kept = provider.create_node({}, worker_tags(), 2)
+    provider.set_node_tags(lost, {"user": "tag"})
+    MemoryComputeBackend.cluster(provider.cluster_name).lose(lost, "spot instance reclaimed")
+    assert lost not in provider.non_terminated_nodes({})
+    assert provider.is_terminated(lost)
+    assert kept in provider.non_terminated_nodes({})
+    store = MemoryTagStore(provider.cluster_name)
+    store.connect(None)
+    assert lost not in store.load_all()
+    assert kept in store.load_all()
+
+
+def test_tags_are_shared_between_client_and_head_providers(
+    cluster_config: ConfigFactory, forget_memory_clusters: Callable[[str], None]
+) -> None:
+    config = cluster_config()
+    forget_memory_clusters(config["cluster_name"])
+    client = load_provider(config)
+    (head,) = client.create_node({}, head_tags(), 1)
+    client.set_node_tags(head, {TAG_RAY_NODE_STATUS: "setting-up"})
+    remote = client.prepare_for_head_node(bootstrap(config))
+    assert remote["provider"]["_raydog_on_head"] is True
+    on_head = RayDogNodeProvider(remote["provider"], config["cluster_name"])
+    assert on_head.non_terminated_nodes({TAG_RAY_NODE_KIND: NODE_KIND_HEAD}) == [head]
+    assert on_head.node_tags(head)[TAG_RAY_NODE_STATUS] == "setting-up"
+    (worker,) = on_head.create_node({}, worker_tags(), 1)
+    assert worker in client.non_terminated_nodes({})
+
+
+def test_terminating_workers_keeps_the_head(provider: RayDogNodeProvider) -> None:
+    (head,) = provider.create_node({}, head_tags(), 1)
+    workers = list(provider.create_node({}, worker_tags(), 3))
+    provider.terminate_nodes(workers[:2])
+    assert provider.is_terminated(workers[0])
+    assert sorted(provider.non_terminated_nodes({})) == sorted([head, workers[2]])
+
+
+def test_a_batch_with_the_head_shuts_the_cluster_down(provider: RayDogNodeProvider) -> None:
+    (head,) = provider.create_node({}, head_tags(), 1)
+    workers = list(provider.create_node({}, worker_tags(), 3))
+    provider.terminate_nodes([workers[0], head])
+    assert provider.non_terminated_nodes({}) == []
+    assert MemoryComputeBackend.cluster(provider.cluster_name).live_nodes() == []
+    store = MemoryTagStore(provider.cluster_name)
+    store.connect(None)
+    assert store.load_all() == {}
+
+
+def test_nodes_without_tags_are_still_managed(provider: RayDogNodeProvider) -> None:
+    """Tags lost (a store restarted empty): the backend's facts are enough for Ray."""
+    (head,) = provider.create_node({}, head_tags(), 1)
+    (worker,) = provider.create_node({}, worker_tags(), 1)
+    MemoryTagStore.forget(provider.cluster_name)
+    assert provider.non_terminated_nodes({TAG_RAY_NODE_KIND: NODE_KIND_HEAD}) == [head]
+    assert provider.node_tags(worker)[TAG_RAY_USER_NODE_TYPE] == "cpu"
+
+
+def test_unknown_node_type_is_refused(provider: RayDogNodeProvider) -> None:
+    with pytest.raises(Exception, match="unknown node type 'gpu'"):
+        provider.create_node({}, worker_tags("gpu"), 1)
+    assert MemoryComputeBackend.cluster(provider.cluster_name).live_nodes() == []
+
+
+def test_a_failed_worker_launch_is_a_ray_launch_exception(provider: RayDogNodeProvider) -> None:
+    from ray.autoscaler.node_launch_exception import NodeLaunchException
+
+    MemoryComputeBackend.cluster(provider.cluster_name).fail_next_launch("no capacity")
+    with pytest.raises(NodeLaunchException, match="no capacity"):
+        provider.create_node({}, worker_tags(), 2)
+    assert provider.non_terminated_nodes({}) == []
+
+
+def test_many_threads_lose_no_tag_and_raise_nothing(provider: RayDogNodeProvider) -> None:
+    provider.create_node({}, head_tags(), 1)
+    errors: list[BaseException] = []
+    created: dict[int, list[str]] = {}
+    terminated: set[str] = set()
+
+    def work(index: int) -> None:
+        try:
+            nodes = list(provider.create_node({}, worker_tags(), 3))
+            created[index] = nodes
+            for round_ in range(20):
+                for node in nodes:
+                    provider.set_node_tags(node, {f"t{index}": str(round_), "owner": str(index)})
+                provider.non_terminated_nodes({})
+                provider.node_tags(nodes[0])
+            provider.terminate_nodes(nodes[:1])
+            terminated.add(nodes[0])
+        except BaseException as exc:  # noqa: BLE001 - the test reports every failure
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    live = set(provider.non_terminated_nodes({}))
+    store = MemoryTagStore(provider.cluster_name)
+    store.connect(None)
+    stored = store.load_all()
+    for index, nodes in created.items():
+        assert nodes[0] not in live and nodes[0] not in stored
+        for node in nodes[1:]:
+            assert node in live
+            assert stored[node][f"t{index}"] == "19" and stored[node]["owner"] == str(index)
+            assert provider.node_tags(node)[f"t{index}"] == "19"
+    assert all(info.state is NodeState.RUNNING for info in provider.compute.describe())
