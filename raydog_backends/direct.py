@@ -1,4 +1,4 @@
-"""The ``direct`` transport: the head's port is reachable as it is (same network, or on the head)."""
+"""The ``direct`` transport: the head's port is reachable as it is (same network, on the head)."""
 
 from __future__ import annotations
 

@@ -36,7 +36,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="SPEC",
         help="e.g. '8 CPU for 10m', '4 CPU from 5m to 20m', '2 GPU for 1h' (repeatable)",
     )
-    simulate.add_argument("--duration", default="", help="how long to simulate (default: demand + 15m)")
+    simulate.add_argument(
+        "--duration", default="", help="how long to simulate (default: demand + 15m)"
+    )
     simulate.add_argument("--launch-delay", default="30s", help="how long a node takes to start")
     simulate.add_argument("--tick", default="5s", help="autoscaler update interval")
 
@@ -100,8 +102,11 @@ def parse_demand(text: str) -> object:
     amount, resource, lasting, start, end, open_start = match.groups()
     begin = parse_duration(start or open_start or "0", "--demand")
     finish = (
-        begin + parse_duration(lasting, "--demand") if lasting
-        else parse_duration(end, "--demand") if end else float("inf")
+        begin + parse_duration(lasting, "--demand")
+        if lasting
+        else parse_duration(end, "--demand")
+        if end
+        else float("inf")
     )
     total = float(amount)
     if resource == "CPU":
@@ -118,9 +123,7 @@ def _simulate(args: argparse.Namespace) -> int:
         raise RayDogError("--demand: give at least one, e.g. --demand '8 CPU for 10m'")
     typed = [d for d in demand if isinstance(d, Demand)]
     ends = [d.end_s for d in typed if d.end_s != float("inf")] + [d.start_s for d in typed]
-    duration = (
-        parse_duration(args.duration, "--duration") if args.duration else max(ends) + 15 * 60
-    )
+    duration = parse_duration(args.duration, "--duration") if args.duration else max(ends) + 15 * 60
     simulation = Simulation(
         cluster,
         tick_s=parse_duration(args.tick, "--tick"),

@@ -122,7 +122,8 @@ def compose_head_script(script: str, head_server_command: str | None) -> str:
         return script
     lines = script.splitlines(keepends=True)
     shebang = lines.pop(0) if lines and lines[0].startswith("#!") else "#!/usr/bin/env bash\n"
-    return f"{shebang}# Started by RayDog: the tag store's server\n{head_server_command}\n{''.join(lines)}"
+    body = "".join(lines)
+    return f"{shebang}# Started by RayDog: the tag store's server\n{head_server_command}\n{body}"
 
 
 def resolve_files(cluster_config: Mapping[str, Any], config_dir: Path) -> dict[str, Any]:
@@ -331,7 +332,11 @@ def _node_types(cluster_config: Mapping[str, Any]) -> tuple[dict[str, NodeTypeSp
         if counts["min_workers"] > counts["max_workers"] and "max_workers" in entry:
             raise ConfigError(f"{path}.min_workers", "is greater than max_workers")
         specs[str(name)] = NodeTypeSpec(
-            str(name), dict(node_config), dict(resources), counts["min_workers"], counts["max_workers"]
+            str(name),
+            dict(node_config),
+            dict(resources),
+            counts["min_workers"],
+            counts["max_workers"],
         )
     return specs, head
 
@@ -341,7 +346,9 @@ def _files_to_upload(value: Any) -> tuple[str, ...]:
         raise ConfigError("provider.files_to_upload", f"expected a list of paths, got {value!r}")
     for index, item in enumerate(value):
         if not isinstance(item, str) or not item:
-            raise ConfigError(f"provider.files_to_upload[{index}]", f"expected a path, got {item!r}")
+            raise ConfigError(
+                f"provider.files_to_upload[{index}]", f"expected a path, got {item!r}"
+            )
     return tuple(value)
 
 
@@ -404,7 +411,9 @@ def validate(cluster_config: Mapping[str, Any], config_dir: Path) -> RayDogConfi
 
     provider = _mapping(cluster_config.get("provider"), "provider")
     if provider.get("type") != "external":
-        raise ConfigError("provider.type", f"must be 'external' for RayDog, got {provider.get('type')!r}")
+        raise ConfigError(
+            "provider.type", f"must be 'external' for RayDog, got {provider.get('type')!r}"
+        )
     module = "raydog_core.RayDogNodeProvider"
     if provider.get("module") != module:
         raise ConfigError("provider.module", f"must be {module!r}, got {provider.get('module')!r}")

@@ -190,5 +190,5 @@ class ComputeBackend(ABC):
         """Optional: how Ray runs commands on ``node_id``; None means Ray's SSH runner."""
         return None
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
         """Optional: release clients and threads (not the cluster's nodes)."""

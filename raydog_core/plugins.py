@@ -32,7 +32,7 @@ BASES: dict[Kind, type] = {
     "transport": Transport,
 }
 # The arguments the core passes positionally; not options a user may set.
-_CORE_ARGUMENTS = {"self", "cluster_name", "spec"}
+_CORE_ARGUMENTS = {"cluster_name", "spec"}
 
 P = TypeVar("P")
 
@@ -61,7 +61,9 @@ def load(kind: Kind, name: str, key_path: str) -> type:
         raise ConfigError(key_path, f"no {kind} plugin named {name!r}", sorted(plugins))
     info = plugins[name]
     try:
-        manager = driver.DriverManager(GROUPS[kind], name, invoke_on_load=False)
+        manager: driver.DriverManager = driver.DriverManager(
+            GROUPS[kind], name, invoke_on_load=False
+        )
     except Exception as exc:  # stevedore wraps import failures in several types
         missing = _missing_module(exc)
         if missing is None:
@@ -90,7 +92,7 @@ def _missing_module(exc: BaseException) -> str | None:
 
 def option_names(plugin: type) -> dict[str, inspect.Parameter]:
     """The keyword options a plugin's constructor accepts."""
-    signature = inspect.signature(plugin.__init__)
+    signature = inspect.signature(plugin)
     return {
         name: param
         for name, param in signature.parameters.items()
@@ -109,7 +111,8 @@ def check_options(plugin: type, options: Mapping[str, Any], paths: Mapping[str, 
         expected = hints.get(option)
         if expected is not None and not _matches(value, expected):
             raise ConfigError(
-                paths[option], f"expected {_describe(expected)}, got {type(value).__name__} {value!r}"
+                paths[option],
+                f"expected {_describe(expected)}, got {type(value).__name__} {value!r}",
             )
     for option, param in accepted.items():
         if param.default is inspect.Parameter.empty and option not in options:
@@ -117,7 +120,9 @@ def check_options(plugin: type, options: Mapping[str, Any], paths: Mapping[str, 
             raise ConfigError(f"{owner}.{option}", "missing required option")
 
 
-def construct(plugin: type[P], args: tuple[Any, ...], options: Mapping[str, Any], paths: Mapping[str, str]) -> P:
+def construct(
+    plugin: type[P], args: tuple[Any, ...], options: Mapping[str, Any], paths: Mapping[str, str]
+) -> P:
     """Build a plugin; a ConfigError it raises about one of its options gets that option's path."""
     check_options(plugin, options, paths)
     try:
@@ -132,7 +137,7 @@ def construct(plugin: type[P], args: tuple[Any, ...], options: Mapping[str, Any]
 
 def _type_hints(plugin: type) -> dict[str, Any]:
     try:
-        return typing.get_type_hints(plugin.__init__)
+        return typing.get_type_hints(plugin.__init__)  # type: ignore[misc]
     except (NameError, TypeError):
         return {}
 
@@ -156,7 +161,9 @@ def _matches(value: Any, expected: Any) -> bool:
         return isinstance(value, int) and not isinstance(value, bool)
     if target in (Mapping, dict):
         return isinstance(value, Mapping)
-    if target in (list, tuple) or (isinstance(target, type) and issubclass(target, typing.Sequence)):
+    if target in (list, tuple) or (
+        isinstance(target, type) and issubclass(target, typing.Sequence)
+    ):
         return isinstance(value, (list, tuple)) and not isinstance(value, str)
     return isinstance(value, target)
 

@@ -120,9 +120,7 @@ class RayDogNodeProvider(NodeProvider):
         except BackendError as exc:
             if is_head:
                 raise
-            raise NodeLaunchException(
-                "RayDog launch failed", str(exc), src_exc_info=None
-            ) from exc
+            raise NodeLaunchException("RayDog launch failed", str(exc), src_exc_info=None) from exc
         now = time.monotonic()
         with self._lock:
             for node_id in node_ids:
@@ -145,7 +143,9 @@ class RayDogNodeProvider(NodeProvider):
         if not node_ids:
             return None
         if any(self._is_head(node_id) for node_id in node_ids):
-            logger.info("RayDog: the head is in the batch; shutting down cluster %s", self.cluster_name)
+            logger.info(
+                "RayDog: the head is in the batch; shutting down cluster %s", self.cluster_name
+            )
             with self._lock:
                 known = set(self._nodes)
             self.tags.delete(known | set(node_ids) | set(self.tags.all()))
@@ -196,7 +196,12 @@ class RayDogNodeProvider(NodeProvider):
         if runner is not None:
             return runner
         return super().get_command_runner(
-            log_prefix, node_id, auth_config, cluster_name, process_runner, use_internal_ip,
+            log_prefix,
+            node_id,
+            auth_config,
+            cluster_name,
+            process_runner,
+            use_internal_ip,
             docker_config,
         )
 
@@ -226,8 +231,7 @@ class RayDogNodeProvider(NodeProvider):
                     for node_id in tags
                     if node_id not in kept
                     and (
-                        node_id not in described
-                        or described[node_id].state is NodeState.TERMINATED
+                        node_id not in described or described[node_id].state is NodeState.TERMINATED
                     )
                 ]
             if gone:

@@ -46,7 +46,10 @@ from raydog_core.provider import RayDogNodeProvider
 
 @dataclass(frozen=True)
 class Demand:
-    """``count`` tasks each needing ``resources`` (or ``cpus`` CPUs), from ``start_s`` to ``end_s``."""
+    """``count`` tasks each needing ``resources`` (or ``cpus`` CPUs) from ``start_s`` to ``end_s``.
+
+    ``cpus`` alone is spread as 1-CPU tasks, as a Ray job's tasks would be.
+    """
 
     start_s: float = 0.0
     end_s: float = float("inf")
@@ -103,9 +106,7 @@ class Timeline:
         return current
 
     def _of(self, action: str, node_type: str | None) -> list[Event]:
-        return [
-            e for e in self.events if e.action == action and node_type in (None, e.node_type)
-        ]
+        return [e for e in self.events if e.action == action and node_type in (None, e.node_type)]
 
     def format(self) -> str:
         lines = []
@@ -130,6 +131,9 @@ class _SimulatedClock:
 
     def __call__(self) -> float:
         return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
 
 
 class _NoGcs:
@@ -163,6 +167,7 @@ class Simulation:
         self.config = raydog_config.bootstrap(config, config_dir or Path.cwd())
         self.cluster: SimulatedCluster = MemoryComputeBackend.cluster(name)
         self.cluster.clock = self.clock
+        self.cluster.sleep = self.clock.sleep
         self.provider = RayDogNodeProvider(self.config["provider"], name)
         self._busy_until: dict[str, float] = {}
         head_type = self.config["head_node_type"]
@@ -175,15 +180,17 @@ class Simulation:
             },
             1,
         )
+        # Time zero is when the head is up, as it is for a user after `ray up`.
+        self._start = self.clock.now
         self.load_metrics = LoadMetrics()
         with quiet_ray_logs():
             self.autoscaler = StandardAutoscaler(
                 lambda: copy.deepcopy(self.config),
                 self.load_metrics,
-                _NoGcs(),  # type: ignore[arg-type]
+                _NoGcs(),
                 update_interval_s=0,
             )
-        self.autoscaler.provider = self.provider
+        self.autoscaler.provider = self.provider  # type: ignore[assignment]
         self._known: dict[str, str] = {}
 
     def run(self, demand: Sequence[Demand], duration_s: float) -> Timeline:
@@ -191,12 +198,17 @@ class Simulation:
         timeline = Timeline()
         self._observe(timeline)
         with quiet_ray_logs():
-            while self.clock.now < duration_s:
+            while self.elapsed < duration_s:
                 self.clock.now += self.tick_s
                 self._report_load(demand)
                 self.autoscaler.update()
                 self._observe(timeline)
         return timeline
+
+    @property
+    def elapsed(self) -> float:
+        """Simulated seconds since the head came up."""
+        return self.clock.now - self._start
 
     def lose_node(self, node_id: str) -> None:
         """The platform loses a node; the autoscaler should replace it."""
@@ -213,7 +225,7 @@ class Simulation:
 
     def _report_load(self, demand: Sequence[Demand]) -> None:
         """What the raylets would report: resources, what is in use, what waits."""
-        waiting = [b for d in demand if d.active(self.clock.now) for b in d.bundles()]
+        waiting = [b for d in demand if d.active(self.elapsed) for b in d.bundles()]
         types = self.config["available_node_types"]
         for info in self.cluster.live_nodes():
             if info.state is not NodeState.RUNNING or info.internal_ip is None:
@@ -231,9 +243,9 @@ class Simulation:
             if placed:
                 self._busy_until[info.node_id] = self.clock.now
             idle_s = self.clock.now - self._busy_until.setdefault(info.node_id, self.clock.now)
-            self.load_metrics.update(
-                info.internal_ip, info.node_id.encode(), total, free, idle_s
-            )
+            # Ray annotates the resources as dict[str, dict]; raylets report dict[str, float].
+            report: Any = self.load_metrics.update
+            report(info.internal_ip, info.node_id.encode(), total, free, idle_s)
         # Only the last report carries the waiting demand.
         self.load_metrics.waiting_bundles = waiting
 
@@ -241,15 +253,17 @@ class Simulation:
         live = {n.node_id: n.node_type for n in self.cluster.live_nodes() if not n.is_head}
         for node_id, node_type in live.items():
             if node_id not in self._known:
-                timeline.events.append(Event(self.clock.now, "launch", node_type, node_id))
+                timeline.events.append(Event(self.elapsed, "launch", node_type, node_id))
         for node_id, node_type in self._known.items():
             if node_id not in live:
-                timeline.events.append(Event(self.clock.now, "terminate", node_type, node_id))
+                timeline.events.append(Event(self.elapsed, "terminate", node_type, node_id))
         self._known = live
-        timeline.workers.append((self.clock.now, Counter(live.values())))
+        timeline.workers.append((self.elapsed, Counter(live.values())))
 
 
-def _memory_config(cluster_config: Mapping[str, Any], name: str, launch_delay_s: float) -> dict[str, Any]:
+def _memory_config(
+    cluster_config: Mapping[str, Any], name: str, launch_delay_s: float
+) -> dict[str, Any]:
     """The user's config with the plugins swapped for the in-memory ones."""
     config = copy.deepcopy(dict(cluster_config))
     provider = config.get("provider")

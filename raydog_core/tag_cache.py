@@ -120,7 +120,10 @@ class TagCache:
                 self._pending_deletes |= deletes
             for node_id, tags in updates.items():
                 if node_id not in deleted_meanwhile:
-                    self._pending_updates[node_id] = {**tags, **self._pending_updates.get(node_id, {})}
+                    self._pending_updates[node_id] = {
+                        **tags,
+                        **self._pending_updates.get(node_id, {}),
+                    }
         return False
 
     def _with_retry(self, operation: Callable[[], T]) -> tuple[bool, T | None]:

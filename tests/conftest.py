@@ -1,4 +1,4 @@
-"""Shared fixtures: a private RAYDOG_HOME per test, cluster configs built the way users write them."""
+"""Shared fixtures: a private RAYDOG_HOME per test, cluster configs as users write them."""
 
 from __future__ import annotations
 

@@ -32,28 +32,83 @@ def _set(config: dict[str, Any], dotted: str, value: Any) -> dict[str, Any]:
 # (what is wrong, key, value, key path named by the error, words in the message)
 BAD = [
     ("unknown compute plugin", "provider.compute", "nosuch", "provider.compute", "memory"),
-    ("unknown tag store option", "provider.tag_store", {"type": "memory", "bogus": 1},
-     "provider.tag_store.bogus", "unknown option"),
-    ("mistyped option", "provider.compute", {"type": "memory", "launch_delay": "fast"},
-     "provider.compute.launch_delay", "expected a number"),
-    ("out-of-range option", "provider.compute", {"type": "memory", "launch_delay": -1},
-     "provider.compute.launch_delay", ">= 0"),
-    ("misspelt flat key", "provider.cluster_namespce", "ns", "provider.cluster_namespce",
-     "unknown option"),
-    ("missing file: target", "provider.ray_head_node_task_script", "file:scripts/nope.sh",
-     "provider.ray_head_node_task_script", "file not found"),
-    ("files_to_upload not a list", "provider.files_to_upload", "a.txt",
-     "provider.files_to_upload", "expected a list"),
-    ("missing upload", "provider.files_to_upload", ["missing.bin"],
-     "provider.files_to_upload[0]", "file not found"),
-    ("transport of the wrong type", "provider.transport", 5, "provider.transport",
-     "plugin name or a mapping"),
-    ("plugin type not a name", "provider.compute", {"type": 3}, "provider.compute.type",
-     "plugin name"),
-    ("script not text", "provider.ray_worker_node_task_script", 42,
-     "provider.ray_worker_node_task_script", "expected text"),
-    ("negative resource", "available_node_types.cpu.resources", {"CPU": -2},
-     "available_node_types.cpu.resources.CPU", "minimum of 0"),
+    (
+        "unknown tag store option",
+        "provider.tag_store",
+        {"type": "memory", "bogus": 1},
+        "provider.tag_store.bogus",
+        "unknown option",
+    ),
+    (
+        "mistyped option",
+        "provider.compute",
+        {"type": "memory", "launch_delay": "fast"},
+        "provider.compute.launch_delay",
+        "expected a number",
+    ),
+    (
+        "out-of-range option",
+        "provider.compute",
+        {"type": "memory", "launch_delay": -1},
+        "provider.compute.launch_delay",
+        ">= 0",
+    ),
+    (
+        "misspelt flat key",
+        "provider.cluster_namespce",
+        "ns",
+        "provider.cluster_namespce",
+        "unknown option",
+    ),
+    (
+        "missing file: target",
+        "provider.ray_head_node_task_script",
+        "file:scripts/nope.sh",
+        "provider.ray_head_node_task_script",
+        "file not found",
+    ),
+    (
+        "files_to_upload not a list",
+        "provider.files_to_upload",
+        "a.txt",
+        "provider.files_to_upload",
+        "expected a list",
+    ),
+    (
+        "missing upload",
+        "provider.files_to_upload",
+        ["missing.bin"],
+        "provider.files_to_upload[0]",
+        "file not found",
+    ),
+    (
+        "transport of the wrong type",
+        "provider.transport",
+        5,
+        "provider.transport",
+        "plugin name or a mapping",
+    ),
+    (
+        "plugin type not a name",
+        "provider.compute",
+        {"type": 3},
+        "provider.compute.type",
+        "plugin name",
+    ),
+    (
+        "script not text",
+        "provider.ray_worker_node_task_script",
+        42,
+        "provider.ray_worker_node_task_script",
+        "expected text",
+    ),
+    (
+        "negative resource",
+        "available_node_types.cpu.resources",
+        {"CPU": -2},
+        "available_node_types.cpu.resources.CPU",
+        "minimum of 0",
+    ),
     ("option given twice", "provider.launch_delay", 2, "provider.launch_delay", "also given"),
 ]
 
@@ -147,9 +202,9 @@ def test_plugins_lists_every_group_with_its_distribution() -> None:
     }.items():
         section = result.stdout.split(f"{kind} (")[1].split("\n\n")[0]
         for name in names:
-            assert any(
-                line.split()[:2] == [name, "raydog"] for line in section.splitlines()
-            ), f"{name} missing from {kind}"
+            assert any(line.split()[:2] == [name, "raydog"] for line in section.splitlines()), (
+                f"{name} missing from {kind}"
+            )
 
 
 def run_raydog(*args: str) -> subprocess.CompletedProcess[str]:
@@ -167,7 +222,9 @@ def test_core_imports_no_plugin_dependency() -> None:
         "print(sorted(m for m in ('yellowdog_client', 'redis', 'valkey', 'sshtunnel', 'paramiko')"
         " if m in sys.modules))"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+    )
     assert result.stdout.strip() == "[]", result.stderr
 
 

@@ -76,7 +76,7 @@ BROKEN_STORES = {
 """,
 }
 
-STORE_TEMPLATE = '''
+STORE_TEMPLATE = """
 import pytest
 from raydog_core.interfaces import TagStore
 from raydog_core.testing import TagStoreContract
@@ -106,7 +106,7 @@ class TestBroken(TagStoreContract):
     @pytest.fixture
     def make_store(self):
         return lambda name: Broken(name)
-'''
+"""
 
 
 @pytest.mark.parametrize("flaw", sorted(BROKEN_STORES))
@@ -148,7 +148,7 @@ BROKEN_BACKENDS = {
 """,
 }
 
-BACKEND_TEMPLATE = '''
+BACKEND_TEMPLATE = """
 import pytest
 from raydog_backends.memory.compute import MemoryComputeBackend, SimulatedCluster
 from raydog_core.interfaces import NodeState
@@ -173,7 +173,7 @@ class TestBroken(ComputeBackendContract):
                 if node_id in cluster.nodes:
                     cluster.lose(node_id)
         return lose
-'''
+"""
 
 
 @pytest.mark.parametrize("flaw", sorted(BROKEN_BACKENDS))

@@ -43,12 +43,25 @@ class SimulatedNode:
 
     def info(self, now: float) -> NodeInfo:
         if self.lost:
-            return NodeInfo(self.node_id, self.node_type, self.is_head, NodeState.TERMINATED,
-                            self.internal_ip, self.external_ip, self.lost)
+            return NodeInfo(
+                self.node_id,
+                self.node_type,
+                self.is_head,
+                NodeState.TERMINATED,
+                self.internal_ip,
+                self.external_ip,
+                self.lost,
+            )
         if now < self.ready_at:
             return NodeInfo(self.node_id, self.node_type, self.is_head, NodeState.PENDING)
-        return NodeInfo(self.node_id, self.node_type, self.is_head, NodeState.RUNNING,
-                        self.internal_ip, self.external_ip)
+        return NodeInfo(
+            self.node_id,
+            self.node_type,
+            self.is_head,
+            NodeState.RUNNING,
+            self.internal_ip,
+            self.external_ip,
+        )
 
 
 @dataclass
@@ -57,6 +70,7 @@ class SimulatedCluster:
 
     name: str
     clock: Callable[[], float] = time.monotonic
+    sleep: Callable[[float], None] = time.sleep
     nodes: dict[str, SimulatedNode] = field(default_factory=dict)
     launch_failures: list[str] = field(default_factory=list)
     launches: int = 0
@@ -122,7 +136,7 @@ class MemoryComputeBackend(ComputeBackend):
                 )
                 created.append(node_id)
         if request.is_head and self.launch_delay:
-            time.sleep(max(0.0, ready_at - cluster.clock()))
+            cluster.sleep(max(0.0, ready_at - cluster.clock()))
         return created
 
     def describe(self) -> list[NodeInfo]:

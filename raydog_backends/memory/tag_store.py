@@ -1,4 +1,4 @@
-"""The ``memory`` tag store: tags in this process, shared by every store of the same cluster name."""
+"""The ``memory`` tag store: tags in this process, shared by all stores of one cluster name."""
 
 from __future__ import annotations
 

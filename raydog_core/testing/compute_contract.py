@@ -1,4 +1,4 @@
-"""The behaviour every ComputeBackend must show; a plugin's tests subclass ComputeBackendContract."""
+"""The behaviour every ComputeBackend must show; plugin tests subclass ComputeBackendContract."""
 
 from __future__ import annotations
 
@@ -166,7 +166,9 @@ class ComputeBackendContract:
         assert {head, *workers} <= set(self.live({n.node_id: n for n in second.describe()}))
         second.terminate(workers[:1])
         self.wait_for(
-            first, lambda nodes: workers[0] not in self.live(nodes), "a worker stopped by another instance"
+            first,
+            lambda nodes: workers[0] not in self.live(nodes),
+            "a worker stopped by another instance",
         )
 
     def test_clusters_are_isolated(
@@ -207,4 +209,6 @@ class ComputeBackendContract:
             "the worker to run",
         )
         lose_node(worker)
-        self.wait_for(backend, lambda nodes: worker not in self.live(nodes), "the lost worker to go")
+        self.wait_for(
+            backend, lambda nodes: worker not in self.live(nodes), "the lost worker to go"
+        )

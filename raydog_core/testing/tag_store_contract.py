@@ -89,7 +89,9 @@ class TagStoreContract:
         client, head = make_store(cluster), make_store(cluster)
         client.update({"n1": {"a": "1"}})
         head.update({"n1": {"b": "2"}, "n2": {"c": "3"}})
-        assert client.load_all() == head.load_all() == {"n1": {"a": "1", "b": "2"}, "n2": {"c": "3"}}
+        assert (
+            client.load_all() == head.load_all() == {"n1": {"a": "1", "b": "2"}, "n2": {"c": "3"}}
+        )
         head.delete(["n1"])
         assert client.load_all() == {"n2": {"c": "3"}}
 

@@ -1,0 +1,81 @@
+"""Ray's own StandardAutoscaler driving RayDog on the memory backends (raydog_core.simulation)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from raydog_core.simulation import Demand, Simulation
+
+ConfigFactory = Callable[..., dict[str, Any]]
+
+
+@pytest.fixture
+def simulation(cluster_config: ConfigFactory) -> Iterator[Callable[..., Simulation]]:
+    made: list[Simulation] = []
+
+    def make(**overrides: Any) -> Simulation:
+        config = cluster_config()
+        config.update(overrides)
+        sim = Simulation(config, tick_s=5, launch_delay_s=20)
+        made.append(sim)
+        return sim
+
+    yield make
+    for sim in made:
+        sim.close()
+
+
+def test_demand_launches_workers_and_idleness_removes_them(
+    simulation: Callable[..., Simulation],
+) -> None:
+    sim = simulation(idle_timeout_minutes=2)
+    timeline = sim.run([Demand(cpus=8, start_s=0, end_s=300)], duration_s=900)
+    # 8 CPUs of 1-CPU tasks; the head has 1 CPU, workers 2 each: 4 workers (max_workers 4).
+    assert len(timeline.launches("cpu")) == 4
+    assert timeline.peak_workers("cpu") == 4
+    assert timeline.workers_at(200)["cpu"] == 4
+    # Last busy tick at 295 s, idle timeout 2 minutes: gone from 415 s, within a few ticks.
+    terminations = timeline.terminations("cpu")
+    assert len(terminations) == 4
+    assert all(410 <= e.t <= 480 for e in terminations), terminations
+    assert timeline.workers_at(900)["cpu"] == 0
+
+
+def test_a_node_lost_in_the_backend_is_replaced(simulation: Callable[..., Simulation]) -> None:
+    sim = simulation()
+    demand = [Demand(cpus=4, start_s=0)]
+    first = sim.run(demand, duration_s=60)
+    workers = [e.node_id for e in first.launches("cpu")]
+    assert len(workers) == 2
+    sim.lose_node(workers[0])
+    after = sim.run(demand, duration_s=180)
+    replacement = [e for e in after.launches("cpu") if e.node_id not in workers]
+    assert [e.node_id for e in after.terminations("cpu")] == [workers[0]]
+    assert len(replacement) == 1
+    assert after.workers_at(180)["cpu"] == 2
+
+
+def test_min_workers_are_kept_without_demand(
+    simulation: Callable[..., Simulation], cluster_config: ConfigFactory
+) -> None:
+    types = cluster_config()["available_node_types"]
+    types["cpu"]["min_workers"] = 2
+    sim = simulation(available_node_types=types)
+    timeline = sim.run([], duration_s=600)
+    assert timeline.workers_at(600)["cpu"] == 2
+    assert timeline.terminations() == []
+
+
+def test_upscaling_speed_limits_each_step(
+    simulation: Callable[..., Simulation], cluster_config: ConfigFactory
+) -> None:
+    types = cluster_config()["available_node_types"]
+    types["cpu"]["max_workers"] = 10
+    sim = simulation(available_node_types=types, max_workers=10, upscaling_speed=0.5)
+    timeline = sim.run([Demand(cpus=20, start_s=0)], duration_s=300)
+    first_wave = [e for e in timeline.launches("cpu") if e.t == timeline.launches("cpu")[0].t]
+    assert len(first_wave) < 10
+    assert timeline.workers_at(300)["cpu"] == 10
