@@ -5,12 +5,17 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from raydog_core import config as raydog_config
 from raydog_core import plugins
 from raydog_core.errors import RayDogError
+from raydog_core.interfaces import Check, NodeState
+
+if TYPE_CHECKING:
+    from raydog_core.provider import RayDogNodeProvider
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -42,6 +47,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     simulate.add_argument("--launch-delay", default="30s", help="how long a node takes to start")
     simulate.add_argument("--tick", default="5s", help="autoscaler update interval")
 
+    node_setup = commands.add_parser(
+        "node-setup", help="print the setup script (userdata) a node of a type needs"
+    )
+    node_setup.add_argument("config", type=Path)
+    node_setup.add_argument("--node-type", required=True)
+
+    doctor = commands.add_parser("doctor", help="check what commonly breaks a real `ray up`")
+    doctor.add_argument("config", type=Path)
+
+    status = commands.add_parser(
+        "status", help="the cluster's nodes as the compute backend and the tag store see them"
+    )
+    status.add_argument("config", type=Path)
+
     args = parser.parse_args(argv)
     try:
         if args.command == "plugins":
@@ -50,6 +69,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _validate(args.config)
         if args.command == "simulate":
             return _simulate(args)
+        if args.command == "node-setup":
+            return _node_setup(args.config, args.node_type)
+        if args.command == "doctor":
+            return _doctor(args.config)
+        if args.command == "status":
+            return _status(args.config)
     except RayDogError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -136,6 +161,160 @@ def _simulate(args: argparse.Namespace) -> int:
         simulation.close()
     print(f"Simulated {duration / 60:.0f} minutes of {args.config} (tick {args.tick}):")
     print(timeline.format())
+    return 0
+
+
+def _open_cluster(path: Path) -> tuple[raydog_config.RayDogConfig, RayDogNodeProvider]:
+    """The provider a `ray` command would build for this YAML (validated first)."""
+    from raydog_core.provider import RayDogNodeProvider
+
+    cluster = raydog_config.load_file(path)
+    parsed = raydog_config.validate(cluster, path.resolve().parent)
+    bootstrapped = raydog_config.bootstrap(cluster, path.resolve().parent)
+    provider = RayDogNodeProvider(bootstrapped["provider"], parsed.cluster_name)
+    return parsed, provider
+
+
+def _node_setup(path: Path, node_type: str) -> int:
+    from raydog_core.node_setup import Versions, common_setup
+
+    cluster = raydog_config.load_file(path)
+    parsed = raydog_config.validate(cluster, path.resolve().parent)
+    _, _, compute = raydog_config.build_plugins(parsed)
+    common = common_setup(parsed, node_type, Versions.of_this_client())
+    print(compute.node_setup_script(node_type, common), end="")
+    return 0
+
+
+def _doctor(path: Path) -> int:
+    from raydog_core.node_setup import VERSIONS_TAG, Versions
+
+    checks: list[Check] = []
+
+    def show(check: Check) -> None:
+        checks.append(check)
+        mark = "PASS" if check.ok else "FAIL"
+        line = f"{mark}  {check.name}: {check.detail}"
+        if not check.ok and check.fix:
+            line += f"\n      fix: {check.fix}"
+        print(line, flush=True)
+
+    try:
+        parsed, provider = _open_cluster(path)
+    except RayDogError as exc:
+        show(Check("config", False, str(exc), f"raydog validate {path}"))
+        return 1
+    show(
+        Check(
+            "config",
+            True,
+            f"valid ({parsed.compute.name}, {parsed.tag_store.name}, {parsed.transport.name})",
+        )
+    )
+    show(_key_check(parsed.auth))
+    for check in provider.compute.preflight():
+        show(check)
+    client = Versions.of_this_client()
+    try:
+        heads = provider.non_terminated_nodes({"ray-node-type": "head"})
+    except RayDogError as exc:
+        show(Check("head", False, str(exc)))
+        return 1
+    if not heads:
+        show(Check("head", True, f"no head running; `ray up {path}` starts one"))
+        show(Check("versions", True, f"client {client}; `raydog node-setup` pins nodes to it"))
+    else:
+        head = heads[0]
+        running = provider.is_running(head)
+        show(
+            Check(
+                "head",
+                running,
+                f"{head} at {provider.external_ip(head)}",
+                "wait for it, or see the compute backend's logs for the head task",
+            )
+        )
+        provider.tags.refresh()
+        reached = provider.tags.connected
+        where = "on the head" if provider.store.head_port else "external"
+        show(
+            Check(
+                "tag store",
+                reached,
+                f"{parsed.tag_store.name} ({where})",
+                "is the head's tag server running? see ~/.raydog/clusters/"
+                f"{parsed.cluster_name}/ on the head",
+            )
+        )
+        reported = provider.node_tags(head).get(VERSIONS_TAG)
+        if reported is None:
+            show(Check("versions", True, f"client {client}; the head has not reported yet"))
+        else:
+            node = Versions.parse(reported)
+            same = (node.python, node.ray) == (client.python, client.ray)
+            show(
+                Check(
+                    "versions",
+                    same,
+                    f"client {client}, head {node}",
+                    "rebuild the nodes with `raydog node-setup`, or match the client's "
+                    "Python and Ray to the head's",
+                )
+            )
+    provider.close()
+    failed = [c for c in checks if not c.ok]
+    print(f"{len(checks) - len(failed)} passed, {len(failed)} failed")
+    return 1 if failed else 0
+
+
+def _key_check(auth: Mapping[str, object]) -> Check:
+
+    key = auth.get("ssh_private_key")
+    if not key:
+        return Check("ssh key", True, "none configured (needed only for SSH to the head)")
+    path = Path(str(key)).expanduser()
+    if not path.exists():
+        return Check("ssh key", False, f"{path} not found", "fix auth.ssh_private_key")
+    if path.stat().st_mode & 0o077:
+        return Check("ssh key", False, f"{path} is readable by others", f"chmod 600 {path}")
+    return Check("ssh key", True, f"{path} present, mode 600")
+
+
+def _status(path: Path) -> int:
+
+    parsed, provider = _open_cluster(path)
+    provider.refresh()
+    described = {info.node_id: info for info in provider.compute.describe()}
+    stored = provider.tags.all()
+    where = "reachable" if provider.tags.connected else "not reachable"
+    print(
+        f"cluster {parsed.cluster_name}: {parsed.compute.name} compute, "
+        f"{parsed.tag_store.name} tag store ({where})"
+    )
+    print(
+        f"{'node':<44} {'type':<14} {'kind':<7} {'compute':<11} {'ray status':<16} "
+        f"{'internal ip':<15} external ip"
+    )
+    for node_id in sorted(described.keys() | stored.keys()):
+        info = described.get(node_id)
+        tags = provider.node_tags(node_id) if info else stored[node_id]
+        state = info.state.value if info else "unknown"
+        if info is not None and info.state is NodeState.TERMINATED and info.detail:
+            state += f" ({info.detail})"
+        print(
+            f"{node_id:<44} {tags.get('ray-user-node-type', '?'):<14} "
+            f"{tags.get('ray-node-type', '?'):<7} {state:<11} "
+            f"{tags.get('ray-node-status', '-'):<16} "
+            f"{(info.internal_ip if info else None) or '-':<15} "
+            f"{(info.external_ip if info else None) or '-'}"
+        )
+        if info is None:
+            print("    (tags only: the compute backend no longer has this node)")
+        elif node_id not in stored and provider.tags.connected:
+            print("    (no tags in the store: shown from the compute backend's facts)")
+    if not described and not stored:
+        print("no nodes")
+    provider.close()
     return 0
 
 

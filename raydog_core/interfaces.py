@@ -135,6 +135,16 @@ class ClusterSpec:
 
 
 @dataclass(frozen=True)
+class Check:
+    """One line of ``raydog doctor``: what was checked, whether it passed, and the fix."""
+
+    name: str
+    ok: bool
+    detail: str = ""
+    fix: str = ""
+
+
+@dataclass(frozen=True)
 class LaunchRequest:
     node_type: str
     count: int
@@ -189,6 +199,21 @@ class ComputeBackend(ABC):
     ) -> CommandRunnerInterface | None:
         """Optional: how Ray runs commands on ``node_id``; None means Ray's SSH runner."""
         return None
+
+    def preflight(self) -> list[Check]:
+        """Optional: checks for ``raydog doctor`` (credentials accepted, templates found...).
+
+        May call the platform, but must create nothing.
+        """
+        return []
+
+    def node_setup_script(self, node_type: str, common: str) -> str:
+        """Optional: the setup a node of ``node_type`` needs (``raydog node-setup``).
+
+        ``common`` is the core's part (Python, Ray and raydog at the client's versions, the SSH
+        key); a backend adds what its platform needs, such as an agent.
+        """
+        return common
 
     def close(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
         """Optional: release clients and threads (not the cluster's nodes)."""

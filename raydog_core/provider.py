@@ -41,6 +41,7 @@ from raydog_core.interfaces import (
     TagStore,
     Transport,
 )
+from raydog_core.node_setup import VERSIONS_TAG, Versions
 from raydog_core.tag_cache import NotReady, TagCache
 
 logger = logging.getLogger(__name__)
@@ -65,6 +66,7 @@ class RayDogNodeProvider(NodeProvider):
         self._refresh_lock = threading.Lock()
         self._nodes: dict[str, NodeInfo] = {}
         self._launched_at: dict[str, float] = {}
+        self._versions_reported = False
         self.tags = TagCache(self.store, self._store_endpoint)
 
     # --- Ray's queries: answered from the last snapshot, no I/O ---------------------------
@@ -239,6 +241,16 @@ class RayDogNodeProvider(NodeProvider):
                 self.tags.delete(gone)
             if not self.tags.connected:
                 self.tags.refresh()
+        if self.raydog_config.on_head and not self._versions_reported:
+            self._report_versions()
+
+    def _report_versions(self) -> None:
+        """On the head: tag the head node with the versions it runs (``raydog doctor`` reads it)."""
+        with self._lock:
+            heads = [i.node_id for i in self._nodes.values() if i.is_head]
+        if heads:
+            self.tags.update({heads[0]: {VERSIONS_TAG: str(Versions.of_this_client())}})
+            self._versions_reported = True
 
     def _info(self, node_id: str) -> NodeInfo | None:
         with self._lock:
