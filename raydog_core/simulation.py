@@ -192,6 +192,7 @@ class Simulation:
             )
         self.autoscaler.provider = self.provider  # type: ignore[assignment]
         self._known: dict[str, str] = {}
+        self._running: set[str] = set()
 
     def run(self, demand: Sequence[Demand], duration_s: float) -> Timeline:
         """Tick until ``duration_s`` simulated seconds have passed since the start."""
@@ -250,14 +251,18 @@ class Simulation:
         self.load_metrics.waiting_bundles = waiting
 
     def _observe(self, timeline: Timeline) -> None:
-        live = {n.node_id: n.node_type for n in self.cluster.live_nodes() if not n.is_head}
+        nodes = [n for n in self.cluster.live_nodes() if not n.is_head]
+        live = {n.node_id: n.node_type for n in nodes}
+        running = {n.node_id for n in nodes if n.state is NodeState.RUNNING}
         for node_id, node_type in live.items():
             if node_id not in self._known:
                 timeline.events.append(Event(self.elapsed, "launch", node_type, node_id))
+            if node_id in running and node_id not in self._running:
+                timeline.events.append(Event(self.elapsed, "ready", node_type, node_id))
         for node_id, node_type in self._known.items():
             if node_id not in live:
                 timeline.events.append(Event(self.elapsed, "terminate", node_type, node_id))
-        self._known = live
+        self._known, self._running = live, running
         timeline.workers.append((self.elapsed, Counter(live.values())))
 
 

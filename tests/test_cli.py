@@ -1,0 +1,121 @@
+"""The `raydog` command as a user runs it: output and exit codes, never a traceback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import ray
+import yaml
+
+from tests.conftest import memory_cluster_config
+
+
+def raydog(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "raydog_core.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=cwd,
+    )
+
+
+def write(tmp_path: Path, config: dict[str, Any]) -> Path:
+    path = tmp_path / "cluster.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_simulate_prints_the_timeline(tmp_path: Path) -> None:
+    path = write(tmp_path, memory_cluster_config())
+    result = raydog("simulate", str(path), "--demand", "8 CPU for 5m", "--launch-delay", "60s")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    launches = [line for line in lines if " launch " in line]
+    readies = [line for line in lines if " ready " in line]
+    terminations = [line for line in lines if " terminate " in line]
+    assert len(launches) == len(readies) == len(terminations) == 4
+    assert readies[0].split()[0] == "1m05s"
+    assert lines[-1] == "workers at the end: none"
+
+
+def test_simulate_rejects_a_demand_it_cannot_read(tmp_path: Path) -> None:
+    result = raydog("simulate", str(write(tmp_path, memory_cluster_config())), "--demand", "lots")
+    assert result.returncode == 2
+    assert "--demand: expected e.g. '8 CPU for 10m'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_node_setup_pins_the_clients_versions_and_key(tmp_path: Path) -> None:
+    key = tmp_path / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    config = memory_cluster_config()
+    config["auth"] = {"ssh_user": "ubuntu", "ssh_private_key": str(key)}
+    path = write(tmp_path, config)
+    head = raydog("node-setup", str(path), "--node-type", "head")
+    worker = raydog("node-setup", str(path), "--node-type", "cpu")
+    assert head.returncode == 0 and worker.returncode == 0, head.stderr + worker.stderr
+    python = ".".join(map(str, sys.version_info[:3]))
+    assert f"uv venv --python {python} " in head.stdout
+    assert f"'ray[default]=={ray.__version__}'" in head.stdout
+    assert "'raydog[head]==" in head.stdout
+    assert " raydog==" in worker.stdout and "raydog[head]" not in worker.stdout
+    public = (tmp_path / "id_ed25519.pub").read_text().strip()
+    assert public in head.stdout and "RAYDOG_USER=ubuntu" in head.stdout
+    assert "PRIVATE KEY" not in head.stdout
+    syntax = subprocess.run(["bash", "-n"], input=head.stdout, text=True, capture_output=True)
+    assert syntax.returncode == 0, syntax.stderr
+
+
+def test_node_setup_names_an_unknown_node_type(tmp_path: Path) -> None:
+    result = raydog(
+        "node-setup", str(write(tmp_path, memory_cluster_config())), "--node-type", "gpu"
+    )
+    assert result.returncode == 2
+    assert "--node-type: no node type 'gpu' (choices: cpu, head)" in result.stderr
+
+
+def test_doctor_flags_a_key_others_can_read(tmp_path: Path) -> None:
+    key = tmp_path / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    os.chmod(key, 0o644)
+    config = memory_cluster_config()
+    config["auth"] = {"ssh_user": "ubuntu", "ssh_private_key": str(key)}
+    result = raydog("doctor", str(write(tmp_path, config)))
+    assert result.returncode == 1
+    assert f"FAIL  ssh key: {key} is readable by others" in result.stdout
+    assert f"fix: chmod 600 {key}" in result.stdout
+    os.chmod(key, 0o600)
+    again = raydog("doctor", str(write(tmp_path, config)))
+    assert again.returncode == 0, again.stdout
+    assert again.stdout.splitlines()[-1].endswith("0 failed")
+
+
+def test_doctor_reports_a_bad_config_as_a_failed_check(tmp_path: Path) -> None:
+    config = memory_cluster_config(compute="nosuch")
+    result = raydog("doctor", str(write(tmp_path, config)))
+    assert result.returncode == 1
+    assert "FAIL  config: provider.compute: no compute plugin named 'nosuch'" in result.stdout
+
+
+def test_status_of_a_cluster_that_is_not_up(tmp_path: Path) -> None:
+    result = raydog("status", str(write(tmp_path, memory_cluster_config())))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "no nodes"
+
+
+def test_the_config_testing_example_passes(tmp_path: Path) -> None:
+    example = Path(__file__).resolve().parents[1] / "examples" / "testing"
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(example)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "3 passed" in result.stdout
