@@ -104,7 +104,7 @@ def option_names(plugin: type) -> dict[str, inspect.Parameter]:
 def check_options(plugin: type, options: Mapping[str, Any], paths: Mapping[str, str]) -> None:
     """Unknown, missing and mistyped options become a ConfigError at the option's key path."""
     accepted = option_names(plugin)
-    hints = _type_hints(plugin)
+    hints = type_hints(plugin)
     for option, value in options.items():
         if option not in accepted:
             raise ConfigError(paths[option], "unknown option", sorted(accepted))
@@ -135,7 +135,7 @@ def construct(
         raise
 
 
-def _type_hints(plugin: type) -> dict[str, Any]:
+def type_hints(plugin: type) -> dict[str, Any]:
     try:
         return typing.get_type_hints(plugin.__init__)  # type: ignore[misc]
     except (NameError, TypeError):

@@ -97,6 +97,10 @@ class MemoryComputeBackend(ComputeBackend):
     _registry_lock: ClassVar[threading.Lock] = threading.Lock()
 
     def __init__(self, spec: ClusterSpec, launch_delay: float = 0.0) -> None:
+        """Options:
+
+        - ``launch_delay``: seconds from launch until a node runs (the head's launch waits).
+        """
         super().__init__(spec)
         if launch_delay < 0:
             raise ConfigError("launch_delay", f"must be >= 0 seconds, got {launch_delay!r}")
