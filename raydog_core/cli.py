@@ -179,8 +179,10 @@ def _node_setup(path: Path, node_type: str) -> int:
     from raydog_core.node_setup import Versions, common_setup
 
     cluster = raydog_config.load_file(path)
-    parsed = raydog_config.validate(cluster, path.resolve().parent)
-    _, _, compute = raydog_config.build_plugins(parsed)
+    resolved = raydog_config.resolve_files(cluster, path.resolve().parent, missing_ok=True)
+    parsed = raydog_config.parse(resolved)
+    with raydog_config.scratch_home():
+        _, _, compute = raydog_config.build_plugins(parsed)
     common = common_setup(parsed, node_type, Versions.of_this_client())
     print(compute.node_setup_script(node_type, common), end="")
     return 0

@@ -126,8 +126,14 @@ def compose_head_script(script: str, head_server_command: str | None) -> str:
     return f"{shebang}# Started by RayDog: the tag store's server\n{head_server_command}\n{body}"
 
 
-def resolve_files(cluster_config: Mapping[str, Any], config_dir: Path) -> dict[str, Any]:
-    """A copy of the config with every ``file:PATH`` string replaced by that file's text."""
+def resolve_files(
+    cluster_config: Mapping[str, Any], config_dir: Path, missing_ok: bool = False
+) -> dict[str, Any]:
+    """A copy of the config with every ``file:PATH`` string replaced by that file's text.
+
+    ``missing_ok`` leaves references to missing files as they are (``raydog node-setup``
+    writes the very files a config's ``userdata`` refers to).
+    """
 
     def resolve(value: Any, path: str) -> Any:
         if isinstance(value, str) and value.startswith(FILE_PREFIX):
@@ -135,6 +141,8 @@ def resolve_files(cluster_config: Mapping[str, Any], config_dir: Path) -> dict[s
             try:
                 return target.read_text()
             except FileNotFoundError:
+                if missing_ok:
+                    return value
                 raise ConfigError(path, f"file not found: {target}") from None
             except (OSError, UnicodeDecodeError) as exc:
                 raise ConfigError(path, f"cannot read {target}: {exc}") from None
@@ -432,13 +440,13 @@ def validate(cluster_config: Mapping[str, Any], config_dir: Path) -> RayDogConfi
         raise ConfigError("(cluster config)", str(exc)) from None
     parsed = parse(resolve_files(cluster_config, config_dir))
     uploads(parsed, config_dir)
-    with _scratch_raydog_home():
+    with scratch_home():
         build_plugins(parsed)
     return parsed
 
 
 @contextlib.contextmanager
-def _scratch_raydog_home() -> Iterator[None]:
+def scratch_home() -> Iterator[None]:
     """Plugins may create per-cluster secrets when built; validation keeps none of them."""
     previous = os.environ.get("RAYDOG_HOME")
     with tempfile.TemporaryDirectory(prefix="raydog-validate-") as home:
