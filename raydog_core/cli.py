@@ -83,11 +83,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _plugins() -> int:
-    for kind in plugins.GROUPS:
+    found = {kind: plugins.installed(kind) for kind in plugins.GROUPS}
+    every = [info for infos in found.values() for info in infos]
+    name_width = max((len(info.name) for info in every), default=0) + 2
+    dist_width = max((len(info.distribution) for info in every), default=0) + 2
+    for kind, infos in found.items():
         print(f"{kind} ({plugins.GROUPS[kind]}):")
-        for info in plugins.installed(kind):
+        for info in infos:
             default = "  (default)" if raydog_config.DEFAULT_PLUGINS[kind] == info.name else ""
-            print(f"  {info.name:<12} {info.distribution:<16} {info.target}{default}")
+            print(
+                f"  {info.name:<{name_width}}{info.distribution:<{dist_width}}"
+                f"{info.target}{default}"
+            )
+        print()
     return 0
 
 

@@ -25,11 +25,12 @@ class ConfigError(RayDogError):
 class UnreachableError(RayDogError):
     """A server (tag store, head node, tunnel) did not answer within a bounded time."""
 
-    def __init__(self, what: str, host: str, port: int, reason: str = "") -> None:
+    def __init__(self, what: str, host: str, port: int | None = None, reason: str = "") -> None:
         self.what = what
         self.host = host
         self.port = port
-        message = f"{what} at {host}:{port} is unreachable"
+        where = host if port is None else f"{host}:{port}"
+        message = f"{what} at {where} is unreachable"
         if reason:
             message += f": {reason}"
         super().__init__(message)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import inspect
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Any, Literal, TypeVar, Union
@@ -159,12 +159,12 @@ def _matches(value: Any, expected: Any) -> bool:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     if target is int:
         return isinstance(value, int) and not isinstance(value, bool)
-    if target in (Mapping, dict):
+    if target is str:
+        return isinstance(value, str)
+    if issubclass(target, Mapping):
         return isinstance(value, Mapping)
-    if target in (list, tuple) or (
-        isinstance(target, type) and issubclass(target, typing.Sequence)
-    ):
-        return isinstance(value, (list, tuple)) and not isinstance(value, str)
+    if issubclass(target, Sequence):
+        return isinstance(value, (list, tuple))
     return isinstance(value, target)
 
 
