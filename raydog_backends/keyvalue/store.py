@@ -8,12 +8,15 @@ one slot should the server be a Redis/Valkey cluster)::
     raydog:{<c>}:node:<id>      hash of that node's tags
 
 Every operation is one round trip whatever the number of nodes: ``load_all`` is one server-side
-script (members of the set, then each hash), ``update`` and ``delete`` are one MULTI/EXEC pipeline.
-All writes are idempotent, so retrying one after a dropped connection is safe.
+script (members of the set, then each hash) that answers one JSON document, so decoding 10,000
+nodes' tags is one C call rather than 100,000 protocol elements parsed in Python; ``update`` and
+``delete`` are one MULTI/EXEC pipeline. Writes are idempotent, so retrying one after a dropped
+connection is safe.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import shlex
 from collections.abc import Collection, Iterator, Mapping
@@ -32,13 +35,14 @@ PASSWORD_SECRET = "tag-store-password"
 LOG_FILE = "tag-store.log"
 
 _LOAD_ALL = """
-local ids = redis.call('SMEMBERS', KEYS[1])
-local out = {}
-for i = 1, #ids do
-  out[2 * i - 1] = ids[i]
-  out[2 * i] = redis.call('HGETALL', ARGV[1] .. ids[i])
+local nodes = {}
+for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local flat = redis.call('HGETALL', ARGV[1] .. id)
+  local tags = {}
+  for i = 1, #flat, 2 do tags[flat[i]] = flat[i + 1] end
+  nodes[id] = tags
 end
-return out
+return cjson.encode(nodes)
 """
 
 
@@ -88,9 +92,14 @@ class KeyValueTagStore(TagStore):
         super().__init__(cluster_name)
         if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
             raise ConfigError("port", f"expected a TCP port from 1 to 65535, got {port!r}")
-        for name, seconds in (("connect_timeout", connect_timeout), ("command_timeout", command_timeout)):
+        for name, seconds in (
+            ("connect_timeout", connect_timeout),
+            ("command_timeout", command_timeout),
+        ):
             if not 0 < seconds <= 3600 or not math.isfinite(seconds):
-                raise ConfigError(name, f"expected seconds above 0 and at most 3600, got {seconds!r}")
+                raise ConfigError(
+                    name, f"expected seconds above 0 and at most 3600, got {seconds!r}"
+                )
         if not head_python.strip() or "\n" in head_python:
             raise ConfigError("head_python", "expected a program name or path")
         if server_binary is not None and (not server_binary.strip() or "\n" in server_binary):
@@ -113,9 +122,11 @@ class KeyValueTagStore(TagStore):
 
     @classmethod
     def _check_url(cls, url: str) -> None:
-        """Reject a URL the library would refuse, without ever echoing it (it may hold a password)."""
+        """Reject a URL the library would refuse, never echoing it (it may hold a password)."""
         schemes = cls.library.url_schemes
-        expected = f"expected {' or '.join(s + '://' for s in schemes)}[[user]:password@]host[:port][/db]"
+        expected = (
+            f"expected {' or '.join(s + '://' for s in schemes)}[[user]:password@]host[:port][/db]"
+        )
         try:
             scheme = urlsplit(url).scheme
         except ValueError:
@@ -154,11 +165,14 @@ class KeyValueTagStore(TagStore):
             )
         else:
             raise RayDogError(
-                f"{self._what}: connect() needs the endpoint where the head's port {self.head_port} "
-                "is reachable (or the option url)"
+                f"{self._what}: connect() needs the endpoint where the head's port "
+                f"{self.head_port} is reachable (or the option url)"
             )
         kwargs = client.connection_pool.connection_kwargs
-        self._address = (str(kwargs.get("host") or kwargs.get("path", "?")), int(kwargs.get("port", 0)))
+        self._address = (
+            str(kwargs.get("host") or kwargs.get("path", "?")),
+            int(kwargs.get("port", 0)),
+        )
         self._client = client
         self._load_all_script = client.register_script(_LOAD_ALL)
         try:
@@ -170,8 +184,9 @@ class KeyValueTagStore(TagStore):
 
     def load_all(self) -> dict[str, Tags]:
         with self._errors("load_all"):
-            flat = self._load_all_script(keys=[self._index_key], args=[self._node_prefix])
-        return {flat[i]: _pairs(flat[i + 1]) for i in range(0, len(flat), 2)}
+            encoded = self._load_all_script(keys=[self._index_key], args=[self._node_prefix])
+        nodes: dict[str, Tags] = json.loads(encoded)
+        return nodes
 
     def update(self, updates: Mapping[str, Mapping[str, str]]) -> None:
         if not updates:
@@ -219,7 +234,8 @@ class KeyValueTagStore(TagStore):
             "i=0; "
             f"until {python} -c 'import raydog_backends.keyvalue.server' 2>/dev/null; do "
             "i=$((i+1)); "
-            f'if [ "$i" -gt 360 ]; then echo "RayDog: {python} cannot import RayDog" >&2; exit 1; fi; '
+            'if [ "$i" -gt 360 ]; then '
+            f'echo "RayDog: {python} cannot import RayDog" >&2; exit 1; fi; '
             "sleep 5; done; "
             f"exec {' '.join(launcher)}"
         )
@@ -249,7 +265,3 @@ class KeyValueTagStore(TagStore):
             raise UnreachableError(self._what, host, port, f"{operation}: {exc}") from exc
         except self.library.base_error as exc:
             raise RayDogError(f"{self._what} at {host}:{port}: {operation} failed: {exc}") from exc
-
-
-def _pairs(flat: list[str]) -> Tags:
-    return dict(zip(flat[::2], flat[1::2]))
