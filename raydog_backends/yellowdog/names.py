@@ -32,7 +32,9 @@ _NAME = re.compile(r"^[a-z]([a-z0-9_-]*[a-z0-9])?$")
 _SLUG = re.compile(r"^[a-z]([a-z0-9-]*[a-z0-9])?$")
 _STAMP = re.compile(rf"^[0-9a-z]{{{STAMP_LENGTH}}}$")
 _TO_HYPHEN = re.compile(r"[._/\s]")
-RULE = "lower-case letters, digits, '-' and '_', starting with a letter and ending with a letter or digit"
+RULE = (
+    "lower-case letters, digits, '-' and '_', starting with a letter, ending with a letter or digit"
+)
 
 
 def is_valid_name(name: str) -> bool:

@@ -1,0 +1,427 @@
+"""The YellowDog emulator, driven by the real yellowdog-sdk as any program would drive YellowDog."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from yellowdog_client.common.json import Json
+from yellowdog_client.model import (
+    ApiKey,
+    AutoShutdown,
+    ComputeRequirementTemplateUsage,
+    Node,
+    NodeSearch,
+    NodeStatus,
+    NodeWorkerTarget,
+    ProvisionedWorkerPoolProperties,
+    RetryProperties,
+    RunSpecification,
+    ServicesSchema,
+    SliceReference,
+    Task,
+    TaskGroup,
+    TaskSearch,
+    TaskStatus,
+    WorkerPoolSearch,
+    WorkerPoolStatus,
+    WorkRequirement,
+    WorkRequirementSearch,
+    WorkRequirementStatus,
+)
+from yellowdog_client.model.exceptions import (
+    InternalServerException,
+    InvalidRequestException,
+    NotAuthorisedException,
+)
+from yellowdog_client.platform_client import PlatformClient
+
+from raydog_backends.yellowdog.emulator import Emulator, EmulatorClient, EmulatorConfig
+
+pytest.register_assert_rewrite("tests.yellowdog_fixtures")
+from tests.yellowdog_fixtures import (  # noqa: E402
+    KEY_ID,
+    SECRET,
+    TEMPLATE,
+    running_emulator,
+    start_emulator_process,
+    wait_until,
+)
+
+pytest_plugins = ["tests.yellowdog_fixtures"]
+
+NAMESPACE = "emulator-test"
+
+
+def sdk(url: str, key_id: str = KEY_ID, secret: str = SECRET) -> PlatformClient:
+    # No retries: the SDK gives maxAttempts to urllib3 as the number of retries.
+    schema = ServicesSchema(defaultUrl=url, retry=RetryProperties(maxAttempts=0))
+    return PlatformClient.create(schema, ApiKey(key_id, secret))
+
+
+@pytest.fixture
+def client(emulator: Emulator) -> Iterator[PlatformClient]:
+    platform = sdk(emulator.url)
+    yield platform
+    platform.close()
+
+
+def requirement(name: str, tag: str = "pool-tag", **group: object) -> WorkRequirement:
+    return WorkRequirement(
+        namespace=NAMESPACE,
+        name=name,
+        tag="emulator",
+        taskGroups=[
+            TaskGroup(
+                name="group_1",
+                runSpecification=RunSpecification(
+                    taskTypes=["bash"], workerTags=[tag], namespaces=[NAMESPACE]
+                ),
+                **group,  # type: ignore[arg-type]
+            )
+        ],
+    )
+
+
+def provision(
+    client: PlatformClient, name: str, count: int, tag: str = "pool-tag", **props: object
+) -> str:
+    usage = ComputeRequirementTemplateUsage(
+        templateId=TEMPLATE,
+        requirementName=name,
+        requirementNamespace=NAMESPACE,
+        targetInstanceCount=count,
+        userData="#!/bin/bash\necho hello",
+    )
+    properties = ProvisionedWorkerPoolProperties(
+        createNodeWorkers=NodeWorkerTarget.per_node(1),
+        workerTag=tag,
+        **props,  # type: ignore[arg-type]
+    )
+    pool = client.worker_pool_client.provision_worker_pool(usage, properties)
+    assert pool.id is not None
+    return pool.id
+
+
+def first_group(made: WorkRequirement) -> str:
+    assert made.taskGroups and made.taskGroups[0].id
+    return made.taskGroups[0].id
+
+
+def bash(script: str, **environment: str) -> Task:
+    return Task(
+        taskType="bash", taskData=script, arguments=["taskdata.txt"], environment=environment
+    )
+
+
+def task_status(client: PlatformClient, task_id: str) -> TaskStatus | None:
+    return client.work_client.get_task_by_id(task_id).status
+
+
+def test_work_requirement_round_trip_with_the_sdk_json(client: PlatformClient) -> None:
+    made = client.work_client.add_work_requirement(requirement("round-trip"))
+    assert made.id and made.status is WorkRequirementStatus.RUNNING
+    assert made.taskGroups and made.taskGroups[0].id
+    by_id = client.work_client.get_work_requirement_by_id(made.id)
+    by_name = client.work_client.get_work_requirement_by_name(NAMESPACE, "round-trip")
+    assert Json.dump(by_id) == Json.dump(by_name) == Json.dump(made)
+    assert by_id.taskGroups and by_id.taskGroups[0].runSpecification.workerTags == ["pool-tag"]
+
+
+def test_a_task_group_is_added_by_updating_the_work_requirement(client: PlatformClient) -> None:
+    made = client.work_client.add_work_requirement(requirement("grows"))
+    made.taskGroups = [
+        *(made.taskGroups or []),
+        TaskGroup(name="group_2", runSpecification=RunSpecification(taskTypes=["bash"])),
+    ]
+    updated = client.work_client.update_work_requirement(made)
+    assert [g.name for g in updated.taskGroups or []] == ["group_1", "group_2"]
+    assert all(g.id for g in updated.taskGroups or [])
+
+
+def test_names_follow_yellowdog_rules(client: PlatformClient) -> None:
+    with pytest.raises(InvalidRequestException, match="invalid"):
+        client.work_client.add_work_requirement(requirement("Upper_Case"))
+    client.work_client.add_work_requirement(requirement("taken"))
+    with pytest.raises(InvalidRequestException, match="already exists"):
+        client.work_client.add_work_requirement(requirement("taken"))
+
+
+def test_searches_come_in_slices_the_sdk_follows(
+    emulator: Emulator, client: PlatformClient
+) -> None:
+    emulator.platform.config.slice_size = 2
+    for number in range(5):
+        client.work_client.add_work_requirement(requirement(f"sliced-{number}"))
+    search = client.work_client.get_work_requirements(
+        WorkRequirementSearch(namespaces=[NAMESPACE], statuses=[WorkRequirementStatus.RUNNING])
+    )
+    first = search.slice(SliceReference())
+    assert len(first.items or []) == 2 and first.nextSliceId
+    assert sorted(str(s.name) for s in search.list_all()) == [f"sliced-{n}" for n in range(5)]
+    other = client.work_client.get_work_requirements(
+        WorkRequirementSearch(namespaces=["elsewhere"])
+    )
+    assert other.list_all() == []
+
+
+def test_pools_boot_nodes_that_take_matching_tasks(client: PlatformClient) -> None:
+    made = client.work_client.add_work_requirement(requirement("runs"))
+    group_id = first_group(made)
+    pool_id = provision(client, "runs-pool", 2)
+    elsewhere = provision(client, "other-pool", 1, tag="other-tag")
+    tasks = client.work_client.add_tasks_to_task_group_by_id(group_id, [bash("sleep 60")] * 2)
+    ids = [t.id for t in tasks]
+    assert all(t.status is TaskStatus.READY for t in tasks)
+    wait_until(
+        lambda: all(task_status(client, i) is TaskStatus.EXECUTING for i in ids if i), "execution"
+    )
+    nodes = client.worker_pool_client.get_nodes(NodeSearch(workerPoolId=pool_id)).list_all()
+    assert len(nodes) == 2
+    ips = {n.details.privateIpAddress for n in nodes if n.details}
+    assert len(ips) == 2 and all(n.details and n.details.publicIpAddress for n in nodes)
+    executed_on = {client.work_client.get_task_by_id(i).nodeId for i in ids if i}
+    assert executed_on == {n.id for n in nodes}
+    by_tag = client.worker_pool_client.get_nodes(NodeSearch(workerTag="pool-tag")).list_all()
+    assert {n.id for n in by_tag} == {n.id for n in nodes}
+    other = client.worker_pool_client.get_nodes(NodeSearch(workerPoolId=elsewhere)).list_all()
+    assert all(node.id not in executed_on for node in other)
+    worker = (nodes[0].workers or [])[0].id
+    assert client.worker_pool_client.get_node_by_worker_id(worker).id == nodes[0].id  # type: ignore[arg-type]
+
+
+def test_tasks_run_until_cancelled_and_searches_filter_them(client: PlatformClient) -> None:
+    made = client.work_client.add_work_requirement(requirement("cancels"))
+    group_id = first_group(made)
+    provision(client, "cancels-pool", 2)
+    first, second = client.work_client.add_tasks_to_task_group_by_id(group_id, [bash("x")] * 2)
+    assert first.id and second.id
+    wait_until(lambda: task_status(client, first.id) is TaskStatus.EXECUTING, "execution")  # type: ignore[arg-type]
+    client.work_client.cancel_task_by_id(first.id, True)
+    assert task_status(client, first.id) is TaskStatus.CANCELLED
+    live = client.work_client.get_tasks(
+        TaskSearch(workRequirementId=made.id, statuses=[s for s in TaskStatus if not s.finished])
+    ).list_all()
+    assert [t.id for t in live] == [second.id]
+
+
+def test_a_task_group_finishes_when_its_tasks_have_and_takes_no_more(
+    client: PlatformClient,
+) -> None:
+    made = client.work_client.add_work_requirement(requirement("finishes"))
+    group_id = first_group(made)
+    (task,) = client.work_client.add_tasks_to_task_group_by_id(group_id, [bash("x")])
+    client.work_client.cancel_task_by_id(task.id, True)  # type: ignore[arg-type]
+    wait_until(
+        lambda: (
+            client.work_client.get_work_requirement_by_id(made.id).status  # type: ignore[arg-type]
+            is WorkRequirementStatus.COMPLETED
+        ),
+        "the work requirement to complete",
+    )
+    with pytest.raises(InvalidRequestException):
+        client.work_client.add_tasks_to_task_group_by_id(group_id, [bash("x")])
+
+
+def test_cancelling_a_work_requirement_aborts_its_tasks(client: PlatformClient) -> None:
+    made = client.work_client.add_work_requirement(requirement("aborts"))
+    assert made.id
+    group_id = first_group(made)
+    provision(client, "aborts-pool", 1)
+    (task,) = client.work_client.add_tasks_to_task_group_by_id(group_id, [bash("x")])
+    wait_until(lambda: task_status(client, task.id) is TaskStatus.EXECUTING, "execution")  # type: ignore[arg-type]
+    client.work_client.cancel_work_requirement_by_id(made.id, True)
+    wait_until(
+        lambda: (
+            client.work_client.get_work_requirement_by_id(made.id).status  # type: ignore[arg-type]
+            is WorkRequirementStatus.CANCELLED
+        ),
+        "cancellation",
+    )
+    assert task_status(client, task.id) is TaskStatus.CANCELLED  # type: ignore[arg-type]
+
+
+def test_pools_resize_and_shut_down(client: PlatformClient) -> None:
+    pool_id = provision(client, "resized", 1)
+    wait_until(
+        lambda: (
+            len(client.worker_pool_client.get_nodes(NodeSearch(workerPoolId=pool_id)).list_all())
+            == 1
+        ),
+        "one node",
+    )
+    client.worker_pool_client.resize_worker_pool_by_id(pool_id, 3)
+    running = NodeSearch(workerPoolId=pool_id, statuses=[NodeStatus.RUNNING])
+    wait_until(
+        lambda: len(client.worker_pool_client.get_nodes(running).list_all()) == 3, "three nodes"
+    )
+    client.worker_pool_client.shutdown_worker_pool_by_id(pool_id)
+    pool = client.worker_pool_client.get_worker_pool_by_id(pool_id)
+    assert pool.status is not None and pool.status.finished
+    assert client.worker_pool_client.get_nodes(running).list_all() == []
+    live = WorkerPoolSearch(
+        namespaces=[NAMESPACE], statuses=[s for s in WorkerPoolStatus if not s.finished]
+    )
+    assert client.worker_pool_client.get_worker_pools(live).list_all() == []
+
+
+def test_idle_nodes_then_idle_pools_shut_themselves_down(
+    emulator: Emulator, client: PlatformClient
+) -> None:
+    emulator.platform.config.time_scale = 0.005  # a minute becomes 0.3 s
+    idle = AutoShutdown(enabled=True, timeout=timedelta(minutes=1))
+    pool_id = provision(client, "idles", 2, idleNodeShutdown=idle, idlePoolShutdown=idle)
+    wait_until(
+        lambda: (
+            client.worker_pool_client.get_worker_pool_by_id(pool_id).status
+            is WorkerPoolStatus.TERMINATED
+        ),
+        "the idle pool to shut down",
+    )
+    nodes = client.worker_pool_client.get_nodes(NodeSearch(workerPoolId=pool_id)).list_all()
+    assert len(nodes) == 2 and all(n.status is NodeStatus.TERMINATED for n in nodes)
+
+
+def test_a_lost_node_fails_its_task(emulator: Emulator, client: PlatformClient) -> None:
+    made = client.work_client.add_work_requirement(requirement("loses"))
+    provision(client, "loses-pool", 1)
+    (task,) = client.work_client.add_tasks_to_task_group_by_id(first_group(made), [bash("x")])
+    assert task.id
+    wait_until(lambda: task_status(client, task.id) is TaskStatus.EXECUTING, "execution")  # type: ignore[arg-type]
+    EmulatorClient(emulator.url).lose_node_of_task(task.id)
+    after = client.work_client.get_task_by_id(task.id)
+    assert after.status is TaskStatus.FAILED and after.errors
+    assert client.worker_pool_client.get_node_by_id(after.nodeId).status is NodeStatus.LOST  # type: ignore[arg-type]
+
+
+def test_large_bodies_arrive_gzipped(emulator: Emulator, client: PlatformClient) -> None:
+    made = client.work_client.add_work_requirement(requirement("big"))
+    script = "#!/bin/bash\n" + "echo padding\n" * 2000
+    tasks = client.work_client.add_tasks_to_task_group_by_id(first_group(made), [bash(script)] * 3)
+    assert [client.work_client.get_task_by_id(t.id).taskData for t in tasks] == [script] * 3  # type: ignore[arg-type]
+
+
+def test_only_the_configured_key_and_templates_are_accepted() -> None:
+    config = EmulatorConfig(api_key=f"{KEY_ID}:{SECRET}", templates=[TEMPLATE])
+    with running_emulator(config) as emulator:
+        wrong = sdk(emulator.url, secret="not-the-secret")
+        with pytest.raises(NotAuthorisedException):
+            wrong.work_client.get_work_requirement_by_name(NAMESPACE, "x")
+        right = sdk(emulator.url)
+        usage = ComputeRequirementTemplateUsage(templateId="ydid:crt:unknown", requirementName="p")
+        with pytest.raises(InvalidRequestException, match="template"):
+            right.worker_pool_client.provision_worker_pool(usage, ProvisionedWorkerPoolProperties())
+        assert provision(right, "known-template", 0)
+
+
+def test_faults_fail_the_nth_call_or_every_call(emulator: Emulator, client: PlatformClient) -> None:
+    control = EmulatorClient(emulator.url)
+    control.fail(r"^/work/requirements$", 400, method="POST", nth=2)
+    client.work_client.add_work_requirement(requirement("first"))
+    with pytest.raises(InvalidRequestException, match="injected"):
+        client.work_client.add_work_requirement(requirement("second"))
+    client.work_client.add_work_requirement(requirement("third"))
+    control.fail(r"/workerPools", 503)
+    with pytest.raises(InternalServerException, match="injected"):
+        client.worker_pool_client.get_worker_pool_by_id("ydid:wrkrpool:x")
+    control.clear_faults()
+    control.delay(r"/work/requirements", 0.01)
+    assert client.work_client.get_work_requirement_by_name(NAMESPACE, "first").name == "first"
+    statuses = [(r["method"], r["path"], r["status"]) for r in control.requests()]
+    assert statuses[:4] == [
+        ("POST", "/work/requirements", 200),
+        ("POST", "/work/requirements", 400),
+        ("POST", "/work/requirements", 200),
+        ("GET", "/workerPools/ydid:wrkrpool:x", 503),
+    ]
+    assert all(r["key_id"] == KEY_ID for r in control.requests())
+    assert SECRET not in str(control.requests()), "the request log must not keep the secret"
+
+
+def test_inspection_lists_live_objects(emulator: Emulator, client: PlatformClient) -> None:
+    control = EmulatorClient(emulator.url)
+    made = client.work_client.add_work_requirement(requirement("inspected"))
+    pool_id = provision(client, "inspected-pool", 1)
+    assert [r["name"] for r in control.live_work_requirements()] == ["inspected"]
+    assert [p["id"] for p in control.live_pools()] == [pool_id]
+    assert len(control.leaks()) == 2
+    client.work_client.cancel_work_requirement_by_id(made.id, True)  # type: ignore[arg-type]
+    client.worker_pool_client.shutdown_worker_pool_by_id(pool_id)
+    wait_until(lambda: control.leaks() == [], "nothing live")
+    control.reset()
+    assert control.state()["work_requirements"] == [] and control.request_count() == 0
+
+
+def test_task_scripts_run_as_processes_with_their_environment(tmp_path: Path) -> None:
+    config = EmulatorConfig(run_tasks=True, work_dir=str(tmp_path / "work"), stop_grace_seconds=2)
+    with running_emulator(config) as emulator:
+        client = sdk(emulator.url)
+        made = client.work_client.add_work_requirement(requirement("processes"))
+        group_id = first_group(made)
+        provision(client, "processes-pool", 3)
+        out = tmp_path / "out"
+        out.mkdir()
+        script = f'#!/bin/bash\necho "$YD_TASK_ID $GREETING" > {out}/$YD_TASK_ID.txt\nexit $CODE\n'
+        ok, failing = client.work_client.add_tasks_to_task_group_by_id(
+            group_id,
+            [bash(script, GREETING="hello", CODE="0"), bash(script, GREETING="x", CODE="3")],
+        )
+        pid_file = tmp_path / "sleeper.pid"
+        (sleeper,) = client.work_client.add_tasks_to_task_group_by_id(
+            group_id, [bash(f"#!/bin/bash\necho $$ > {pid_file}\nsleep 300\n")]
+        )
+        wait_until(lambda: task_status(client, ok.id) is TaskStatus.COMPLETED, "success")  # type: ignore[arg-type]
+        wait_until(lambda: task_status(client, failing.id) is TaskStatus.FAILED, "failure")  # type: ignore[arg-type]
+        assert (out / f"{ok.id}.txt").read_text().split() == [ok.id, "hello"]
+        wait_until(pid_file.exists, "the sleeper to start")
+        pid = int(pid_file.read_text())
+        os.kill(pid, 0)
+        client.work_client.cancel_task_by_id(sleeper.id, True)  # type: ignore[arg-type]
+        wait_until(lambda: not _alive(pid), "the cancelled task's process to stop")
+        client.close()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().rsplit(")", 1)[-1].split()[0] != "Z"
+
+
+def test_runs_as_a_module_and_stops_on_sigterm() -> None:
+    process = start_emulator_process("--boot-delay", "0.01")
+    try:
+        client = sdk(process.url)
+        made = client.work_client.add_work_requirement(requirement("as-a-process"))
+        assert made.id
+        assert EmulatorClient(process.url).live_work_requirements()[0]["id"] == made.id
+        client.close()
+    finally:
+        code = process.stop()
+    assert code == 0 or code == -signal.SIGTERM
+
+
+def test_loopback_addresses_are_distinct_and_given_back(tmp_path: Path) -> None:
+    config = EmulatorConfig(loopback_ips=True, public_ip="127.0.0.1", work_dir=str(tmp_path))
+    with running_emulator(config) as emulator:
+        client = sdk(emulator.url)
+        pool_id = provision(client, "loopback-pool", 3)
+        search = NodeSearch(workerPoolId=pool_id, statuses=[NodeStatus.RUNNING])
+
+        def running() -> list[Node]:
+            return client.worker_pool_client.get_nodes(search).list_all()
+
+        wait_until(lambda: len(running()) == 3, "three nodes")
+        nodes = running()
+        private = {n.details.privateIpAddress for n in nodes if n.details}
+        assert len(private) == 3 and all(ip and ip.startswith("127.") for ip in private)
+        assert {n.details.publicIpAddress for n in nodes if n.details} == {"127.0.0.1"}
+        client.worker_pool_client.shutdown_worker_pool_by_id(pool_id)
+        assert not (tmp_path / "leases").exists() or not any((tmp_path / "leases").iterdir())
+        client.close()
