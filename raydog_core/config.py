@@ -20,7 +20,7 @@ from typing import Any
 
 from raydog_core import plugins, state
 from raydog_core.errors import ConfigError
-from raydog_core.interfaces import ClusterSpec, NodeTypeSpec
+from raydog_core.interfaces import ClusterSpec, NodeTypeSpec, TagStore
 
 DEFAULT_PLUGINS: dict[plugins.Kind, str] = {
     "compute": "yellowdog",
@@ -105,14 +105,15 @@ class RayDogConfig:
     auth: Mapping[str, Any] = field(default_factory=dict)
     on_head: bool = False
 
-    def cluster_spec(self, head_server_command: str | None) -> ClusterSpec:
+    def cluster_spec(self, store: TagStore) -> ClusterSpec:
         return ClusterSpec(
             cluster_name=self.cluster_name,
             head_node_type=self.head_node_type,
             node_types=self.node_types,
-            head_script=compose_head_script(self.head_script, head_server_command),
+            head_script=compose_head_script(self.head_script, store.head_server_command()),
             worker_script=self.worker_script,
             auth=self.auth,
+            head_setup=store.head_server_install() or "",
         )
 
 
@@ -239,7 +240,7 @@ def build_plugins(config: RayDogConfig) -> tuple[Any, Any, Any]:
     """The tag store, transport and compute backend a config names, in that order."""
     store = config.tag_store.build(config.cluster_name)
     transport = config.transport.build(config.cluster_name)
-    compute = config.compute.build(config.cluster_spec(store.head_server_command()))
+    compute = config.compute.build(config.cluster_spec(store))
     return store, transport, compute
 
 

