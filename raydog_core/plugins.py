@@ -60,6 +60,9 @@ def load(kind: Kind, name: str, key_path: str) -> type:
     if name not in plugins:
         raise ConfigError(key_path, f"no {kind} plugin named {name!r}", sorted(plugins))
     info = plugins[name]
+    # stevedore keeps the entry points it saw per process; look again, as installed() just did,
+    # so a plugin installed since (or on a changed sys.path) is found by both.
+    driver.DriverManager.ENTRY_POINT_CACHE.pop(GROUPS[kind], None)
     try:
         manager: driver.DriverManager = driver.DriverManager(
             GROUPS[kind], name, invoke_on_load=False
