@@ -172,11 +172,9 @@ def from_provider_section(provider: Mapping[str, Any], cluster_name: str) -> Ray
     """What the provider Ray built knows: its section, as ``bootstrap`` left it."""
     normalized = provider.get(NORMALIZED_KEY)
     if not isinstance(normalized, Mapping):
-        raise ConfigError(
-            "provider",
-            "this provider section did not go through Ray's bootstrap "
-            "(ray up / ray.autoscaler.sdk, or raydog_core.config.bootstrap)",
-        )
+        # A few Ray commands (`ray get-head-ip`, `ray get-worker-ips`) build the provider from
+        # the raw YAML. Such a provider can look at the cluster but cannot launch a node.
+        normalized = {"head_node_type": "", "node_types": {}, "auth": provider.get("auth", {})}
     node_types = {
         name: NodeTypeSpec(
             name,

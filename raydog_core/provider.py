@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from types import ModuleType
 from typing import Any
 
@@ -134,6 +134,19 @@ class RayDogNodeProvider(NodeProvider):
         self.tags.update({node_id: base for node_id in node_ids})
         return {node_id: node_id for node_id in node_ids}
 
+    def cleanup_cluster_resources(self, node_ids: Collection[str] = ()) -> None:
+        """Shut the whole cluster down; Ray's ``ray down`` calls it last (a head that had
+        already ended leaves the rest to it). Idempotent."""
+        with self._lock:
+            known = set(self._nodes)
+        self.tags.delete(known | set(node_ids) | set(self.tags.all()))
+        self.compute.shutdown()
+        with self._lock:
+            self._nodes.clear()
+        # The store on the head is gone with it: later queries must not reach for it.
+        self.tags.close()
+        self.transport.close()
+
     def set_node_tags(self, node_id: str, tags: dict[str, str]) -> None:
         self.tags.update({node_id: tags})
 
@@ -148,13 +161,7 @@ class RayDogNodeProvider(NodeProvider):
             logger.info(
                 "RayDog: the head is in the batch; shutting down cluster %s", self.cluster_name
             )
-            with self._lock:
-                known = set(self._nodes)
-            self.tags.delete(known | set(node_ids) | set(self.tags.all()))
-            self.compute.shutdown()
-            with self._lock:
-                self._nodes.clear()
-            self.transport.close()
+            self.cleanup_cluster_resources(node_ids)
             return None
         self.compute.terminate(node_ids)
         with self._lock:

@@ -3,7 +3,8 @@
     python3 -m raydog_backends.keyvalue.server --cluster NAME --port 16667 [--appendonly]
 
 Waits for the cluster's password file (Ray's file sync uploads it after the head's task has
-started), then becomes ``valkey-server`` (or ``redis-server``) listening on 127.0.0.1 only. The
+started), then becomes ``valkey-server`` (or ``redis-server``) listening on loopback only
+(127.0.0.1, and a ``local`` node's own 127.x address). The
 password reaches the server as configuration on its standard input: never on a command line, in
 the environment or in a log. Data (the append-only file) stays in the cluster's folder.
 """
@@ -11,12 +12,14 @@ the environment or in a log. Data (the append-only file) stays in the cluster's 
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import os
 import re
 import shutil
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from raydog_backends.keyvalue.store import DEFAULT_PORT, PASSWORD_SECRET
@@ -58,10 +61,12 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     data_dir = state.cluster_dir(args.cluster) / "tag-store"
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    config = server_config(args.port, password, data_dir, args.appendonly)
+    addresses = listen_addresses(os.environ.get("RAYDOG_NODE_IP"))
+    config = server_config(args.port, password, data_dir, args.appendonly, addresses)
     logger.info(
-        "starting %s on 127.0.0.1:%d (data in %s, appendonly %s)",
+        "starting %s on %s port %d (data in %s, appendonly %s)",
         binary,
+        " ".join(addresses),
         args.port,
         data_dir,
         "yes" if args.appendonly else "no",
@@ -111,9 +116,30 @@ def find_server_binary(explicit: str | None) -> str | None:
     return shutil.which("valkey-server") or shutil.which("redis-server")
 
 
-def server_config(port: int, password: str, data_dir: Path, appendonly: bool) -> str:
+def listen_addresses(node_ip: str | None) -> list[str]:
+    """127.0.0.1, and the node's own address when that is a loopback one too.
+
+    A node of the ``local`` backend is a loopback address of its own (127.0.0.2, ...), where the
+    client reaches it with ``transport: direct``; no other address is ever bound.
+    """
+    addresses = ["127.0.0.1"]
+    try:
+        if node_ip and ipaddress.ip_address(node_ip).is_loopback and node_ip not in addresses:
+            addresses.append(node_ip)
+    except ValueError:
+        logger.warning("RAYDOG_NODE_IP %r is not an IP address; listening on 127.0.0.1", node_ip)
+    return addresses
+
+
+def server_config(
+    port: int,
+    password: str,
+    data_dir: Path,
+    appendonly: bool,
+    addresses: Sequence[str] = ("127.0.0.1",),
+) -> str:
     lines = [
-        "bind 127.0.0.1",
+        f"bind {' '.join(addresses)}",
         "protected-mode yes",
         f"port {port}",
         f"requirepass {_quoted(password)}",

@@ -1,0 +1,234 @@
+"""Drive a local RayDog cluster through Ray's own CLI, as a user would, timing each phase.
+
+Shared by the end-to-end tests and ``benchmarks/local_cluster_phases.py``. The cluster gets a
+private ``RAYDOG_HOME``; the test process watches its nodes through a ``LocalComputeBackend`` of
+its own (the same files ``ray up`` and the head's autoscaler use), and stops them if a run fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from raydog_backends.local import LocalComputeBackend
+from raydog_backends.local.backend import NodeRecord
+from raydog_backends.local.processes import free_port, listening_sockets
+from raydog_core.interfaces import ClusterSpec, NodeInfo, NodeState, NodeTypeSpec
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLE = REPO / "examples" / "local"
+JOB = Path(__file__).with_name("autoscaling_job.py")
+RAY = str(Path(sys.executable).parent / "ray")
+
+
+class CommandFailed(AssertionError):
+    """A `ray` command exited non-zero; the message carries its output."""
+
+
+def example_config(folder: Path, cluster_name: str, idle_timeout_minutes: float) -> Path:
+    """examples/local/cluster.yaml with a fresh name, a short idle timeout and a free tag port."""
+    config: dict[str, Any] = yaml.safe_load((EXAMPLE / "cluster.yaml").read_text())
+    config["cluster_name"] = cluster_name
+    config["idle_timeout_minutes"] = idle_timeout_minutes
+    provider = config["provider"]
+    for key in ("ray_head_node_task_script", "ray_worker_node_task_script"):
+        provider[key] = "file:" + str(EXAMPLE / provider[key].removeprefix("file:"))
+    provider["tag_store"] = {"type": "valkey", "port": free_port()}
+    path = folder / "cluster.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+@dataclass
+class LocalCluster:
+    folder: Path
+    cluster_name: str
+    idle_timeout_minutes: float = 0.5
+    timings: dict[str, float] = field(default_factory=dict)
+    transcript: list[tuple[str, str]] = field(default_factory=list)
+    seen: dict[str, NodeRecord] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.home = self.folder / "raydog-home"
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.config = example_config(self.folder, self.cluster_name, self.idle_timeout_minutes)
+        bin_dir = str(Path(sys.executable).parent)
+        self.env = {
+            **os.environ,
+            "RAYDOG_HOME": str(self.home),
+            "PATH": os.pathsep.join([bin_dir, os.environ.get("PATH", "")]),
+            # Shorter autoscaler ticks (inherited by the head's autoscaler); no usage report.
+            "AUTOSCALER_UPDATE_INTERVAL_S": "1",
+            "RAY_USAGE_STATS_ENABLED": "0",
+        }
+        self.env.pop("RAY_ADDRESS", None)
+        spec = ClusterSpec(
+            cluster_name=self.cluster_name,
+            head_node_type="head",
+            node_types={"head": NodeTypeSpec("head"), "cpu_worker": NodeTypeSpec("cpu_worker")},
+            head_script="",
+            worker_script="",
+        )
+        self.observer = LocalComputeBackend(spec, base_dir=str(self.home / "local"))
+
+    # --- driving ------------------------------------------------------------------------
+
+    def ray(self, *args: str, timeout: float = 300.0, stdin: str | None = None) -> str:
+        """Run ``ray <args>`` against this cluster's YAML; its output, or CommandFailed."""
+        command = [RAY, *args]
+        result = subprocess.run(
+            command,
+            input=stdin,
+            stdin=None if stdin is not None else subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            env=self.env,
+            cwd=self.folder,
+            timeout=timeout,
+        )
+        output = result.stdout + result.stderr
+        self.transcript.append((" ".join(["ray", *args]), output))
+        if result.returncode != 0:
+            raise CommandFailed(
+                f"`ray {' '.join(args)}` exited {result.returncode}:\n{output[-4000:]}"
+            )
+        return output
+
+    def probe(self, *args: str, timeout: float = 120.0, stdin: str | None = None) -> str:
+        """Like ``ray`` for a command the lifecycle does not depend on: a failure is returned
+        (for a test to assert on) instead of stopping the run."""
+        try:
+            return self.ray(*args, timeout=timeout, stdin=stdin)
+        except CommandFailed as failure:
+            return f"FAILED: {failure}"
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        started = time.monotonic()
+        yield
+        self.timings[name] = time.monotonic() - started
+
+    def wait_for(
+        self, check: Callable[[dict[str, NodeInfo]], bool], what: str, timeout: float
+    ) -> dict[str, NodeInfo]:
+        deadline = time.monotonic() + timeout
+        while True:
+            nodes = self.nodes()
+            if check(nodes):
+                return nodes
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}: {nodes}")
+            time.sleep(0.5)
+
+    # --- observing ----------------------------------------------------------------------
+
+    def nodes(self) -> dict[str, NodeInfo]:
+        """The cluster's live nodes; remembers each node's record to check cleanup later."""
+        for record in self.observer.folder.records():
+            self.seen.setdefault(record.node_id, record)
+        return {
+            info.node_id: info
+            for info in self.observer.describe()
+            if info.state is not NodeState.TERMINATED
+        }
+
+    @staticmethod
+    def workers(nodes: dict[str, NodeInfo]) -> dict[str, NodeInfo]:
+        return {node_id: info for node_id, info in nodes.items() if not info.is_head}
+
+    def leftovers(self) -> list[str]:
+        """Everything of the cluster still on this machine, described; empty when clean."""
+        found = []
+        for record in self.seen.values():
+            process = record.process()
+            members = process.members() if process is not None else []
+            if members:
+                found.append(f"processes of {record.node_id}: {members}")
+            if Path(record.tmp_dir).exists():
+                found.append(f"temp folder of {record.node_id}: {record.tmp_dir}")
+        addresses = {record.ip for record in self.seen.values()}
+        ports = {port for record in self.seen.values() for port in record.ports.values()}
+        for address, port in sorted(listening_sockets()):
+            if address in addresses or port in ports:
+                found.append(f"listening socket {address}:{port}")
+        if self.observer.folder.root.exists():
+            found.append(f"cluster folder {self.observer.folder.root}")
+        return found
+
+    def destroy(self) -> None:
+        """Stop whatever a failed run left (a clean run leaves nothing to stop)."""
+        self.nodes()
+        self.observer.shutdown()
+
+    def report(self) -> str:
+        return "\n".join(f"  {name:<26} {seconds:7.1f} s" for name, seconds in self.timings.items())
+
+
+@dataclass
+class LifecycleResult:
+    head: NodeInfo
+    get_head_ip: str
+    status: str
+    attach: str
+    job: str
+    workers_during_job: dict[str, NodeInfo]
+    nodes_after_idle: dict[str, NodeInfo]
+    leftovers: list[str]
+
+
+def run_lifecycle(cluster: LocalCluster) -> LifecycleResult:
+    """`ray up` -> job needing workers -> idle workers removed -> `ray down`, each phase timed."""
+    config = str(cluster.config)
+    with cluster.phase("head up (ray up)"):
+        cluster.ray("up", "-y", "--no-config-cache", config, timeout=300)
+    (head,) = cluster.nodes().values()
+    head_ip = cluster.probe("get-head-ip", config)
+    status = cluster.probe("exec", config, "ray status")
+    attach = cluster.probe("attach", config, stdin='echo "ATTACHED to $RAYDOG_NODE_ID at $PWD"\n')
+
+    workers_during_job: dict[str, NodeInfo] = {}
+
+    def record_workers(nodes: dict[str, NodeInfo]) -> None:
+        workers_during_job.update(cluster.workers(nodes))
+
+    submitted = time.time()
+    with cluster.phase("job (ray submit)"):
+        job = cluster.ray("submit", "--no-config-cache", config, str(JOB), timeout=600)
+    record_workers(cluster.nodes())
+    for line in job.splitlines():
+        if line.startswith("FIRST_WORKER_JOINED "):
+            cluster.timings["first worker joined"] = float(line.split()[1]) - submitted
+    with cluster.phase("scale-down (idle workers)"):
+        after_idle = cluster.wait_for(
+            lambda nodes: not cluster.workers(nodes),
+            "idle workers to be removed",
+            timeout=cluster.idle_timeout_minutes * 60 + 240,
+        )
+    with cluster.phase("teardown (ray down)"):
+        cluster.ray("down", "-y", config, timeout=300)
+    return LifecycleResult(
+        head=head,
+        get_head_ip=head_ip,
+        status=status,
+        attach=attach,
+        job=job,
+        workers_during_job=workers_during_job,
+        nodes_after_idle=after_idle,
+        leftovers=cluster.leftovers(),
+    )
+
+
+def ran_on(job_output: str) -> dict[str, Any]:
+    (line,) = [line for line in job_output.splitlines() if line.startswith("RAN_ON ")]
+    result: dict[str, Any] = json.loads(line.removeprefix("RAN_ON "))
+    return result

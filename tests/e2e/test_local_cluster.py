@@ -1,0 +1,83 @@
+"""End to end: a whole autoscaling Ray cluster on this machine, through Ray's own CLI.
+
+`ray up` -> `ray get-head-ip`, `ray exec 'ray status'`, `ray attach` -> `ray submit` of a job that
+needs more CPUs than the head offers, so the head's autoscaler launches workers -> the idle
+workers are removed -> `ray down` -> nothing of the cluster is left on the machine.
+
+    .venv/bin/python -m pytest -m e2e tests/e2e -s      # -s shows the phase timings
+"""
+
+from __future__ import annotations
+
+import sys
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from tests.e2e.lifecycle import LifecycleResult, LocalCluster, ran_on, run_lifecycle
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the local backend is Linux"),
+]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    cluster = LocalCluster(
+        tmp_path_factory.mktemp("e2e-local"), f"e2e-local-{uuid.uuid4().hex[:6]}"
+    )
+    try:
+        yield cluster
+    finally:
+        cluster.destroy()
+        print(f"\nlocal cluster phases ({cluster.cluster_name}):\n{cluster.report()}")
+
+
+@pytest.fixture(scope="module")
+def lifecycle(cluster: LocalCluster) -> LifecycleResult:
+    return run_lifecycle(cluster)
+
+
+def test_ray_up_starts_a_head_that_ray_exec_and_attach_reach(lifecycle: LifecycleResult) -> None:
+    head = lifecycle.head
+    assert head.is_head and head.internal_ip and head.internal_ip.startswith("127.")
+    assert "Autoscaler status" in lifecycle.status
+    assert f"ATTACHED to {head.node_id} at " in lifecycle.attach
+
+
+def test_ray_get_head_ip_prints_the_heads_address(lifecycle: LifecycleResult) -> None:
+    assert lifecycle.get_head_ip.strip().splitlines()[-1] == lifecycle.head.external_ip, (
+        lifecycle.get_head_ip[-2000:]
+    )
+
+
+def test_a_job_needing_more_cpus_than_the_head_gets_workers(lifecycle: LifecycleResult) -> None:
+    result = ran_on(lifecycle.job)
+    worker_ips = {info.internal_ip for info in lifecycle.workers_during_job.values()}
+    assert result["head"] == lifecycle.head.internal_ip
+    assert len(result["tasks"]) == 3
+    assert set(result["tasks"]) <= worker_ips, "a 2-CPU task ran somewhere other than a worker"
+    assert "FIRST_WORKER_JOINED" in lifecycle.job
+
+
+def test_idle_workers_are_removed_and_the_head_stays(lifecycle: LifecycleResult) -> None:
+    assert lifecycle.workers_during_job, "the autoscaler never launched a worker"
+    assert list(lifecycle.nodes_after_idle) == [lifecycle.head.node_id]
+
+
+def test_ray_down_leaves_no_process_port_or_folder(lifecycle: LifecycleResult) -> None:
+    assert lifecycle.leftovers == []
+
+
+def test_the_client_reaches_the_tag_store_on_the_head(
+    cluster: LocalCluster, lifecycle: LifecycleResult
+) -> None:
+    """Only `ray up` may find the store not there yet (its server starts with the head)."""
+    unreached = [
+        command
+        for command, output in cluster.transcript
+        if not command.startswith("ray up") and "is unreachable" in output
+    ]
+    assert unreached == []
