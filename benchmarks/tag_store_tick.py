@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import valkey
 from ray.autoscaler._private.providers import _get_node_provider
 
+from benchmarks.provider_tick import tick
 from raydog_backends.keyvalue.store import PASSWORD_SECRET
 from raydog_core import config as raydog_config
 from raydog_core import state
@@ -43,15 +44,6 @@ from tests.servers import (
 SIZES = (10, 100, 1_000, 10_000)
 LATENCIES = (0.0, 0.020)
 PASSWORD = f"bench-{uuid.uuid4().hex}"
-
-
-def tick(provider: RayDogNodeProvider) -> int:
-    nodes = provider.non_terminated_nodes({})
-    for node in nodes:
-        provider.node_tags(node)
-        provider.is_running(node)
-        provider.internal_ip(node)
-    return len(nodes)
 
 
 def provider_on(store: str, port: int, count: int) -> RayDogNodeProvider:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import copy
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from raydog_core.config import RAY_TOP_LEVEL_DEFAULTS
 
 pytest_plugins = ["pytester"]
 
@@ -41,17 +44,11 @@ def memory_cluster_config(name: str | None = None, **provider: Any) -> dict[str,
             "cpu": {"resources": {"CPU": 2}, "node_config": {}, "min_workers": 0, "max_workers": 4},
         },
         "head_node_type": "head",
-        "file_mounts": {},
-        "cluster_synced_files": [],
-        "file_mounts_sync_continuously": False,
-        "rsync_exclude": [],
-        "rsync_filter": [],
-        "initialization_commands": [],
-        "setup_commands": [],
-        "head_setup_commands": [],
-        "worker_setup_commands": [],
-        "head_start_ray_commands": [],
-        "worker_start_ray_commands": [],
+        **{
+            key: copy.deepcopy(value)
+            for key, value in RAY_TOP_LEVEL_DEFAULTS.items()
+            if key not in ("max_workers", "upscaling_speed", "idle_timeout_minutes")
+        },
     }
 
 
