@@ -8,14 +8,11 @@ from collections.abc import Iterator
 
 from ray.autoscaler._private.cli_logger import cli_logger
 
-logger = logging.getLogger("raydog")
-
 
 def report(message: str, *args: object) -> None:
-    """One line of progress: printed by Ray's CLI (``ray up``) and kept in the log."""
-    logger.info(message, *args)
-    if cli_logger.verbosity >= 0:
-        cli_logger.print("RayDog: " + message, *args)
+    """One line of progress (``%``-style arguments), shown through Ray's CLI output: on the
+    terminal during ``ray up``, in the autoscaler's log on the head."""
+    cli_logger.print("{}", "RayDog: " + (message % args if args else message))
 
 
 @contextlib.contextmanager

@@ -671,3 +671,13 @@ def test_the_head_pool_userdata_gains_the_tag_store_install(
     pools = {p["name"].split("_")[2]: p for p in emulator_client.state()["pools"]}
     assert pools["head"]["user_data"] == "#!/bin/bash\necho base\n" + install
     assert pools["cpu"]["user_data"] in (None, "")
+
+
+def test_the_head_launch_shows_progress_in_rays_cli_output(
+    backends: Callable[..., YellowDogComputeBackend], capsys: pytest.CaptureFixture[str]
+) -> None:
+    backend = backends()
+    (head,) = backend.launch(HEAD)
+    printed = capsys.readouterr().out
+    assert "RayDog: waiting for the head node of" in printed and head in printed
+    assert "RayDog: the head node runs at" in printed

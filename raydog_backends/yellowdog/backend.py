@@ -21,7 +21,8 @@ import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, TypeVar
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import requests
 from yellowdog_client.common import SearchClient
@@ -54,7 +55,7 @@ from yellowdog_client.model.exceptions import BaseCustomException, InvalidReques
 from yellowdog_client.platform_client import PlatformClient
 
 from raydog_backends.yellowdog import credentials
-from raydog_backends.yellowdog.names import ClusterNames, is_valid_name, stamp
+from raydog_backends.yellowdog.names import SEPARATOR, ClusterNames, is_valid_name, stamp
 from raydog_core.errors import BackendError, ConfigError
 from raydog_core.interfaces import (
     Check,
@@ -64,6 +65,10 @@ from raydog_core.interfaces import (
     NodeInfo,
     NodeState,
 )
+from raydog_core.progress import report
+
+if TYPE_CHECKING:
+    from ray.autoscaler.command_runner import CommandRunnerInterface
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +88,7 @@ LIVE_TASK = [s for s in TaskStatus if not s.finished]
 ALLOCATED_TASK = {s for s in TaskStatus if s.in_progress}
 LIVE_POOL = [s for s in WorkerPoolStatus if not s.finished]
 LIVE_NODE = [s for s in NodeStatus if s.active]
+PROGRESS_SECONDS = 30.0
 MAX_POLL_SECONDS = 5.0
 AGENT_HOME = "/opt/yellowdog/agent"
 AGENT_INSTALLER = (
@@ -90,6 +96,8 @@ AGENT_INSTALLER = (
     "/agent-install/linux/yd-agent-installer.sh"
 )
 REFUSALS = (400, 404, 409)
+COMMAND_RUNNERS = ("ssh", "local")
+"""How Ray reaches the head: SSH, or (emulator runs only, see ``emulated_runner``) this machine."""
 
 NODE_CONFIG_KEYS: dict[str, type] = {
     "compute_requirement_template": str,
@@ -116,6 +124,7 @@ class _Group:
     node_type: str
     is_head: bool
     is_open: bool
+    worker_tag: str
 
 
 @dataclass
@@ -164,6 +173,7 @@ class YellowDogComputeBackend(ComputeBackend):
         node_recheck_seconds: float = 30.0,
         api_url: str | None = None,
         api_max_attempts: int = 3,
+        command_runner: str = "ssh",
     ) -> None:
         super().__init__(spec)
         self.names = ClusterNames.for_cluster(spec.cluster_name, list(spec.node_types))
@@ -181,6 +191,11 @@ class YellowDogComputeBackend(ComputeBackend):
                 raise ConfigError(option, f"must be greater than 0, got {value!r}")
         if api_max_attempts < 1:
             raise ConfigError("api_max_attempts", f"must be at least 1, got {api_max_attempts!r}")
+        if command_runner not in COMMAND_RUNNERS:
+            raise ConfigError(
+                "command_runner",
+                f"must be one of {', '.join(COMMAND_RUNNERS)}, got {command_runner!r}",
+            )
         if api_url is not None and not api_url.startswith(("http://", "https://")):
             raise ConfigError("api_url", f"expected an http(s) URL, got {api_url!r}")
         self.namespace = cluster_namespace
@@ -192,6 +207,7 @@ class YellowDogComputeBackend(ComputeBackend):
         self.node_recheck_seconds = node_recheck_seconds
         self.api_url = api_url
         self.api_max_attempts = api_max_attempts
+        self.runs_commands_locally = command_runner == "local"
         self.node_configs = {
             name: _node_type_config(name, node_type.node_config)
             for name, node_type in spec.node_types.items()
@@ -257,6 +273,26 @@ class YellowDogComputeBackend(ComputeBackend):
             cleaned, failures = self._shutdown_everything()
         if failures:
             raise BackendError("shut down", self._what(), "; ".join(failures), cleaned)
+
+    def command_runner(
+        self,
+        *,
+        log_prefix: str,
+        node_id: str,
+        auth_config: Mapping[str, Any],
+        cluster_name: str,
+        process_runner: ModuleType,
+        use_internal_ip: bool,
+    ) -> CommandRunnerInterface | None:
+        """Ray's SSH runner, unless ``command_runner: local`` (emulator task processes)."""
+        if not self.runs_commands_locally:
+            return None
+        from raydog_backends.yellowdog.emulated_runner import EmulatedTaskRunner
+
+        url = credentials.load(self.spec.cluster_name, os.environ, self.api_url).url
+        return EmulatedTaskRunner(
+            url, node_id, process_runner=process_runner, log_prefix=log_prefix
+        )
 
     def preflight(self) -> list[Check]:
         """``raydog doctor``: the key is found and accepted; no pool outlived its cluster."""
@@ -560,8 +596,20 @@ class YellowDogComputeBackend(ComputeBackend):
         return ids
 
     def _wait_until_running(self, task_id: str, deadline: float) -> _Address:
-        """Poll the head's task (backing off) until it executes on a node whose IPs are known."""
+        """Poll the head's task (backing off) until it executes on a node whose IPs are known.
+
+        A status line goes to Ray's CLI output when the task's status changes, and every
+        ``PROGRESS_SECONDS`` while it does not, so `ray up` shows the instance booting.
+        """
         delay = 0.1
+        started = time.monotonic()
+        shown: tuple[object, float] = (None, started)
+        report(
+            "waiting for the head node of %s (task %s; up to %g minutes)",
+            self._what(),
+            task_id,
+            self.build_timeout.total_seconds() / 60,
+        )
         while True:
             task = self._call(
                 "read",
@@ -578,7 +626,12 @@ class YellowDogComputeBackend(ComputeBackend):
             if status is TaskStatus.EXECUTING:
                 address = self._address_of(task)
                 if address is not None and address.private:
+                    report("the head node runs at %s", address.public or address.private)
                     return address
+            now = time.monotonic()
+            if status != shown[0] or now - shown[1] >= PROGRESS_SECONDS:
+                report("head task %s after %.0f s", status, now - started)
+                shown = (status, now)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise BackendError(
@@ -767,12 +820,17 @@ class YellowDogComputeBackend(ComputeBackend):
         cluster = _Cluster(requirement, generation)
         for group in requirement.taskGroups or []:
             tags = group.runSpecification.workerTags or []
-            node_type = next((types_by_tag[t] for t in tags if t in types_by_tag), None)
-            if group.id is None or node_type is None:
+            tag = next((t for t in tags if t in types_by_tag), None)
+            node_type = types_by_tag.get(tag or "")
+            if tag is None and tags and not self.spec.node_types and group.name:
+                # A provider Ray builds from the raw YAML (`ray get-head-ip`) knows no node
+                # types; it only looks, so the type's YellowDog form (its group's name) will do.
+                tag, node_type = tags[0], group.name.rsplit(SEPARATOR, 1)[0]
+            if group.id is None or tag is None or node_type is None:
                 continue
             is_open = group.status is None or group.status in OPEN_GROUP
             cluster.groups[group.id] = _Group(
-                group.id, node_type, group.tag == HEAD_GROUP_TAG, is_open
+                group.id, node_type, group.tag == HEAD_GROUP_TAG, is_open, tag
             )
         with self._state_lock:
             self._cluster = cluster
@@ -808,21 +866,21 @@ class YellowDogComputeBackend(ComputeBackend):
     # --- describing ----------------------------------------------------------------------
 
     def _check_nodes(self, cluster: _Cluster, tasks: list[Task]) -> None:
-        """One node search per node type that has a new address to learn or is due a check."""
+        """One node search per node type (worker tag) that has a new address to learn or is due
+        a check."""
         now = time.monotonic()
         allocated: dict[str, list[Task]] = {}
         for task in tasks:
             group = cluster.groups.get(task.taskGroupId or "")
             if group is not None and task.status in ALLOCATED_TASK:
-                allocated.setdefault(group.node_type, []).append(task)
-        for node_type, typed in allocated.items():
+                allocated.setdefault(group.worker_tag, []).append(task)
+        for tag, typed in allocated.items():
             with self._state_lock:
                 unknown = any(self._node_of(task) not in self._addresses for task in typed)
-                checked = self._checked_at.get(node_type, float("-inf"))
+                checked = self._checked_at.get(tag, float("-inf"))
                 due = now - checked >= self.node_recheck_seconds
             if not (unknown or due):
                 continue
-            tag = self.names.worker_tag(cluster.generation, node_type)
             nodes = self._call(
                 "find",
                 f"nodes tagged {tag}",
@@ -840,7 +898,7 @@ class YellowDogComputeBackend(ComputeBackend):
                     node_id = self._node_of(task)
                     if node_id is not None and node_id not in live:
                         self._lost_nodes.add(node_id)
-                self._checked_at[node_type] = now
+                self._checked_at[tag] = now
 
     def _node_info(self, cluster: _Cluster, task: Task) -> NodeInfo | None:
         group = cluster.groups.get(task.taskGroupId or "")
