@@ -205,3 +205,12 @@ def test_many_threads_lose_no_tag_and_raise_nothing(provider: RayDogNodeProvider
             assert stored[node][f"t{index}"] == "19" and stored[node]["owner"] == str(index)
             assert provider.node_tags(node)[f"t{index}"] == "19"
     assert all(info.state is NodeState.RUNNING for info in provider.compute.describe())
+
+
+def test_a_yellowdog_ray_style_auth_copy_under_provider_is_ignored(
+    cluster_config: ConfigFactory, forget_memory_clusters: Callable[[str], None]
+) -> None:
+    config = cluster_config(auth={"ssh_user": "someone-else", "ssh_private_key": "/nope"})
+    forget_memory_clusters(config["cluster_name"])
+    provider = load_provider(config)
+    assert provider.raydog_config.auth == {"ssh_user": "ubuntu"}
