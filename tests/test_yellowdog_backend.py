@@ -132,6 +132,7 @@ def test_node_config_errors_name_the_full_key_path(
         ({"idle_node_shutdown_minutes": 0}, "idle_node_shutdown_minutes"),
         ({"api_url": "ftp://example.com"}, "api_url"),
         ({"api_max_attempts": 0}, "api_max_attempts"),
+        ({"command_runner": "telnet"}, "command_runner"),
     ],
 )
 def test_option_errors_name_the_option(options: dict[str, Any], key: str) -> None:
@@ -681,3 +682,23 @@ def test_the_head_launch_shows_progress_in_rays_cli_output(
     printed = capsys.readouterr().out
     assert "RayDog: waiting for the head node of" in printed and head in printed
     assert "RayDog: the head node runs at" in printed
+
+
+def test_ray_runs_commands_over_ssh_unless_told_the_nodes_are_emulated_tasks(
+    backends: Callable[..., YellowDogComputeBackend],
+) -> None:
+    import subprocess
+
+    backend = backends()
+    (head,) = backend.launch(HEAD)
+    runner_args: dict[str, Any] = {
+        "log_prefix": "",
+        "node_id": head,
+        "auth_config": {"ssh_user": "yd-agent"},
+        "cluster_name": backend.spec.cluster_name,
+        "process_runner": subprocess,
+        "use_internal_ip": False,
+    }
+    assert backend.command_runner(**runner_args) is None
+    local = backends(backend.spec, command_runner="local")
+    assert local.command_runner(**runner_args) is not None

@@ -413,43 +413,45 @@ class LocalComputeBackend(ComputeBackend):
                 self._started.pop(record.node_id, None)
 
     def _write_shims(self) -> None:
-        """``ray`` and ``sudo`` as the nodes see them: ``ray stop`` stops this node's Ray only
-        (the real one stops every Ray on the machine) and ``sudo shutdown`` stops this node only."""
-        self.folder.shims_dir.mkdir(parents=True, exist_ok=True)
-        python = shlex.quote(sys.executable)
-        commands = f"{python} -m raydog_backends.local.node_commands"
-        real_ray = _find_program("ray")
-        real_sudo = _find_program("sudo")
-        run_sudo = (
-            f'exec {shlex.quote(real_sudo)} "$@"'
-            if real_sudo
-            else 'echo "sudo: not available on this local node" >&2; exit 1'
-        )
-        ray = shlex.quote(real_ray) if real_ray else f"{python} -m ray.scripts.scripts"
-        shims = {
-            "ray": (
-                f'if [ "$1" = stop ]; then shift; exec {commands} stop-ray "$@"; fi\n'
-                f'if [ "$1" = start ] && [ -n "${{{DETACH_VARIABLE}:-}}" ] '
-                "&& command -v setsid >/dev/null; then\n"
-                f'    exec setsid -w {ray} "$@"\nfi\n'
-                f'exec {ray} "$@"\n'
-            ),
-            "sudo": (
-                'case "$1" in shutdown|poweroff|halt|reboot) '
-                f"exec {commands} shutdown ;; esac\n{run_sudo}\n"
-            ),
-            "shutdown": f"exec {commands} shutdown\n",
-        }
-        for name, body in shims.items():
-            path = self.folder.shims_dir / name
-            text = (
-                f"#!/bin/sh\n# {name} on a RayDog local node (see raydog_backends.local).\n{body}"
-            )
-            if not path.exists() or path.read_text() != text:
-                temporary = path.with_suffix(".tmp")
-                temporary.write_text(text)
-                temporary.chmod(0o755)
-                os.replace(temporary, path)
+        write_shims(self.folder.shims_dir)
+
+
+def write_shims(shims_dir: Path) -> None:
+    """``ray`` and ``sudo`` as the nodes see them: ``ray stop`` stops this node's Ray only
+    (the real one stops every Ray on the machine) and ``sudo shutdown`` stops this node only."""
+    shims_dir.mkdir(parents=True, exist_ok=True)
+    python = shlex.quote(sys.executable)
+    commands = f"{python} -m raydog_backends.local.node_commands"
+    real_ray = _find_program("ray")
+    real_sudo = _find_program("sudo")
+    run_sudo = (
+        f'exec {shlex.quote(real_sudo)} "$@"'
+        if real_sudo
+        else 'echo "sudo: not available on this local node" >&2; exit 1'
+    )
+    ray = shlex.quote(real_ray) if real_ray else f"{python} -m ray.scripts.scripts"
+    shims = {
+        "ray": (
+            f'if [ "$1" = stop ]; then shift; exec {commands} stop-ray "$@"; fi\n'
+            f'if [ "$1" = start ] && [ -n "${{{DETACH_VARIABLE}:-}}" ] '
+            "&& command -v setsid >/dev/null; then\n"
+            f'    exec setsid -w {ray} "$@"\nfi\n'
+            f'exec {ray} "$@"\n'
+        ),
+        "sudo": (
+            'case "$1" in shutdown|poweroff|halt|reboot) '
+            f"exec {commands} shutdown ;; esac\n{run_sudo}\n"
+        ),
+        "shutdown": f"exec {commands} shutdown\n",
+    }
+    for name, body in shims.items():
+        path = shims_dir / name
+        text = f"#!/bin/sh\n# {name} on a RayDog local node (see raydog_backends.local).\n{body}"
+        if not path.exists() or path.read_text() != text:
+            temporary = path.with_suffix(".tmp")
+            temporary.write_text(text)
+            temporary.chmod(0o755)
+            os.replace(temporary, path)
 
 
 def _inherited(name: str, value: str) -> bool:

@@ -7,6 +7,10 @@ process token), in the node's home folder; its ``PATH`` starts with the cluster'
 ``ray stop`` in it (``ray down`` runs one on the head) stops this node's Ray and nothing else.
 "Rsync" is a local copy that keeps file modes (secrets stay 0600), written atomically so a task
 script waiting for a file never reads half of it.
+
+``ThisMachineCommandRunner`` does the work for any node that is a process session here; the
+``local`` backend's ``LocalCommandRunner`` and the YellowDog emulator's head (see
+``raydog_backends.yellowdog.emulated_runner``) only say where the node is.
 """
 
 from __future__ import annotations
@@ -20,7 +24,9 @@ import shutil
 import socket
 import subprocess
 import threading
+from abc import abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
@@ -38,26 +44,39 @@ from raydog_backends.local.backend import DETACH_VARIABLE
 from raydog_backends.local.processes import TOKEN_VARIABLE
 
 if TYPE_CHECKING:
-    from raydog_backends.local.backend import LocalComputeBackend, NodeRecord
+    from raydog_backends.local.backend import LocalComputeBackend
 
 # rsync's exit code for a transfer that failed part way; what the SSH runner would report.
 COPY_FAILED = 23
 NODE_UNREACHABLE = 255
 
 
-class LocalCommandRunner(CommandRunnerInterface):
+@dataclass(frozen=True)
+class NodeHere:
+    """A node that is a process session on this machine: where and how its commands run."""
+
+    home: Path
+    ip: str
+    environment: dict[str, str]
+
+
+class ThisMachineCommandRunner(CommandRunnerInterface):
+    """Runs Ray's commands for a node on this machine; subclasses say where the node is."""
+
     def __init__(
         self,
-        backend: LocalComputeBackend,
         node_id: str,
         *,
         process_runner: ModuleType = subprocess,
         log_prefix: str = "",
     ) -> None:
-        self.backend = backend
         self.node_id = node_id
         self.process_runner = process_runner
         self.log_prefix = log_prefix
+
+    @abstractmethod
+    def locate(self) -> NodeHere | None:
+        """The node if it is running, else None."""
 
     def run(
         self,
@@ -74,7 +93,7 @@ class LocalCommandRunner(CommandRunnerInterface):
     ) -> Any:
         """Run ``cmd`` with bash on the node. With ``with_output``, its stdout as bytes, like
         Ray's SSH runner (callers decode it); otherwise an empty string."""
-        record = self._running_node(cmd, exit_on_fail)
+        node = self._running_node(cmd, exit_on_fail)
         if shutdown_after_run:
             cmd = f"{cmd}; sudo shutdown -h now" if cmd else "sudo shutdown -h now"
         if not cmd:
@@ -84,11 +103,11 @@ class LocalCommandRunner(CommandRunnerInterface):
         quiet = silent and cli_logger.verbosity < 1
         output = subprocess.DEVNULL if quiet else None
         options: dict[str, Any] = {
-            "env": self._environment(record),
-            "cwd": self.backend.folder.home(record.node_id),
+            "env": node.environment,
+            "cwd": node.home,
             "stdin": None if does_allow_interactive() else subprocess.DEVNULL,
         }
-        with _forwarding(_pairs(port_forward), record.ip):
+        with _forwarding(_pairs(port_forward), node.ip):
             try:
                 if with_output:
                     return self.process_runner.check_output(["bash", "-c", cmd], **options)
@@ -100,25 +119,23 @@ class LocalCommandRunner(CommandRunnerInterface):
         return ""
 
     def run_rsync_up(self, source: str, target: str, options: dict[str, Any] | None = None) -> None:
-        record = self._running_node(f"copy {source}", False)
-        self._copy(source, self._on_node(target, record), options)
+        node = self._running_node(f"copy {source}", False)
+        self._copy(source, self._on_node(target, node), options)
 
     def run_rsync_down(
         self, source: str, target: str, options: dict[str, Any] | None = None
     ) -> None:
-        record = self._running_node(f"copy {source}", False)
-        self._copy(self._on_node(source, record), target, options)
+        node = self._running_node(f"copy {source}", False)
+        self._copy(self._on_node(source, node), target, options)
 
     def remote_shell_command_str(self) -> str:
-        record = self._running_node("a shell", False)
-        node_env = self._environment(record)
+        node = self._running_node("a shell", False)
         assignments = " ".join(
             f"{name}={shlex.quote(value)}"
-            for name, value in sorted(node_env.items())
+            for name, value in sorted(node.environment.items())
             if os.environ.get(name) != value
         )
-        home = shlex.quote(str(self.backend.folder.home(record.node_id)))
-        return f"cd {home} && env {assignments} bash\n"
+        return f"cd {shlex.quote(str(node.home))} && env {assignments} bash\n"
 
     def run_init(
         self, *, as_head: bool, file_mounts: dict[str, str], sync_run_yet: bool
@@ -127,27 +144,17 @@ class LocalCommandRunner(CommandRunnerInterface):
 
     # --- internals ----------------------------------------------------------------------
 
-    def _running_node(self, what: str | None, exit_on_fail: bool) -> NodeRecord:
-        record = self.backend.node_record(self.node_id)
-        process = record.process() if record is not None else None
-        if record is None or process is None or not process.running():
+    def _running_node(self, what: str | None, exit_on_fail: bool) -> NodeHere:
+        node = self.locate()
+        if node is None:
             cli_logger.error("{}local node {} is not running", self.log_prefix, self.node_id)
             raise self._failure(what or "", NODE_UNREACHABLE, exit_on_fail)
-        return record
+        return node
 
-    def _environment(self, record: NodeRecord) -> dict[str, str]:
-        head = record if record.is_head else self.backend.head_record()
-        env = self.backend.node_environment(record, head)
-        env[TOKEN_VARIABLE] = record.token
-        env[DETACH_VARIABLE] = "1"
-        # The node's resources are for the Ray the task script starts; Ray's updater passes them
-        # itself to the start commands it runs, and a job's own ray.init() must not inherit them.
-        env.pop("RAY_OVERRIDE_RESOURCES", None)
-        return env
-
-    def _on_node(self, path: str, record: NodeRecord) -> str:
+    @staticmethod
+    def _on_node(path: str, node: NodeHere) -> str:
         """A path as the node sees it: ``~`` and relative paths are in the node's home."""
-        home = str(self.backend.folder.home(record.node_id))
+        home = str(node.home)
         if path == "~" or path.startswith("~/"):
             return home + path[1:]
         if not path.startswith("/"):
@@ -172,6 +179,35 @@ class LocalCommandRunner(CommandRunnerInterface):
         return click.ClickException(
             f"Command failed on local node {self.node_id} (exit code {code})."
         )
+
+
+class LocalCommandRunner(ThisMachineCommandRunner):
+    """A node of the ``local`` backend, found from its record."""
+
+    def __init__(
+        self,
+        backend: LocalComputeBackend,
+        node_id: str,
+        *,
+        process_runner: ModuleType = subprocess,
+        log_prefix: str = "",
+    ) -> None:
+        super().__init__(node_id, process_runner=process_runner, log_prefix=log_prefix)
+        self.backend = backend
+
+    def locate(self) -> NodeHere | None:
+        record = self.backend.node_record(self.node_id)
+        process = record.process() if record is not None else None
+        if record is None or process is None or not process.running():
+            return None
+        head = record if record.is_head else self.backend.head_record()
+        env = self.backend.node_environment(record, head)
+        env[TOKEN_VARIABLE] = record.token
+        env[DETACH_VARIABLE] = "1"
+        # The node's resources are for the Ray the task script starts; Ray's updater passes them
+        # itself to the start commands it runs, and a job's own ray.init() must not inherit them.
+        env.pop("RAY_OVERRIDE_RESOURCES", None)
+        return NodeHere(self.backend.folder.home(record.node_id), record.ip, env)
 
 
 def _with_exports(cmd: str, variables: Mapping[str, object]) -> str:

@@ -175,6 +175,11 @@ class YellowDogComputeBackend(ComputeBackend):
         api_max_attempts: int = 3,
         command_runner: str = "ssh",
     ) -> None:
+        """The provider section's options, checked; no I/O.
+
+        - ``command_runner``: how Ray reaches the head: ``ssh`` (Ray's SSH runner), or
+          ``local`` for emulator runs only (the emulator's task processes; no SSH).
+        """
         super().__init__(spec)
         self.names = ClusterNames.for_cluster(spec.cluster_name, list(spec.node_types))
         _check_name("cluster_namespace", cluster_namespace)

@@ -1,8 +1,10 @@
-"""Drive a local RayDog cluster through Ray's own CLI, as a user would, timing each phase.
+"""Drive a RayDog cluster on this machine through Ray's own CLI, as a user would, timing each phase.
 
-Shared by the end-to-end tests and ``benchmarks/local_cluster_phases.py``. The cluster gets a
-private ``RAYDOG_HOME``; the test process watches its nodes through a ``LocalComputeBackend`` of
-its own (the same files ``ray up`` and the head's autoscaler use), and stops them if a run fails.
+Shared by the end-to-end tests and ``benchmarks/local_cluster_phases.py``. ``RayCluster`` drives
+it (a private ``RAYDOG_HOME``, the ``ray`` commands, the phases); a subclass writes its YAML and
+says how to watch its nodes. ``LocalCluster`` (the ``local`` backend) watches through a
+``LocalComputeBackend`` of its own (the same files ``ray up`` and the head's autoscaler use), and
+stops the nodes if a run fails.
 """
 
 from __future__ import annotations
@@ -50,18 +52,19 @@ def example_config(folder: Path, cluster_name: str, idle_timeout_minutes: float)
 
 
 @dataclass
-class LocalCluster:
+class RayCluster:
+    """Drives a cluster with ``ray``; a subclass writes its YAML and watches its nodes."""
+
     folder: Path
     cluster_name: str
     idle_timeout_minutes: float = 0.5
     timings: dict[str, float] = field(default_factory=dict)
     transcript: list[tuple[str, str]] = field(default_factory=list)
-    seen: dict[str, NodeRecord] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.home = self.folder / "raydog-home"
         self.home.mkdir(parents=True, exist_ok=True)
-        self.config = example_config(self.folder, self.cluster_name, self.idle_timeout_minutes)
+        self.config = self.write_config()
         bin_dir = str(Path(sys.executable).parent)
         self.env = {
             **os.environ,
@@ -72,14 +75,24 @@ class LocalCluster:
             "RAY_USAGE_STATS_ENABLED": "0",
         }
         self.env.pop("RAY_ADDRESS", None)
-        spec = ClusterSpec(
-            cluster_name=self.cluster_name,
-            head_node_type="head",
-            node_types={"head": NodeTypeSpec("head"), "cpu_worker": NodeTypeSpec("cpu_worker")},
-            head_script="",
-            worker_script="",
-        )
-        self.observer = LocalComputeBackend(spec, base_dir=str(self.home / "local"))
+
+    # --- what a subclass says -----------------------------------------------------------
+
+    def write_config(self) -> Path:
+        """The cluster's YAML, written to ``folder``."""
+        raise NotImplementedError
+
+    def nodes(self) -> dict[str, NodeInfo]:
+        """The cluster's live nodes."""
+        raise NotImplementedError
+
+    def leftovers(self) -> list[str]:
+        """Everything of the cluster still on this machine, described; empty when clean."""
+        raise NotImplementedError
+
+    def destroy(self) -> None:
+        """Stop whatever a failed run left (a clean run leaves nothing to stop)."""
+        raise NotImplementedError
 
     # --- driving ------------------------------------------------------------------------
 
@@ -130,7 +143,33 @@ class LocalCluster:
                 raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}: {nodes}")
             time.sleep(0.5)
 
-    # --- observing ----------------------------------------------------------------------
+    @staticmethod
+    def workers(nodes: dict[str, NodeInfo]) -> dict[str, NodeInfo]:
+        return {node_id: info for node_id, info in nodes.items() if not info.is_head}
+
+    def report(self) -> str:
+        return "\n".join(f"  {name:<26} {seconds:7.1f} s" for name, seconds in self.timings.items())
+
+
+@dataclass
+class LocalCluster(RayCluster):
+    """A cluster of the ``local`` backend (examples/local)."""
+
+    seen: dict[str, NodeRecord] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        spec = ClusterSpec(
+            cluster_name=self.cluster_name,
+            head_node_type="head",
+            node_types={"head": NodeTypeSpec("head"), "cpu_worker": NodeTypeSpec("cpu_worker")},
+            head_script="",
+            worker_script="",
+        )
+        self.observer = LocalComputeBackend(spec, base_dir=str(self.home / "local"))
+
+    def write_config(self) -> Path:
+        return example_config(self.folder, self.cluster_name, self.idle_timeout_minutes)
 
     def nodes(self) -> dict[str, NodeInfo]:
         """The cluster's live nodes; remembers each node's record to check cleanup later."""
@@ -141,10 +180,6 @@ class LocalCluster:
             for info in self.observer.describe()
             if info.state is not NodeState.TERMINATED
         }
-
-    @staticmethod
-    def workers(nodes: dict[str, NodeInfo]) -> dict[str, NodeInfo]:
-        return {node_id: info for node_id, info in nodes.items() if not info.is_head}
 
     def leftovers(self) -> list[str]:
         """Everything of the cluster still on this machine, described; empty when clean."""
@@ -170,9 +205,6 @@ class LocalCluster:
         self.nodes()
         self.observer.shutdown()
 
-    def report(self) -> str:
-        return "\n".join(f"  {name:<26} {seconds:7.1f} s" for name, seconds in self.timings.items())
-
 
 @dataclass
 class LifecycleResult:
@@ -186,7 +218,7 @@ class LifecycleResult:
     leftovers: list[str]
 
 
-def run_lifecycle(cluster: LocalCluster) -> LifecycleResult:
+def run_lifecycle(cluster: RayCluster) -> LifecycleResult:
     """`ray up` -> job needing workers -> idle workers removed -> `ray down`, each phase timed."""
     config = str(cluster.config)
     with cluster.phase("head up (ray up)"):

@@ -8,16 +8,26 @@ pools shut themselves down, work requirements finish when their task groups have
 
 Durations that come from API objects (idle shutdowns, task timeouts) are multiplied by
 ``time_scale``, so tests can use the backend's real minutes and still run in seconds.
+
+With ``run_tasks`` and ``loopback_ips``, each task process is a Ray node sharing this machine, as
+the ``local`` backend's nodes are: its own address (``RAYDOG_NODE_IP``), Ray temp folder
+(``RAY_TMPDIR``) and dashboard agent port, the Ray ports of its cluster (``RAYDOG_GCS_PORT``,
+``RAYDOG_CLIENT_PORT``: one pair per work requirement, as Ray binds them on every address),
+``RAY_ADDRESS``, and the ``ray``/``sudo`` shims that scope ``ray stop`` to the node. Its folder
+holds ``node.json`` and ``environment.json`` (0600), for the shims and for
+``raydog_backends.yellowdog.emulated_runner``, which runs Ray's commands "on" the node.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import os
 import re
 import shlex
 import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -52,7 +62,14 @@ from yellowdog_client.model import (
     WorkRequirementSummary,
 )
 
-from raydog_backends.local.processes import LoopbackAddresses, NodeProcess, stop_all
+from raydog_backends.local.backend import NODE_DIR_VARIABLE, write_shims
+from raydog_backends.local.processes import (
+    TOKEN_VARIABLE,
+    LoopbackAddresses,
+    NodeProcess,
+    free_port,
+    stop_all,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +81,12 @@ NAME_RULE = re.compile(r"^[a-z]([a-z0-9_-]*[a-z0-9])?$")
 MAX_NAME = 60
 MAX_SLICE = 1000
 OPEN_GROUP = {TaskGroupStatus.PENDING, TaskGroupStatus.RUNNING}
+NOT_INHERITED = ("HOME", "PWD", "OLDPWD")
+NOT_INHERITED_PREFIXES = ("RAY_", "RAYDOG_", "YD_API_")
+"""What a local node does not get from the emulator's environment: the identity, Ray settings
+and YellowDog key of whoever started the emulator (a real node has none of them)."""
+NODE_FILE = "node.json"
+ENVIRONMENT_FILE = "environment.json"
 
 
 class ApiError(Exception):
@@ -163,6 +186,7 @@ class _Task:
     deadline: float | None = None
     process: NodeProcess | None = None
     work_dir: Path | None = None
+    ray_tmp_dir: Path | None = None
     cancel_when_done: bool = False
 
     @property
@@ -225,6 +249,8 @@ class Platform:
         self._loopback = LoopbackAddresses()
         self._scratch: Path | None = None
         self._stopping: list[NodeProcess] = []
+        self._ray_ports: dict[str, tuple[int, int]] = {}
+        self._ray_tmp_dirs: list[Path] = []
 
     # --- work requirements ---------------------------------------------------------------
 
@@ -849,8 +875,9 @@ class Platform:
         folder = self._work_root() / "tasks" / task.id.rsplit(":", 1)[-1]
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "taskdata.txt").write_text(task.task.taskData or "")
+        local_node = self.config.loopback_ips and details is not None
         environment = {
-            **os.environ,
+            **(_node_inheritance() if local_node else os.environ),
             "YD_TASK_ID": task.id,
             "YD_TASK_GROUP_ID": task.group_id,
             "YD_WORK_REQUIREMENT_ID": task.requirement_id,
@@ -864,11 +891,48 @@ class Platform:
             "YD_AGENT_HOME": str(folder),
             **(task.task.environment or {}),
         }
+        if local_node and details is not None:
+            environment.update(self._local_node_environment(task, details, folder))
         command = shlex.join(["exec", "bash", *(task.task.arguments or [])])
         task.work_dir = folder
-        task.process = NodeProcess.start(
+        task.process = process = NodeProcess.start(
             command, env=environment, home=folder, log_path=folder / "output.log"
         )
+        if local_node:
+            node_file = {
+                "node_id": task.id,
+                "pid": process.pid,
+                "start_ticks": process.start_ticks,
+                "token": process.token,
+            }
+            full = {**environment, "HOME": str(folder), TOKEN_VARIABLE: process.token}
+            _write_private(folder / NODE_FILE, node_file)
+            _write_private(folder / ENVIRONMENT_FILE, full)
+
+    def _local_node_environment(
+        self, task: _Task, details: NodeDetails, folder: Path
+    ) -> dict[str, str]:
+        """What a Ray node sharing this machine needs (see the module docstring)."""
+        ip = details.privateIpAddress or ""
+        gcs, client = self._ray_ports.setdefault(task.requirement_id, (free_port(), free_port()))
+        # Short on purpose: Ray's socket paths under it must stay below 108 bytes.
+        tmp = Path(tempfile.mkdtemp(prefix="raydog-yd-"))
+        task.ray_tmp_dir = tmp
+        self._ray_tmp_dirs.append(tmp)
+        shims = self._work_root() / "shims"
+        write_shims(shims)
+        head_ip = (task.task.environment or {}).get("RAY_HEAD_IP") or ip
+        path = [str(shims), str(Path(sys.executable).parent), os.environ.get("PATH", "")]
+        return {
+            "PATH": os.pathsep.join(path),
+            "RAYDOG_NODE_IP": ip,
+            "RAY_TMPDIR": str(tmp),
+            "RAYDOG_DASHBOARD_AGENT_PORT": str(free_port()),
+            "RAYDOG_GCS_PORT": str(gcs),
+            "RAYDOG_CLIENT_PORT": str(client),
+            "RAY_ADDRESS": f"{head_ip}:{gcs}",
+            NODE_DIR_VARIABLE: str(folder),
+        }
 
     def _finish(self, task: _Task, status: TaskStatus, error: str | None = None) -> None:
         task.task.status = status
@@ -881,7 +945,9 @@ class Platform:
         if task.process is not None:
             process, task.process = task.process, None
             threading.Thread(
-                target=process.stop, args=(self.config.stop_grace_seconds,), daemon=True
+                target=_stop_node,
+                args=(process, self.config.stop_grace_seconds, task.ray_tmp_dir),
+                daemon=True,
             ).start()
             self._stopping.append(process)
         node = self.nodes.get(task.task.nodeId or "")
@@ -1052,6 +1118,10 @@ class Platform:
             stopping, self._stopping = self._stopping + running, []
         if stopping:
             stop_all(stopping, self.config.stop_grace_seconds)
+        with self.lock:
+            tmp_dirs, self._ray_tmp_dirs = self._ray_tmp_dirs, []
+        for tmp in tmp_dirs:
+            shutil.rmtree(tmp, ignore_errors=True)
 
     def _work_root(self) -> Path:
         if self.config.work_dir is not None:
@@ -1076,3 +1146,23 @@ class Platform:
 
 def _total(duration: timedelta | None) -> float | None:
     return duration.total_seconds() if duration is not None else None
+
+
+def _node_inheritance() -> dict[str, str]:
+    return {
+        name: value
+        for name, value in os.environ.items()
+        if name not in NOT_INHERITED and not name.startswith(NOT_INHERITED_PREFIXES)
+    }
+
+
+def _write_private(path: Path, value: Any) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        json.dump(value, out)
+
+
+def _stop_node(process: NodeProcess, grace: float, ray_tmp_dir: Path | None) -> None:
+    process.stop(grace)
+    if ray_tmp_dir is not None:
+        shutil.rmtree(ray_tmp_dir, ignore_errors=True)
