@@ -27,7 +27,6 @@ must use these ports, not Ray's defaults.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -39,7 +38,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -48,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 from raydog_backends.local.processes import (
     LoopbackAddresses,
     NodeProcess,
+    folder_lock,
     free_port,
     stop_all,
 )
@@ -117,15 +117,8 @@ class ClusterFolder:
     def log_path(self, node_id: str) -> Path:
         return self.logs_dir / f"{node_id}.log"
 
-    @contextlib.contextmanager
-    def locked(self) -> Iterator[None]:
-        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
-        with open(self.root / ".lock", "a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+    def locked(self) -> contextlib.AbstractContextManager[None]:
+        return folder_lock(self.root)
 
     def records(self) -> list[NodeRecord]:
         found = []

@@ -351,12 +351,17 @@ class LoopbackAddresses:
     def _held(lease: Path) -> bool:
         return lease.is_symlink() and lease.exists()
 
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        self.lease_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        with open(self.lease_dir / ".lock", "a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+    def _locked(self) -> contextlib.AbstractContextManager[None]:
+        return folder_lock(self.lease_dir)
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Path) -> Iterator[None]:
+    """An exclusive lock on a folder's state, shared by every process on this machine."""
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with open(folder / ".lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
