@@ -115,6 +115,9 @@ class NodeInfo:
     external_ip: str | None = None
     detail: str = ""
     """Why the node is in this state (for logs), e.g. ``task FAILED``."""
+    launch_config: str = ""
+    """Ray's ``ray-launch-config`` tag as given at launch, kept in the backend's own record of the
+    node so that it survives the loss of the tag store ("" when the backend was not told one)."""
 
 
 @dataclass(frozen=True)
@@ -160,6 +163,9 @@ class LaunchRequest:
     count: int
     is_head: bool
     node_config: Mapping[str, Any] = field(default_factory=dict)
+    launch_config: str = ""
+    """Ray's ``ray-launch-config`` tag for these nodes: the backend keeps it with each node and
+    reports it back in :attr:`NodeInfo.launch_config`."""
 
 
 class ComputeBackend(ABC):
