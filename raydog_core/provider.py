@@ -8,6 +8,7 @@ reports gone leaves ``non_terminated_nodes`` (and Ray replaces it), and its tags
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -24,6 +25,7 @@ from ray.autoscaler.tags import (
     STATUS_UNINITIALIZED,
     STATUS_UP_TO_DATE,
     TAG_RAY_CLUSTER_NAME,
+    TAG_RAY_LAUNCH_CONFIG,
     TAG_RAY_NODE_KIND,
     TAG_RAY_NODE_STATUS,
     TAG_RAY_USER_NODE_TYPE,
@@ -116,7 +118,9 @@ class RayDogNodeProvider(NodeProvider):
                 f"create_node: unknown node type {node_type!r} "
                 f"(available_node_types: {', '.join(self.raydog_config.node_types)})"
             )
-        request = LaunchRequest(node_type, count, is_head, node_config)
+        request = LaunchRequest(
+            node_type, count, is_head, node_config, tags.get(TAG_RAY_LAUNCH_CONFIG, "")
+        )
         try:
             node_ids = self.compute.launch(request)
         except BackendError as exc:
@@ -128,7 +132,14 @@ class RayDogNodeProvider(NodeProvider):
             for node_id in node_ids:
                 self._launched_at[node_id] = now
                 self._nodes.setdefault(
-                    node_id, NodeInfo(node_id, node_type, is_head, NodeState.PENDING)
+                    node_id,
+                    NodeInfo(
+                        node_id,
+                        node_type,
+                        is_head,
+                        NodeState.PENDING,
+                        launch_config=request.launch_config,
+                    ),
                 )
         base = {**tags, TAG_RAY_CLUSTER_NAME: self.cluster_name, TAG_RAY_USER_NODE_TYPE: node_type}
         self.tags.update({node_id: base for node_id in node_ids})
@@ -270,8 +281,14 @@ class RayDogNodeProvider(NodeProvider):
         return self.tags.get(node_id).get(TAG_RAY_NODE_KIND) == NODE_KIND_HEAD
 
     def _derived_tags(self, info: NodeInfo) -> Tags:
-        """What the backend alone says of a node: enough for Ray if its tags were lost."""
-        return {
+        """What the backend alone says of a node: enough for Ray if its tags were lost.
+
+        Ray terminates a node whose ``ray-launch-config`` differs from its config's hash (and
+        ``ray up`` the head, which takes the whole cluster down), so the backend's record of it
+        is what a node without tags shows. A running node counts as up to date: a head whose
+        runtime-config tag is lost gets its setup re-run by ``ray up``, which is harmless.
+        """
+        tags = {
             TAG_RAY_CLUSTER_NAME: self.cluster_name,
             TAG_RAY_NODE_KIND: NODE_KIND_HEAD if info.is_head else NODE_KIND_WORKER,
             TAG_RAY_USER_NODE_TYPE: info.node_type,
@@ -279,6 +296,9 @@ class RayDogNodeProvider(NodeProvider):
                 STATUS_UP_TO_DATE if info.state is NodeState.RUNNING else STATUS_UNINITIALIZED
             ),
         }
+        if info.launch_config:
+            tags[TAG_RAY_LAUNCH_CONFIG] = info.launch_config
+        return tags
 
     def _store_endpoint(self) -> Endpoint | None:
         """Where the tag store answers from here; NotReady until the head runs."""
@@ -306,15 +326,7 @@ class RayDogNodeProvider(NodeProvider):
 
 
 def _terminated(info: NodeInfo, detail: str) -> NodeInfo:
-    return NodeInfo(
-        info.node_id,
-        info.node_type,
-        info.is_head,
-        NodeState.TERMINATED,
-        info.internal_ip,
-        info.external_ip,
-        detail,
-    )
+    return dataclasses.replace(info, state=NodeState.TERMINATED, detail=detail)
 
 
 def tags_match(tags: Mapping[str, str], tag_filters: Mapping[str, str]) -> bool:

@@ -79,3 +79,23 @@ def test_upscaling_speed_limits_each_step(
     first_wave = [e for e in timeline.launches("cpu") if e.t == timeline.launches("cpu")[0].t]
     assert len(first_wave) < 10
     assert timeline.workers_at(300)["cpu"] == 10
+
+
+def test_a_store_that_comes_back_empty_replaces_no_worker(
+    simulation: Callable[..., Simulation], cluster_config: ConfigFactory
+) -> None:
+    """Ray replaces a worker whose launch config hash it cannot find; the compute backend's
+    record keeps it, so emptying the tag store (a restart without persistence) changes nothing."""
+    from raydog_backends.memory.tag_store import MemoryTagStore
+
+    types = cluster_config()["available_node_types"]
+    types["cpu"]["min_workers"] = 2
+    sim = simulation(available_node_types=types)
+    before = sim.run([], duration_s=120)
+    workers = sorted(e.node_id for e in before.launches("cpu"))
+    assert len(workers) == 2
+    MemoryTagStore.forget(sim.cluster.name)
+    after = sim.run([], duration_s=600)
+    assert after.terminations() == []
+    assert after.launches() == []
+    assert sorted(sim.provider.non_terminated_nodes({"ray-node-type": "worker"})) == workers

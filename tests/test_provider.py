@@ -214,3 +214,29 @@ def test_a_yellowdog_ray_style_auth_copy_under_provider_is_ignored(
     forget_memory_clusters(config["cluster_name"])
     provider = load_provider(config)
     assert provider.raydog_config.auth == {"ssh_user": "ubuntu"}
+
+
+def test_a_second_ray_up_keeps_the_head_when_its_tags_are_lost(
+    cluster_config: ConfigFactory, forget_memory_clusters: Callable[[str], None]
+) -> None:
+    """Ray's own decision (``_should_create_new_head``) on a second ``ray up`` of the same YAML:
+    the head's launch config hash comes from the compute backend when the store has lost it."""
+    from ray.autoscaler._private.commands import _should_create_new_head
+    from ray.autoscaler._private.util import hash_launch_conf
+    from ray.autoscaler.tags import TAG_RAY_LAUNCH_CONFIG
+
+    config = cluster_config()
+    forget_memory_clusters(config["cluster_name"])
+    first = load_provider(config)
+    launch_hash = hash_launch_conf({}, config["auth"])
+    (head,) = first.create_node({}, {**head_tags(), TAG_RAY_LAUNCH_CONFIG: launch_hash}, 1)
+    (worker,) = first.create_node({}, {**worker_tags(), TAG_RAY_LAUNCH_CONFIG: "w-hash"}, 1)
+    first.close()
+    MemoryTagStore.forget(config["cluster_name"])
+
+    second = load_provider(config)
+    assert second.non_terminated_nodes({TAG_RAY_NODE_KIND: NODE_KIND_HEAD}) == [head]
+    assert second.node_tags(head)[TAG_RAY_LAUNCH_CONFIG] == launch_hash
+    assert second.node_tags(worker)[TAG_RAY_LAUNCH_CONFIG] == "w-hash"
+    assert not _should_create_new_head(head, launch_hash, "head", second)
+    assert _should_create_new_head(head, "an-edited-config", "head", second)

@@ -92,6 +92,9 @@ class NodeRecord:
     ports: dict[str, int] = field(default_factory=dict)
     pid: int | None = None
     start_ticks: int = 0
+    launch_config: str = ""
+    """Ray's ``ray-launch-config`` tag, kept here so that losing the tag store loses nothing
+    Ray needs to judge the node up to date."""
 
     def process(self) -> NodeProcess | None:
         if self.pid is None:
@@ -229,6 +232,7 @@ class LocalComputeBackend(ComputeBackend):
                         internal_ip=record.ip,
                         external_ip=record.ip,
                         detail=detail,
+                        launch_config=record.launch_config,
                     )
                 )
             # A node whose task script ended is gone, as a finished task's machine would be:
@@ -332,6 +336,7 @@ class LocalComputeBackend(ComputeBackend):
             tmp_dir=str(Path(tempfile.gettempdir()) / f"raydog-{digest}"),
             launched_at=time.time(),
             ports=ports,
+            launch_config=request.launch_config,
         )
         Path(record.tmp_dir).mkdir(mode=0o700, exist_ok=True)
         # Recorded before it starts: even a launcher that dies next leaves a findable node.

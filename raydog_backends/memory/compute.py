@@ -39,28 +39,24 @@ class SimulatedNode:
     ready_at: float
     internal_ip: str
     external_ip: str
+    launch_config: str = ""
     lost: str = ""
 
     def info(self, now: float) -> NodeInfo:
+        pending = not self.lost and now < self.ready_at
         if self.lost:
-            return NodeInfo(
-                self.node_id,
-                self.node_type,
-                self.is_head,
-                NodeState.TERMINATED,
-                self.internal_ip,
-                self.external_ip,
-                self.lost,
-            )
-        if now < self.ready_at:
-            return NodeInfo(self.node_id, self.node_type, self.is_head, NodeState.PENDING)
+            state = NodeState.TERMINATED
+        else:
+            state = NodeState.PENDING if pending else NodeState.RUNNING
         return NodeInfo(
             self.node_id,
             self.node_type,
             self.is_head,
-            NodeState.RUNNING,
-            self.internal_ip,
-            self.external_ip,
+            state,
+            None if pending else self.internal_ip,
+            None if pending else self.external_ip,
+            self.lost,
+            self.launch_config,
         )
 
 
@@ -137,6 +133,7 @@ class MemoryComputeBackend(ComputeBackend):
                     ready_at,
                     _address("10", number),
                     _address("100.64", number),
+                    request.launch_config,
                 )
                 created.append(node_id)
         if request.is_head and self.launch_delay:

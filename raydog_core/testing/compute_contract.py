@@ -171,6 +171,25 @@ class ComputeBackendContract:
             "a worker stopped by another instance",
         )
 
+    def test_each_node_keeps_the_launch_config_it_was_launched_with(
+        self, backend_for: MakeBackend, spec: ClusterSpec, node_config: Mapping[str, Any]
+    ) -> None:
+        """Ray judges a node up to date by its launch config hash; the backend's own record
+        keeps it, so a lost tag store never makes Ray replace a node (or the whole cluster)."""
+        first = backend_for(spec)
+        (head,) = first.launch(LaunchRequest(self.head_type, 1, True, node_config, "head-hash"))
+        workers = first.launch(
+            LaunchRequest(self.worker_type, 2, False, node_config, "worker-hash")
+        )
+        # Another instance (a second `ray up`, the head's autoscaler) reads the same record.
+        nodes = self.wait_for(
+            backend_for(spec),
+            lambda nodes: {head, *workers} <= set(nodes),
+            "the head and workers to be described",
+        )
+        assert nodes[head].launch_config == "head-hash"
+        assert [nodes[w].launch_config for w in workers] == ["worker-hash", "worker-hash"]
+
     def test_clusters_are_isolated(
         self, backend_for: MakeBackend, spec: ClusterSpec, node_config: Mapping[str, Any]
     ) -> None:
