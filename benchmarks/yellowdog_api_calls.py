@@ -21,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from raydog_backends.yellowdog import YellowDogComputeBackend
-from raydog_backends.yellowdog.emulator import Emulator, EmulatorClient, EmulatorConfig
+from raydog_backends.yellowdog_emulator import Emulator, EmulatorClient, EmulatorConfig
 from raydog_core.interfaces import ClusterSpec, LaunchRequest, NodeState, NodeTypeSpec
 
 SCRIPT = "#!/bin/bash\nsleep infinity\n"

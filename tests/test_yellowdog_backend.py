@@ -23,8 +23,8 @@ from yellowdog_client.platform_client import PlatformClient
 
 from raydog_backends.yellowdog import YellowDogComputeBackend
 from raydog_backends.yellowdog.credentials import SECRET_FILE
-from raydog_backends.yellowdog.emulator import Emulator, EmulatorClient, EmulatorConfig
 from raydog_backends.yellowdog.names import ClusterNames, slug
+from raydog_backends.yellowdog_emulator import Emulator, EmulatorClient, EmulatorConfig
 from raydog_core import state
 from raydog_core.errors import BackendError, ConfigError
 from raydog_core.interfaces import ClusterSpec, ComputeBackend, LaunchRequest, NodeInfo, NodeState
@@ -132,7 +132,6 @@ def test_node_config_errors_name_the_full_key_path(
         ({"idle_node_shutdown_minutes": 0}, "idle_node_shutdown_minutes"),
         ({"api_url": "ftp://example.com"}, "api_url"),
         ({"api_max_attempts": 0}, "api_max_attempts"),
-        ({"command_runner": "telnet"}, "command_runner"),
     ],
 )
 def test_option_errors_name_the_option(options: dict[str, Any], key: str) -> None:
@@ -684,21 +683,18 @@ def test_the_head_launch_shows_progress_in_rays_cli_output(
     assert "RayDog: the head node runs at" in printed
 
 
-def test_ray_runs_commands_over_ssh_unless_told_the_nodes_are_emulated_tasks(
-    backends: Callable[..., YellowDogComputeBackend],
-) -> None:
+def test_ray_runs_commands_over_ssh(backends: Callable[..., YellowDogComputeBackend]) -> None:
+    """The production backend has no other runner (the emulator's plugin brings its own)."""
     import subprocess
 
     backend = backends()
     (head,) = backend.launch(HEAD)
-    runner_args: dict[str, Any] = {
-        "log_prefix": "",
-        "node_id": head,
-        "auth_config": {"ssh_user": "yd-agent"},
-        "cluster_name": backend.spec.cluster_name,
-        "process_runner": subprocess,
-        "use_internal_ip": False,
-    }
-    assert backend.command_runner(**runner_args) is None
-    local = backends(backend.spec, command_runner="local")
-    assert local.command_runner(**runner_args) is not None
+    runner = backend.command_runner(
+        log_prefix="",
+        node_id=head,
+        auth_config={"ssh_user": "yd-agent"},
+        cluster_name=backend.spec.cluster_name,
+        process_runner=subprocess,
+        use_internal_ip=False,
+    )
+    assert runner is None

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -40,13 +42,17 @@ from yellowdog_client.model.exceptions import (
 )
 from yellowdog_client.platform_client import PlatformClient
 
-from raydog_backends.yellowdog.emulator import Emulator, EmulatorClient, EmulatorConfig
+from raydog_backends.yellowdog import YellowDogComputeBackend
+from raydog_backends.yellowdog_emulator import Emulator, EmulatorClient, EmulatorConfig
+from raydog_backends.yellowdog_emulator.runner import EmulatedTaskRunner
+from raydog_core import plugins
 
 pytest.register_assert_rewrite("tests.yellowdog_fixtures")
 from tests.yellowdog_fixtures import (  # noqa: E402
     KEY_ID,
     SECRET,
     TEMPLATE,
+    make_spec,
     running_emulator,
     start_emulator_process,
     wait_until,
@@ -394,8 +400,12 @@ def _alive(pid: int) -> bool:
     return stat.exists() and stat.read_text().rsplit(")", 1)[-1].split()[0] != "Z"
 
 
-def test_runs_as_a_module_and_stops_on_sigterm() -> None:
-    process = start_emulator_process("--boot-delay", "0.01")
+@pytest.mark.parametrize(
+    "module", ["raydog_backends.yellowdog_emulator", "raydog_backends.yellowdog.emulator"]
+)
+def test_runs_as_a_module_and_stops_on_sigterm(module: str) -> None:
+    """Its own command, and the older one kept as an alias."""
+    process = start_emulator_process("--boot-delay", "0.01", module=module)
     try:
         client = sdk(process.url)
         made = client.work_client.add_work_requirement(requirement("as-a-process"))
@@ -425,3 +435,30 @@ def test_loopback_addresses_are_distinct_and_given_back(tmp_path: Path) -> None:
         client.worker_pool_client.shutdown_worker_pool_by_id(pool_id)
         assert not (tmp_path / "leases").exists() or not any((tmp_path / "leases").iterdir())
         client.close()
+
+
+def test_the_production_plugin_imports_no_emulator() -> None:
+    code = (
+        "import sys, raydog_backends.yellowdog; "
+        "print(sorted(m for m in sys.modules if 'emulat' in m))"
+    )
+    found = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert found.strip() == "[]"
+
+
+def test_the_emulated_plugin_runs_the_heads_commands_on_this_machine(yd_env: str) -> None:
+    """``compute: yellowdog-emulated`` is the yellowdog backend plus a local command runner."""
+    plugin = plugins.load("compute", "yellowdog-emulated", "provider.compute")
+    assert issubclass(plugin, YellowDogComputeBackend)
+    backend = plugin(make_spec(), cluster_namespace=NAMESPACE)
+    runner = backend.command_runner(
+        log_prefix="",
+        node_id="ydid:task:e0000d:x",
+        auth_config={},
+        cluster_name=backend.spec.cluster_name,
+        process_runner=subprocess,
+        use_internal_ip=False,
+    )
+    assert isinstance(runner, EmulatedTaskRunner) and runner.emulator.url == yd_env

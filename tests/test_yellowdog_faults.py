@@ -16,8 +16,8 @@ import pytest
 import requests
 from ray.autoscaler.node_launch_exception import NodeLaunchException
 
-from raydog_backends.yellowdog.emulator import Emulator, EmulatorClient
 from raydog_backends.yellowdog.names import slug
+from raydog_backends.yellowdog_emulator import Emulator, EmulatorClient
 from raydog_core.errors import BackendError
 from raydog_core.interfaces import ClusterSpec, LaunchRequest
 

@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 import pytest
 
 from raydog_backends.yellowdog import YellowDogComputeBackend
-from raydog_backends.yellowdog.emulator import Emulator, EmulatorClient, EmulatorConfig
+from raydog_backends.yellowdog_emulator import Emulator, EmulatorClient, EmulatorConfig
 from raydog_core.interfaces import ClusterSpec, NodeTypeSpec
 
 T = TypeVar("T")
@@ -71,10 +71,12 @@ class EmulatorProcess:
         return self.process.returncode
 
 
-def start_emulator_process(*arguments: str) -> EmulatorProcess:
-    """``python -m raydog_backends.yellowdog.emulator --port 0 ...``, once it says where it is."""
+def start_emulator_process(
+    *arguments: str, module: str = "raydog_backends.yellowdog_emulator"
+) -> EmulatorProcess:
+    """``python -m MODULE --port 0 ...``, once it says where it is."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "raydog_backends.yellowdog.emulator", "--port", "0", *arguments],
+        [sys.executable, "-m", module, "--port", "0", *arguments],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,

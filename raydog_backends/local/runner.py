@@ -10,7 +10,7 @@ script waiting for a file never reads half of it.
 
 ``ThisMachineCommandRunner`` does the work for any node that is a process session here; the
 ``local`` backend's ``LocalCommandRunner`` and the YellowDog emulator's head (see
-``raydog_backends.yellowdog.emulated_runner``) only say where the node is.
+``raydog_backends.yellowdog_emulator.runner``) only say where the node is.
 """
 
 from __future__ import annotations

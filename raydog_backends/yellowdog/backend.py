@@ -21,8 +21,7 @@ import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
-from types import ModuleType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import requests
 from yellowdog_client.common import SearchClient
@@ -67,9 +66,6 @@ from raydog_core.interfaces import (
 )
 from raydog_core.progress import report
 
-if TYPE_CHECKING:
-    from ray.autoscaler.command_runner import CommandRunnerInterface
-
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -96,8 +92,6 @@ AGENT_INSTALLER = (
     "/agent-install/linux/yd-agent-installer.sh"
 )
 REFUSALS = (400, 404, 409)
-COMMAND_RUNNERS = ("ssh", "local")
-"""How Ray reaches the head: SSH, or (emulator runs only, see ``emulated_runner``) this machine."""
 
 NODE_CONFIG_KEYS: dict[str, type] = {
     "compute_requirement_template": str,
@@ -173,13 +167,8 @@ class YellowDogComputeBackend(ComputeBackend):
         node_recheck_seconds: float = 30.0,
         api_url: str | None = None,
         api_max_attempts: int = 3,
-        command_runner: str = "ssh",
     ) -> None:
-        """The provider section's options, checked; no I/O.
-
-        - ``command_runner``: how Ray reaches the head: ``ssh`` (Ray's SSH runner), or
-          ``local`` for emulator runs only (the emulator's task processes; no SSH).
-        """
+        """The provider section's options, checked; no I/O."""
         super().__init__(spec)
         self.names = ClusterNames.for_cluster(spec.cluster_name, list(spec.node_types))
         _check_name("cluster_namespace", cluster_namespace)
@@ -196,11 +185,6 @@ class YellowDogComputeBackend(ComputeBackend):
                 raise ConfigError(option, f"must be greater than 0, got {value!r}")
         if api_max_attempts < 1:
             raise ConfigError("api_max_attempts", f"must be at least 1, got {api_max_attempts!r}")
-        if command_runner not in COMMAND_RUNNERS:
-            raise ConfigError(
-                "command_runner",
-                f"must be one of {', '.join(COMMAND_RUNNERS)}, got {command_runner!r}",
-            )
         if api_url is not None and not api_url.startswith(("http://", "https://")):
             raise ConfigError("api_url", f"expected an http(s) URL, got {api_url!r}")
         self.namespace = cluster_namespace
@@ -212,7 +196,6 @@ class YellowDogComputeBackend(ComputeBackend):
         self.node_recheck_seconds = node_recheck_seconds
         self.api_url = api_url
         self.api_max_attempts = api_max_attempts
-        self.runs_commands_locally = command_runner == "local"
         self.node_configs = {
             name: _node_type_config(name, node_type.node_config)
             for name, node_type in spec.node_types.items()
@@ -278,26 +261,6 @@ class YellowDogComputeBackend(ComputeBackend):
             cleaned, failures = self._shutdown_everything()
         if failures:
             raise BackendError("shut down", self._what(), "; ".join(failures), cleaned)
-
-    def command_runner(
-        self,
-        *,
-        log_prefix: str,
-        node_id: str,
-        auth_config: Mapping[str, Any],
-        cluster_name: str,
-        process_runner: ModuleType,
-        use_internal_ip: bool,
-    ) -> CommandRunnerInterface | None:
-        """Ray's SSH runner, unless ``command_runner: local`` (emulator task processes)."""
-        if not self.runs_commands_locally:
-            return None
-        from raydog_backends.yellowdog.emulated_runner import EmulatedTaskRunner
-
-        url = credentials.load(self.spec.cluster_name, os.environ, self.api_url).url
-        return EmulatedTaskRunner(
-            url, node_id, process_runner=process_runner, log_prefix=log_prefix
-        )
 
     def preflight(self) -> list[Check]:
         """``raydog doctor``: the key is found and accepted; no pool outlived its cluster."""

@@ -3,7 +3,8 @@
 The YellowDog emulator (a process of its own) runs each node's task as a local process session
 with its own loopback address (``--run-tasks --loopback-ips``); the backend drives it through the
 real YellowDog SDK. There is no SSH server on an emulated node, so Ray's commands for the head go
-through the local command runner (``command_runner: local``, examples/yellowdog/emulator).
+through the local command runner of the emulator's compute plugin (``compute: yellowdog-emulated``,
+examples/yellowdog/emulator).
 
 `ray up` -> `ray get-head-ip`, `ray exec 'ray status'`, `ray attach` -> `ray submit` of a job that
 needs more CPUs than the head offers -> the head's autoscaler launches workers as YellowDog tasks
@@ -30,8 +31,8 @@ import yaml
 from yellowdog_client.model import TaskStatus
 
 from raydog_backends.local.processes import NodeProcess, free_port, listening_sockets
-from raydog_backends.yellowdog.emulator import EmulatorClient
-from raydog_backends.yellowdog.emulator.platform import ENVIRONMENT_FILE, NODE_FILE
+from raydog_backends.yellowdog_emulator import EmulatorClient
+from raydog_backends.yellowdog_emulator.platform import ENVIRONMENT_FILE, NODE_FILE
 from raydog_core.interfaces import NodeInfo, NodeState
 from tests.e2e.lifecycle import REPO, LifecycleResult, RayCluster, ran_on, run_lifecycle
 from tests.yellowdog_fixtures import KEY_ID, SECRET, EmulatorProcess, start_emulator_process

@@ -1,4 +1,7 @@
-"""``python -m raydog_backends.yellowdog.emulator --port PORT``: serve until SIGTERM or Ctrl-C."""
+"""``python -m raydog_backends.yellowdog_emulator --port PORT``: serve until SIGTERM or Ctrl-C.
+
+``python -m raydog_backends.yellowdog.emulator`` is an alias of this command.
+"""
 
 from __future__ import annotations
 
@@ -9,14 +12,14 @@ import sys
 import threading
 from types import FrameType
 
-from raydog_backends.yellowdog.emulator.platform import EmulatorConfig
-from raydog_backends.yellowdog.emulator.server import Emulator
+from raydog_backends.yellowdog_emulator.platform import EmulatorConfig
+from raydog_backends.yellowdog_emulator.server import Emulator
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     defaults = EmulatorConfig()
     parser = argparse.ArgumentParser(
-        prog="python -m raydog_backends.yellowdog.emulator",
+        prog="python -m raydog_backends.yellowdog_emulator",
         description="An emulator of the YellowDog platform's REST API, for RayDog. "
         "Point YD_API_URL at it; any API key works unless --api-key is given.",
     )

@@ -15,7 +15,7 @@ the ``local`` backend's nodes are: its own address (``RAYDOG_NODE_IP``), Ray tem
 ``RAYDOG_CLIENT_PORT``: one pair per work requirement, as Ray binds them on every address),
 ``RAY_ADDRESS``, and the ``ray``/``sudo`` shims that scope ``ray stop`` to the node. Its folder
 holds ``node.json`` and ``environment.json`` (0600), for the shims and for
-``raydog_backends.yellowdog.emulated_runner``, which runs Ray's commands "on" the node.
+``raydog_backends.yellowdog_emulator.runner``, which runs Ray's commands "on" the node.
 """
 
 from __future__ import annotations

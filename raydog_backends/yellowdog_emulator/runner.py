@@ -1,4 +1,4 @@
-"""Ray's commands on an emulated YellowDog node, for ``command_runner: local`` (emulator runs only).
+"""Ray's commands on an emulated YellowDog node, for the ``yellowdog-emulated`` compute plugin.
 
 When the YellowDog emulator runs tasks as local processes (``--run-tasks --loopback-ips``), the
 head "node" is a process session on this machine, so there is no SSH server to reach it. This
@@ -18,8 +18,8 @@ from types import ModuleType
 from raydog_backends.local.backend import DETACH_VARIABLE
 from raydog_backends.local.processes import NodeProcess
 from raydog_backends.local.runner import NodeHere, ThisMachineCommandRunner
-from raydog_backends.yellowdog.emulator.client import EmulatorClient
-from raydog_backends.yellowdog.emulator.platform import ENVIRONMENT_FILE, NODE_FILE
+from raydog_backends.yellowdog_emulator.client import EmulatorClient
+from raydog_backends.yellowdog_emulator.platform import ENVIRONMENT_FILE, NODE_FILE
 
 STATE_TIMEOUT_SECONDS = 10.0
 

@@ -22,7 +22,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from yellowdog_client.common.json import Json
 from yellowdog_client.model import Task, WorkRequirement
 
-from raydog_backends.yellowdog.emulator.platform import ApiError, EmulatorConfig, Platform, Query
+from raydog_backends.yellowdog_emulator.platform import ApiError, EmulatorConfig, Platform, Query
 
 logger = logging.getLogger(__name__)
 
