@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from raydog_core import plugins, state
+from raydog_core import node_setup, plugins, state
 from raydog_core.errors import ConfigError
 from raydog_core.interfaces import ClusterSpec, NodeTypeSpec, TagStore
 
@@ -73,6 +73,7 @@ CORE_KEYS = frozenset(
         "auth",
         NORMALIZED_KEY,
         ON_HEAD_KEY,
+        *node_setup.PROVIDER_KEYS,
     }
 )
 
@@ -104,17 +105,26 @@ class RayDogConfig:
     files_to_upload: tuple[str, ...] = ()
     auth: Mapping[str, Any] = field(default_factory=dict)
     on_head: bool = False
+    setup_options: node_setup.NodeSetupOptions = field(default_factory=node_setup.NodeSetupOptions)
 
     def cluster_spec(self, store: TagStore) -> ClusterSpec:
+        head_script = compose_head_script(self.head_script, store.head_server_command())
         return ClusterSpec(
             cluster_name=self.cluster_name,
             head_node_type=self.head_node_type,
             node_types=self.node_types,
-            head_script=compose_head_script(self.head_script, store.head_server_command()),
-            worker_script=self.worker_script,
+            head_script=self.after_node_setup(head_script),
+            worker_script=self.after_node_setup(self.worker_script),
             auth=self.auth,
             head_setup=store.head_server_install() or "",
         )
+
+    def after_node_setup(self, script: str) -> str:
+        """A task script as the compute backend gets it: on backends whose nodes run RayDog's
+        node setup, held until that setup has finished (with the configured time limit)."""
+        if not node_setup.runs_node_setup(self.compute):
+            return script
+        return node_setup.wait_for_setup(script, self.setup_options.timeout_minutes)
 
 
 def compose_head_script(script: str, head_server_command: str | None) -> str:
@@ -282,6 +292,7 @@ def _parse_provider(
         files_to_upload=_files_to_upload(provider.get("files_to_upload", [])),
         auth=auth,
         on_head=on_head,
+        setup_options=node_setup.parse_options(provider),
     )
 
 

@@ -179,6 +179,11 @@ class ComputeBackend(ABC):
     ``RAYDOG_NODE_ID`` and, on workers, ``RAY_HEAD_IP``.
     """
 
+    runs_node_setup: bool = False
+    """Optional: True when this backend's nodes run the script ``raydog node-setup`` prints
+    (through :meth:`node_setup_script`) as they boot, and may start a task before it has
+    finished. The core then holds every task script until the setup's end marker exists."""
+
     def __init__(self, spec: ClusterSpec, **options: Any) -> None:
         self.spec = spec
 

@@ -154,6 +154,8 @@ class _CapacityChange:
 class YellowDogComputeBackend(ComputeBackend):
     """Ray nodes as YellowDog tasks on provisioned worker pools (see the module docstring)."""
 
+    runs_node_setup = True  # the agent takes tasks before the rest of the setup has finished
+
     def __init__(
         self,
         spec: ClusterSpec,
