@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 class EmulatedYellowDogComputeBackend(YellowDogComputeBackend):
     """``compute: yellowdog-emulated``: the same options as ``yellowdog``."""
 
+    runs_node_setup = False  # an emulated node has no setup phase: its task runs at once
+
     def command_runner(
         self,
         *,
