@@ -1,23 +1,31 @@
-"""The tag store's server on the head node::
+"""The tag store's server on the head node, supervised::
 
     python3 -m raydog_backends.keyvalue.server --cluster NAME --port 16667 [--appendonly]
 
 Waits for the cluster's password file (Ray's file sync uploads it after the head's task has
-started), then becomes ``valkey-server`` (or ``redis-server``) listening on loopback only
-(127.0.0.1, and a ``local`` node's own 127.x address). The
+started), then runs ``valkey-server`` (or ``redis-server``) listening on loopback only (127.0.0.1,
+and a ``local`` node's own 127.x address), and starts it again whenever it ends: a store that
+dies would otherwise leave the cluster without its tags until the head is replaced. Restarts back
+off from 0 to 30 s while the server keeps dying at once, and each one is a line in the log. The
 password reaches the server as configuration on its standard input: never on a command line, in
-the environment or in a log. Data (the append-only file) stays in the cluster's folder.
+the environment or in a log. Data (the append-only file) stays in the cluster's folder on the
+head, so a restarted server comes back with every tag. SIGTERM or SIGINT stops the server, then
+the supervisor.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ipaddress
 import logging
 import os
 import re
 import shutil
+import signal
+import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,6 +37,11 @@ logger = logging.getLogger("raydog.tag-server")
 
 DEFAULT_WAIT_SECONDS = 1800.0
 PROGRESS_EVERY_SECONDS = 30.0
+RESTART_DELAYS = (0.0, 1.0, 2.0, 5.0, 10.0, 30.0)
+"""Seconds before each successive restart of a server that keeps dying at once."""
+STABLE_SECONDS = 10.0
+"""A server that ran this long before it ended was serving (not failing at start): it is
+restarted at once."""
 # The configuration syntax would need quoting (and would echo a bad line in its error message)
 # for anything else; generated passwords are URL-safe base64.
 _PLAIN_PASSWORD = re.compile(r"[A-Za-z0-9_.~+/=-]{16,512}")
@@ -71,8 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         data_dir,
         "yes" if args.appendonly else "no",
     )
-    exec_with_config_on_stdin(binary, config)
-    return 1  # not reached: exec replaced this process
+    return Supervisor(binary, config).run()
 
 
 def wait_for_password(cluster: str, wait_seconds: float, progress_every: float) -> str | None:
@@ -158,17 +170,71 @@ def _quoted(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def exec_with_config_on_stdin(binary: str, config: str) -> None:
-    """Become the server, reading its configuration from a pipe on standard input."""
-    read_end, write_end = os.pipe()
-    os.write(write_end, config.encode())  # a few hundred bytes: far below a pipe's capacity
-    os.close(write_end)
-    os.dup2(read_end, 0)
-    os.close(read_end)
-    for handler in logging.getLogger().handlers:
-        handler.flush()
-    sys.stdout.flush()
-    os.execv(binary, [binary, "-"])
+class Supervisor:
+    """Runs the server and starts it again whenever it ends, until told to stop."""
+
+    def __init__(self, binary: str, config: str) -> None:
+        self.binary = binary
+        self.config = config
+        self.restarts = 0
+        self._stopping = threading.Event()
+        self._server: subprocess.Popen[bytes] | None = None
+
+    def run(self) -> int:
+        """Serve until SIGTERM/SIGINT; 0 then, whatever the server did meanwhile."""
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._stop)
+        failures = 0
+        while not self._stopping.is_set():
+            started = time.monotonic()
+            try:
+                server = self._start()
+            except OSError as exc:
+                what = f"{Path(self.binary).name} could not be started ({exc})"
+            else:
+                what = f"{Path(self.binary).name} (pid {server.pid}) {_ended(server.wait())}"
+            if self._stopping.is_set():
+                break
+            ran = time.monotonic() - started
+            failures = 0 if ran >= STABLE_SECONDS else failures + 1
+            delay = RESTART_DELAYS[min(max(failures - 1, 0), len(RESTART_DELAYS) - 1)]
+            self.restarts += 1
+            logger.warning("%s after %.1f s; restart %d in %.0f s", what, ran, self.restarts, delay)
+            self._stopping.wait(delay)
+        logger.info("stopped")
+        return 0
+
+    def _start(self) -> subprocess.Popen[bytes]:
+        """The server, reading its configuration from a pipe on its standard input."""
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        server = subprocess.Popen([self.binary, "-"], stdin=subprocess.PIPE)
+        assert server.stdin is not None
+        # A server that ends before reading it closes the pipe; its exit code says the rest.
+        with contextlib.suppress(BrokenPipeError):
+            server.stdin.write(self.config.encode())
+        with contextlib.suppress(BrokenPipeError):
+            server.stdin.close()
+        self._server = server
+        if self._stopping.is_set():  # told to stop while it was starting
+            server.terminate()
+        logger.info("%s running (pid %d)", Path(self.binary).name, server.pid)
+        return server
+
+    def _stop(self, signum: int, frame: object) -> None:
+        self._stopping.set()
+        server = self._server
+        if server is not None and server.poll() is None:
+            server.terminate()
+
+
+def _ended(code: int) -> str:
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with code {code}"
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:

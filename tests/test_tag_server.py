@@ -1,0 +1,135 @@
+"""The head's tag server is supervised: a server that dies comes back, with its data."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from raydog_backends.keyvalue import ValkeyTagStore
+from raydog_backends.keyvalue.store import PASSWORD_SECRET
+from raydog_core import state
+from raydog_core.interfaces import Endpoint
+from tests.servers import argv_of, free_port, valkey_server_binary, wait_for_port
+
+
+class Supervised:
+    """``python -m raydog_backends.keyvalue.server``: the supervisor and its server."""
+
+    def __init__(self, home: Path, cluster: str, port: int, *extra: str) -> None:
+        self.cluster = cluster
+        self.port = port
+        self.log = home / f"tag-server-{cluster}.log"
+        command = [sys.executable, "-m", "raydog_backends.keyvalue.server"]
+        command += ["--cluster", cluster, "--port", str(port), *extra]
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                command,
+                env={**os.environ, "RAYDOG_HOME": str(home)},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+
+    def server_pid(self) -> int:
+        """The running server's pid, from the pid file it writes (its parent is the supervisor)."""
+        path = state.cluster_dir(self.cluster) / "tag-store" / "server.pid"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                pid = int(path.read_text())
+                if _parent(pid) == self.process.pid:
+                    return pid
+            except (FileNotFoundError, ValueError, OSError):
+                pass
+            assert time.monotonic() < deadline, self.log.read_text()
+            time.sleep(0.05)
+
+    def wait_for_log(self, text: str, count: int = 1, timeout: float = 60) -> str:
+        deadline = time.monotonic() + timeout
+        while self.log.read_text().count(text) < count:
+            assert time.monotonic() < deadline, self.log.read_text()
+            time.sleep(0.05)
+        return self.log.read_text()
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(30)
+
+
+def _parent(pid: int) -> int:
+    stat = (Path("/proc") / str(pid) / "stat").read_text()
+    return int(stat.rsplit(")", 1)[1].split()[1])
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.fixture
+def supervise(raydog_home: Path) -> Iterator[Callable[..., Supervised]]:
+    started: list[Supervised] = []
+
+    def start(cluster: str, port: int, *extra: str) -> Supervised:
+        started.append(Supervised(raydog_home, cluster, port, *extra))
+        return started[-1]
+
+    yield start
+    for supervised in started:
+        supervised.stop()
+
+
+@pytest.mark.servers
+def test_a_killed_server_is_restarted_with_every_tag(
+    supervise: Callable[..., Supervised],
+) -> None:
+    binary = valkey_server_binary()
+    password = state.cluster_secret("supervised", PASSWORD_SECRET)
+    port = free_port()
+    supervised = supervise("supervised", port, "--appendonly", "--server-binary", binary)
+    wait_for_port(port, timeout=30)
+    store = ValkeyTagStore("supervised", port=port)
+    store.connect(Endpoint("127.0.0.1", port))
+    expected = {f"node-{i}": {"ray-launch-config": f"hash-{i}"} for i in range(200)}
+    store.update(expected)
+
+    first = supervised.server_pid()
+    os.kill(first, signal.SIGKILL)
+    log = supervised.wait_for_log("running (pid", count=2)
+    second = supervised.server_pid()
+    assert second != first
+    wait_for_port(port, timeout=30)
+    assert store.load_all() == expected  # the store's client reconnects by itself
+    store.close()
+
+    assert f"valkey-server (pid {first}) was killed by SIGKILL" in log
+    assert "restart 1 in 0 s" in log
+    for pid in (supervised.process.pid, second):
+        assert password not in " ".join(argv_of(pid))
+        assert password not in (Path("/proc") / str(pid) / "environ").read_text()
+    assert supervised.stop() == 0
+    assert not _alive(second), "the server outlived its supervisor's SIGTERM"
+    assert password not in supervised.log.read_text()
+    assert "stopped" in supervised.log.read_text()
+
+
+def test_a_server_that_keeps_dying_is_restarted_with_growing_delays(
+    supervise: Callable[..., Supervised],
+) -> None:
+    state.cluster_secret("crashing", PASSWORD_SECRET)
+    supervised = supervise("crashing", free_port(), "--server-binary", "false")
+    log = supervised.wait_for_log("exited with code 1", count=3)
+    assert "restart 1 in 0 s" in log
+    assert "restart 2 in 1 s" in log
+    assert "restart 3 in 2 s" in log
+    assert supervised.stop() == 0
