@@ -110,6 +110,8 @@ def _validate(path: Path) -> int:
 
 
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+# `doctor` and `status` wait this long for the tag store (a tunnel to open, the first read).
+STORE_WAIT_SECONDS = 30.0
 
 
 def parse_duration(text: str, what: str = "duration") -> float:
@@ -244,8 +246,7 @@ def _doctor(path: Path) -> int:
                 "wait for it, or see the compute backend's logs for the head task",
             )
         )
-        provider.tags.refresh()
-        reached = provider.tags.connected
+        reached = provider.tags.refresh(timeout=STORE_WAIT_SECONDS)
         where = "on the head" if provider.store.head_port else "external"
         show(
             Check(
@@ -294,6 +295,7 @@ def _status(path: Path) -> int:
 
     parsed, provider = _open_cluster(path)
     provider.refresh()
+    provider.tags.refresh(timeout=STORE_WAIT_SECONDS)
     described = {info.node_id: info for info in provider.compute.describe()}
     stored = provider.tags.all()
     where = "reachable" if provider.tags.connected else "not reachable"

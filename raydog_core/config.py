@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import inspect
+import math
 import os
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -21,6 +22,7 @@ from typing import Any
 from raydog_core import node_setup, plugins, state
 from raydog_core.errors import ConfigError
 from raydog_core.interfaces import ClusterSpec, NodeTypeSpec, TagStore
+from raydog_core.tag_cache import DEFAULT_READ_TIMEOUT
 
 DEFAULT_PLUGINS: dict[plugins.Kind, str] = {
     "compute": "yellowdog",
@@ -70,6 +72,7 @@ CORE_KEYS = frozenset(
         *SCRIPT_KEYS,
         "files_to_upload",
         "head_node_tag_server_port",
+        "tag_store_read_timeout",
         "auth",
         NORMALIZED_KEY,
         ON_HEAD_KEY,
@@ -106,6 +109,7 @@ class RayDogConfig:
     auth: Mapping[str, Any] = field(default_factory=dict)
     on_head: bool = False
     setup_options: node_setup.NodeSetupOptions = field(default_factory=node_setup.NodeSetupOptions)
+    tag_store_read_timeout: float = DEFAULT_READ_TIMEOUT
 
     def cluster_spec(self, store: TagStore) -> ClusterSpec:
         head_script = compose_head_script(self.head_script, store.head_server_command())
@@ -293,7 +297,24 @@ def _parse_provider(
         auth=auth,
         on_head=on_head,
         setup_options=node_setup.parse_options(provider),
+        tag_store_read_timeout=_read_timeout(provider.get("tag_store_read_timeout")),
     )
+
+
+def _read_timeout(value: Any) -> float:
+    """``provider.tag_store_read_timeout``: how long a tick waits for the tag store (seconds)."""
+    if value is None:
+        return DEFAULT_READ_TIMEOUT
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(
+            "provider.tag_store_read_timeout", f"expected a number of seconds, got {value!r}"
+        )
+    if not 0 < value <= 60 or not math.isfinite(value):
+        raise ConfigError(
+            "provider.tag_store_read_timeout",
+            f"expected seconds above 0 and at most 60, got {value!r}",
+        )
+    return float(value)
 
 
 def _plugin_choice(provider: Mapping[str, Any], kind: plugins.Kind) -> PluginChoice:

@@ -50,3 +50,7 @@ class BackendError(RayDogError):
         if self.cleaned_up:
             message += f" (cleaned up: {', '.join(self.cleaned_up)})"
         super().__init__(message)
+
+
+class TagValueError(RayDogError, ValueError):
+    """A tag write the store could not hold (not text); refused before anything is queued."""

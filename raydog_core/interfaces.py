@@ -28,6 +28,34 @@ class Endpoint:
     port: int
 
 
+@dataclass(frozen=True)
+class ChangeToken:
+    """Where a reader of a tag store stands: the store's epoch and the last version it saw.
+
+    The epoch names one lifetime of the store's data: it changes when the data is lost or
+    replaced (a server restarted without persistence, a flushed database, a failover), so a
+    token from another epoch can only be answered with a full reload.
+    """
+
+    epoch: str
+    version: int
+
+
+@dataclass(frozen=True)
+class Changes:
+    """The answer to :meth:`TagStore.changes_since`."""
+
+    token: ChangeToken
+    """Pass it to the next call."""
+    full: bool
+    """True: ``updated`` holds every node of the cluster (a full reload; ``deleted`` is empty),
+    because the caller had no token, or its token is from another epoch or too old."""
+    updated: Mapping[str, Tags]
+    """Each node created or changed since the token, with all of its tags."""
+    deleted: Collection[str] = ()
+    """Nodes deleted since the token (and not created again)."""
+
+
 class TagStore(ABC):
     """Where Ray's node tags live: ``node id -> {tag: value}`` for one cluster.
 
@@ -61,6 +89,17 @@ class TagStore(ABC):
     def close(self) -> None:
         """Release connections; the store may be connected again later."""
 
+    def changes_since(self, token: ChangeToken | None) -> Changes:
+        """Optional (TagStore interface 2): what changed since ``token``, in one round trip.
+
+        ``None``, a token of another epoch, or one older than the store remembers: a full reload
+        (``Changes.full``). Otherwise the nodes changed or deleted since, and nothing else, so a
+        tick where nothing changed costs a constant number of bytes. Writes of racing clients
+        must never be missed: a version is taken atomically with the write it numbers. Stores
+        without it keep working: the core then reads ``load_all`` every tick.
+        """
+        raise NotImplementedError
+
     def head_server_install(self) -> str | None:
         """Optional: shell that installs this store's server on the head when it is missing.
 
@@ -76,6 +115,11 @@ class TagStore(ABC):
         (start the server in the background) and never carry a secret on its command line.
         """
         return None
+
+
+def offers_changes(store: TagStore) -> bool:
+    """Whether ``store`` implements the optional :meth:`TagStore.changes_since`."""
+    return type(store).changes_since is not TagStore.changes_since
 
 
 class Transport(ABC):

@@ -1,7 +1,9 @@
 """``RayDogNodeProvider``: Ray's NodeProvider, assembled from three plugins.
 
-One autoscaler tick is one snapshot: the tag store's ``load_all`` followed by one batched
-``describe`` from the compute backend. Every query after that answers from memory. The compute
+One autoscaler tick is one snapshot: the tag store's changes since the last tick (``load_all``
+for a store without ``changes_since``) followed by one batched ``describe`` from the compute
+backend. Every query after that answers from memory, without copying any node's tags but the one
+asked for; writes return at once (the tag cache sends them). The compute
 backend decides which nodes exist; the tag store only annotates them, so a node the backend
 reports gone leaves ``non_terminated_nodes`` (and Ray replaces it), and its tags are deleted.
 """
@@ -69,15 +71,23 @@ class RayDogNodeProvider(NodeProvider):
         self._nodes: dict[str, NodeInfo] = {}
         self._launched_at: dict[str, float] = {}
         self._versions_reported = False
-        self.tags = TagCache(self.store, self._store_endpoint)
+        # _derived_tags(info) by the NodeInfo fields it reads; a handful of distinct values.
+        self._derived: dict[tuple[bool, str, NodeState, str], Tags] = {}
+        self.tags = TagCache(
+            self.store, self._store_endpoint, read_timeout=self.raydog_config.tag_store_read_timeout
+        )
 
     # --- Ray's queries: answered from the last snapshot, no I/O ---------------------------
+    # Readers take no lock: ``_nodes`` entries and the cache's per-node dicts are replaced,
+    # never changed in place, and one dict lookup is atomic.
 
     def non_terminated_nodes(self, tag_filters: dict[str, str]) -> list[str]:
         self.refresh()
         with self._lock:
             live = [n for n, info in self._nodes.items() if info.state is not NodeState.TERMINATED]
-        return [node_id for node_id in live if tags_match(self.node_tags(node_id), tag_filters)]
+        if not tag_filters:
+            return live
+        return [node_id for node_id in live if self._matches(node_id, tag_filters)]
 
     def is_running(self, node_id: str) -> bool:
         info = self._info(node_id)
@@ -88,13 +98,31 @@ class RayDogNodeProvider(NodeProvider):
         return info is None or info.state is NodeState.TERMINATED
 
     def node_tags(self, node_id: str) -> dict[str, str]:
-        info = self._info(node_id)
-        tags = self._derived_tags(info) if info is not None else {}
-        tags.update(self.tags.get(node_id))
-        if info is not None and not info.is_head and self._derive_worker_status:
-            running = info.state is NodeState.RUNNING
-            tags[TAG_RAY_NODE_STATUS] = STATUS_UP_TO_DATE if running else STATUS_UNINITIALIZED
+        """The stored tags over what the backend says; worker status from the backend."""
+        info = self._nodes.get(node_id)
+        stored = self.tags.view(node_id)
+        if info is None:
+            return dict(stored) if stored else {}
+        derived = self._derived_of(info)
+        tags = {**derived, **stored} if stored else dict(derived)
+        if self._derive_worker_status and not info.is_head:
+            tags[TAG_RAY_NODE_STATUS] = derived[TAG_RAY_NODE_STATUS]
         return tags
+
+    def _matches(self, node_id: str, tag_filters: Mapping[str, str]) -> bool:
+        """Whether ``node_tags(node_id)`` has every filter's value, without building it."""
+        info = self._nodes.get(node_id)
+        stored = self.tags.view(node_id) or {}
+        derived = self._derived_of(info) if info is not None else {}
+        status_derived = info is not None and self._derive_worker_status and not info.is_head
+        for key, wanted in tag_filters.items():
+            if key == TAG_RAY_NODE_STATUS and status_derived:
+                value = derived.get(key)
+            else:
+                value = stored.get(key, derived.get(key))
+            if value != wanted:
+                return False
+        return True
 
     def internal_ip(self, node_id: str) -> str | None:  # type: ignore[override]
         info = self._info(node_id)
@@ -150,12 +178,12 @@ class RayDogNodeProvider(NodeProvider):
         already ended leaves the rest to it). Idempotent."""
         with self._lock:
             known = set(self._nodes)
-        self.tags.delete(known | set(node_ids) | set(self.tags.all()))
+        self.tags.delete(known | set(node_ids) | self.tags.node_ids())
+        # Send the deletes (bounded) while the head's store still runs, then let go of it.
+        self.tags.close()
         self.compute.shutdown()
         with self._lock:
             self._nodes.clear()
-        # The store on the head is gone with it: later queries must not reach for it.
-        self.tags.close()
         self.transport.close()
 
     def set_node_tags(self, node_id: str, tags: dict[str, str]) -> None:
@@ -235,7 +263,8 @@ class RayDogNodeProvider(NodeProvider):
         """
         with self._refresh_lock:
             started = time.monotonic()
-            tags = self.tags.refresh()
+            self.tags.refresh()
+            tags = self.tags.node_ids()
             described = {info.node_id: info for info in self.compute.describe()}
             with self._lock:
                 kept = set()
@@ -271,14 +300,21 @@ class RayDogNodeProvider(NodeProvider):
             self._versions_reported = True
 
     def _info(self, node_id: str) -> NodeInfo | None:
-        with self._lock:
-            return self._nodes.get(node_id)
+        return self._nodes.get(node_id)
 
     def _is_head(self, node_id: str) -> bool:
         info = self._info(node_id)
         if info is not None:
             return info.is_head
         return self.tags.get(node_id).get(TAG_RAY_NODE_KIND) == NODE_KIND_HEAD
+
+    def _derived_of(self, info: NodeInfo) -> Tags:
+        """``_derived_tags(info)``, computed once per distinct value (shared: never modify)."""
+        key = (info.is_head, info.node_type, info.state, info.launch_config)
+        derived = self._derived.get(key)
+        if derived is None:
+            derived = self._derived[key] = self._derived_tags(info)
+        return derived
 
     def _derived_tags(self, info: NodeInfo) -> Tags:
         """What the backend alone says of a node: enough for Ray if its tags were lost.
@@ -327,7 +363,3 @@ class RayDogNodeProvider(NodeProvider):
 
 def _terminated(info: NodeInfo, detail: str) -> NodeInfo:
     return dataclasses.replace(info, state=NodeState.TERMINATED, detail=detail)
-
-
-def tags_match(tags: Mapping[str, str], tag_filters: Mapping[str, str]) -> bool:
-    return all(tags.get(k) == v for k, v in tag_filters.items())

