@@ -1,0 +1,205 @@
+"""The provider on real valkey-server and redis-server when the store stalls, refuses writes or
+comes back empty: no write is lost, no Ray thread waits on the network, no node loses its tags."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from ray.autoscaler.tags import TAG_RAY_LAUNCH_CONFIG, TAG_RAY_NODE_STATUS
+
+from raydog_backends.keyvalue.store import PASSWORD_SECRET
+from raydog_core import config as raydog_config
+from raydog_core import state
+from raydog_core.provider import RayDogNodeProvider
+from tests.conftest import memory_cluster_config
+from tests.ray_helpers import head_tags, worker_tags
+from tests.servers import KeyValueServer, redis_server_binary, valkey_server_binary
+
+pytestmark = pytest.mark.servers
+
+PASSWORD = "faults-password-0123456789abcdef"
+SERVERS: dict[str, Callable[[], str]] = {
+    "valkey-server": valkey_server_binary,
+    "redis-server": redis_server_binary,
+}
+
+
+@pytest.fixture(params=sorted(SERVERS))
+def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[KeyValueServer]:
+    running = KeyValueServer(SERVERS[request.param](), tmp_path / "server", PASSWORD)
+    yield running.start()
+    if running.process is not None:
+        os.kill(running.process.pid, signal.SIGCONT)
+    running.stop()
+
+
+@pytest.fixture
+def providers() -> Iterator[Callable[..., RayDogNodeProvider]]:
+    made: list[RayDogNodeProvider] = []
+
+    def make(port: int, workers: int = 20, **store_options: Any) -> RayDogNodeProvider:
+        """A provider as the head's autoscaler has it (store at 127.0.0.1), head and workers
+        launched with Ray's launch config tag."""
+        config = memory_cluster_config(
+            f"faults-{uuid.uuid4().hex[:8]}",
+            tag_store={"type": "valkey", "port": port, **store_options},
+            tag_store_read_timeout=0.5,
+        )
+        config["available_node_types"]["cpu"]["max_workers"] = workers
+        config["max_workers"] = workers
+        state.write_secret(config["cluster_name"], PASSWORD_SECRET, PASSWORD)
+        section = raydog_config.bootstrap(config, Path.cwd())["provider"]
+        provider = RayDogNodeProvider(
+            raydog_config.for_head(section, config["auth"]), config["cluster_name"]
+        )
+        made.append(provider)
+        provider.create_node({}, {**head_tags(), TAG_RAY_LAUNCH_CONFIG: "hash-head"}, 1)
+        provider.create_node({}, {**worker_tags(), TAG_RAY_LAUNCH_CONFIG: "hash-cpu"}, workers)
+        assert provider.tags.flush(timeout=30)
+        return provider
+
+    yield make
+    for provider in made:
+        provider.close()
+
+
+def stored(server: KeyValueServer, provider: RayDogNodeProvider) -> dict[str, dict[str, str]]:
+    """What the server holds for the provider's cluster, read by a store of its own."""
+    reader = type(provider.store)(provider.cluster_name, port=server.port)
+    reader.connect(provider.tags._locate())
+    try:
+        return reader.load_all()
+    finally:
+        reader.close()
+
+
+def command_calls(server: KeyValueServer, command: str) -> int:
+    client = server.client()
+    try:
+        stats: dict[str, Any] = client.info("commandstats")  # type: ignore[assignment]
+    finally:
+        client.close()
+    return int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))
+
+
+@pytest.mark.timeout(120)
+def test_a_stopped_server_holds_no_ray_thread_and_loses_no_write(
+    server: KeyValueServer, providers: Callable[..., RayDogNodeProvider]
+) -> None:
+    """SIGSTOP the server: with command_timeout at its maximum, any Ray thread that waited on
+    the network would wait an hour. 1,000 set_node_tags from 8 threads, a create_node and a
+    terminate_nodes all return; a tick answers from the cache; once the server runs again
+    everything reaches it, in a couple of script calls rather than one per write."""
+    provider = providers(server.port, command_timeout=3600)
+    workers = [n for n in provider.non_terminated_nodes({}) if not provider._is_head(n)]
+    assert server.process is not None
+    writes_before = command_calls(server, "incr")  # each write script takes one version
+    os.kill(server.process.pid, signal.SIGSTOP)
+
+    def write(index: int) -> None:
+        for round_ in range(125):
+            provider.set_node_tags(workers[index], {TAG_RAY_NODE_STATUS: f"round-{round_}"})
+
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    created = list(provider.create_node({}, worker_tags(), 2))
+    provider.terminate_nodes(workers[8:10])
+    live = provider.non_terminated_nodes({})
+    assert set(created) <= set(live) and not set(workers[8:10]) & set(live)
+    assert provider.tags.unsent() >= 12
+
+    os.kill(server.process.pid, signal.SIGCONT)
+    assert provider.tags.flush(timeout=60)
+    # The batch that was on its way when the server stopped, then the deletes and the updates
+    # held meanwhile: one script call each.
+    assert command_calls(server, "incr") - writes_before <= 3
+    there = stored(server, provider)
+    for index in range(8):
+        assert there[workers[index]][TAG_RAY_NODE_STATUS] == "round-124"
+    assert set(created) <= set(there)
+    assert not set(workers[8:10]) & set(there)
+
+
+@pytest.mark.timeout(120)
+def test_writes_refused_by_the_server_are_held_until_it_takes_them(
+    server: KeyValueServer, providers: Callable[..., RayDogNodeProvider]
+) -> None:
+    """An OOM reply (maxmemory reached) is not a connection error: the batch is kept."""
+    provider = providers(server.port, workers=4)
+    workers = [n for n in provider.non_terminated_nodes({}) if not provider._is_head(n)]
+    admin = server.client()
+    try:
+        admin.config_set("maxmemory-policy", "noeviction")
+        admin.config_set("maxmemory", "1")
+        provider.set_node_tags(workers[0], {"held": "yes"})
+        provider.terminate_nodes([workers[1]])
+        assert not provider.tags.flush(timeout=30)
+        assert provider.tags.unsent() == 2
+        admin.config_set("maxmemory", "0")
+    finally:
+        admin.close()
+    assert provider.tags.flush(timeout=30)
+    there = stored(server, provider)
+    assert there[workers[0]]["held"] == "yes"
+    assert workers[1] not in there
+
+
+@pytest.mark.timeout(120)
+def test_a_server_restarted_empty_gets_every_tag_back(
+    server: KeyValueServer, providers: Callable[..., RayDogNodeProvider]
+) -> None:
+    """No persistence, a restart: the store is empty and in a new epoch. The provider sends back
+    what it knows, launch config hashes included, so Ray's autoscaler replaces no worker."""
+    provider = providers(server.port, workers=30)
+    nodes = provider.non_terminated_nodes({})
+    provider.set_node_tags(nodes[1], {TAG_RAY_NODE_STATUS: "up-to-date", "written": "before"})
+    assert provider.tags.flush(timeout=30)
+    before = stored(server, provider)
+    assert len(before) == 31
+
+    server.restart()
+    assert stored(server, provider) == {}
+    provider.non_terminated_nodes({})
+    assert provider.tags.refresh(timeout=30)
+    assert provider.tags.flush(timeout=30)
+    assert stored(server, provider) == before
+    for node in nodes:
+        assert provider.node_tags(node)[TAG_RAY_LAUNCH_CONFIG] in ("hash-head", "hash-cpu")
+
+
+@pytest.mark.timeout(120)
+def test_a_tick_reads_only_the_nodes_that_changed(
+    server: KeyValueServer, providers: Callable[..., RayDogNodeProvider]
+) -> None:
+    """Counted on the server: a tick where nothing changed reads no node's hash; after k nodes
+    changed, k."""
+    provider = providers(server.port, workers=200)
+    nodes = provider.non_terminated_nodes({})
+    assert provider.tags.refresh(timeout=30)
+
+    def hashes_read_by_a_tick() -> int:
+        before = command_calls(server, "hgetall")
+        assert provider.tags.refresh(timeout=30)
+        provider.non_terminated_nodes({})
+        return command_calls(server, "hgetall") - before
+
+    assert hashes_read_by_a_tick() == 0
+    assert hashes_read_by_a_tick() == 0
+    other = type(provider.store)(provider.cluster_name, port=server.port)
+    other.connect(provider.tags._locate())
+    other.update({node: {"k": "v"} for node in nodes[:7]})
+    other.delete(nodes[7:9])
+    other.close()
+    assert hashes_read_by_a_tick() == 7
+    assert provider.node_tags(nodes[0])["k"] == "v"
+    assert hashes_read_by_a_tick() == 0
