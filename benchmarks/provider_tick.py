@@ -38,7 +38,7 @@ def measure(count: int, repeats: int = 7) -> tuple[float, float, float]:
     config = memory_cluster_config()
     config["available_node_types"]["cpu"]["max_workers"] = count
     config["max_workers"] = count
-    bootstrapped = raydog_config.bootstrap(config, Path.cwd())
+    bootstrapped = raydog_config.bootstrap(config)
     provider = _get_node_provider(bootstrapped["provider"], config["cluster_name"], use_cache=False)
     provider.create_node({}, head_tags(), 1)
     provider.create_node({}, worker_tags(), count - 1)

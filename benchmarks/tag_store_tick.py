@@ -54,7 +54,7 @@ def provider_on(store: str, port: int, count: int) -> RayDogNodeProvider:
     config["available_node_types"]["cpu"]["max_workers"] = count
     config["max_workers"] = count
     state.write_secret(config["cluster_name"], PASSWORD_SECRET, PASSWORD)
-    section = raydog_config.bootstrap(config, Path.cwd())["provider"]
+    section = raydog_config.bootstrap(config)["provider"]
     section = raydog_config.for_head(section, config["auth"])
     provider = _get_node_provider(section, config["cluster_name"], use_cache=False)
     assert isinstance(provider, RayDogNodeProvider)

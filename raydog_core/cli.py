@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import re
+import shutil
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import yaml
+
 from raydog_core import config as raydog_config
 from raydog_core import plugins
-from raydog_core.errors import RayDogError
+from raydog_core.errors import ConfigErrors, RayDogError
 from raydog_core.interfaces import Check, NodeState
 
 if TYPE_CHECKING:
@@ -46,6 +51,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     simulate.add_argument("--launch-delay", default="30s", help="how long a node takes to start")
     simulate.add_argument("--tick", default="5s", help="autoscaler update interval")
+    simulate.add_argument(
+        "--json", action="store_true", help="print the figures, series and events as JSON"
+    )
+    simulate.add_argument("--events", action="store_true", help="also list every launch and stop")
+
+    init = commands.add_parser(
+        "init", help="write a starter cluster config (and, for YellowDog, node setup and .env)"
+    )
+    init.add_argument("--compute", choices=["yellowdog", "local"], default="yellowdog")
+    init.add_argument("folder", type=Path, nargs="?", default=Path("."))
 
     node_setup = commands.add_parser(
         "node-setup", help="print the setup script (userdata) a node of a type needs"
@@ -69,12 +84,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _validate(args.config)
         if args.command == "simulate":
             return _simulate(args)
+        if args.command == "init":
+            return _init(args.compute, args.folder)
         if args.command == "node-setup":
             return _node_setup(args.config, args.node_type)
         if args.command == "doctor":
             return _doctor(args.config)
         if args.command == "status":
             return _status(args.config)
+    except ConfigErrors as exc:
+        for error in exc.errors:
+            print(f"error: {error}", file=sys.stderr)
+        print(f"{len(exc.errors)} problems found", file=sys.stderr)
+        return 2
     except RayDogError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -100,7 +122,7 @@ def _plugins() -> int:
 
 
 def _validate(path: Path) -> int:
-    parsed = raydog_config.validate(raydog_config.load_file(path), path.resolve().parent)
+    parsed = raydog_config.validate(raydog_config.load_file(path))
     print(
         f"{path}: valid. cluster {parsed.cluster_name!r}: compute={parsed.compute.name}, "
         f"tag_store={parsed.tag_store.name}, transport={parsed.transport.name}, "
@@ -163,14 +185,20 @@ def _simulate(args: argparse.Namespace) -> int:
         cluster,
         tick_s=parse_duration(args.tick, "--tick"),
         launch_delay_s=parse_duration(args.launch_delay, "--launch-delay"),
-        config_dir=args.config.resolve().parent,
     )
     try:
         timeline = simulation.run(typed, duration)
     finally:
         simulation.close()
+    if args.json:
+        print(json.dumps({"config": str(args.config), **timeline.summary()}, indent=2))
+        return 0
     print(f"Simulated {duration / 60:.0f} minutes of {args.config} (tick {args.tick}):")
-    print(timeline.format())
+    width = min(shutil.get_terminal_size((100, 24)).columns, 120)
+    print(timeline.chart(width=width, colors=sys.stdout.isatty()))
+    if args.events:
+        print(timeline.format_events())
+    print(timeline.format_figures())
     return 0
 
 
@@ -179,22 +207,62 @@ def _open_cluster(path: Path) -> tuple[raydog_config.RayDogConfig, RayDogNodePro
     from raydog_core.provider import RayDogNodeProvider
 
     cluster = raydog_config.load_file(path)
-    parsed = raydog_config.validate(cluster, path.resolve().parent)
-    bootstrapped = raydog_config.bootstrap(cluster, path.resolve().parent)
+    parsed = raydog_config.validate(cluster)
+    bootstrapped = raydog_config.bootstrap(cluster)
     provider = RayDogNodeProvider(bootstrapped["provider"], parsed.cluster_name)
     return parsed, provider
 
 
 def _node_setup(path: Path, node_type: str) -> int:
+    print(node_setup_text(raydog_config.load_file(path), node_type), end="")
+    return 0
+
+
+def node_setup_text(cluster: Mapping[str, object], node_type: str, with_key: bool = True) -> str:
+    """What ``raydog node-setup`` prints; ``with_key=False`` leaves out the SSH key (``init``
+    writes node setup before the user has made the key)."""
     from raydog_core.node_setup import Versions, common_setup
 
-    cluster = raydog_config.load_file(path)
-    resolved = raydog_config.resolve_files(cluster, path.resolve().parent, missing_ok=True)
+    resolved = raydog_config.resolve_files(cluster, missing_ok=True)
     parsed = raydog_config.parse(resolved)
+    if not with_key:
+        auth = {k: v for k, v in parsed.auth.items() if k != "ssh_private_key"}
+        parsed = dataclasses.replace(parsed, auth=auth)
     with raydog_config.scratch_home():
         _, _, compute = raydog_config.build_plugins(parsed)
     common = common_setup(parsed, node_type, Versions.of_this_client())
-    print(compute.node_setup_script(node_type, common), end="")
+    text: str = compute.node_setup_script(node_type, common)
+    return text
+
+
+def _init(compute: str, folder: Path) -> int:
+    from raydog_core import starter
+
+    files = starter.planned_files(compute)
+    starter.refuse_overwrites(folder, list(files))
+    folder.mkdir(parents=True, exist_ok=True)
+    config_text = files["cluster.yaml"] or ""
+    cluster = yaml.safe_load(config_text)
+    key = Path(str(cluster.get("auth", {}).get("ssh_private_key", ""))).expanduser()
+    written = []
+    for name, text in files.items():
+        if text is None:
+            node_type = next(t for t, f in starter.NODE_SETUP_FILES.items() if f == name)
+            text = node_setup_text(cluster, node_type, with_key=key.is_file())
+        target = folder / name
+        # Exclusive creation: a file that appeared since the check is not overwritten either.
+        with open(target, "x") as handle:
+            handle.write(text)
+        if name == ".env":
+            target.chmod(0o600)
+        written.append(name)
+    print(f"wrote {', '.join(written)} in {folder}")
+    if any(text is None for text in files.values()) and not key.is_file():
+        print(
+            f"note: {key} does not exist yet, so the node setup gives no SSH access; make it "
+            "(see cluster.yaml) and run `raydog node-setup` again for each node type"
+        )
+    print(f"next: cd {folder} && raydog validate cluster.yaml  (then edit cluster.yaml)")
     return 0
 
 

@@ -1,26 +1,31 @@
-"""The ``provider`` section of a cluster config: parsing, validation, ``file:`` references.
+"""A RayDog cluster config: Ray's defaults filled in, validation, ``file:`` references.
 
 Ray hands a provider only its ``provider`` section, so ``bootstrap`` (run through Ray's
 ``bootstrap_config`` before anything is created) validates the whole config and stores what the
 provider needs from the rest of it (node types, ``auth``) under ``provider._raydog``. That section
 travels with the bootstrap config to the head, so both sides build plugins from the same facts.
+
+``file:PATH`` references stay references in what Ray caches (``/tmp/ray-config-<hash>``, keyed
+by the YAML alone): the file is read where the provider is built, relative to the working
+directory as Ray reads its own local paths, and travels to the head with the cluster's files.
+So an edited script takes effect on the next ``ray up``, cache or not.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import inspect
+import hashlib
 import math
 import os
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
-from raydog_core import node_setup, plugins, state
-from raydog_core.errors import ConfigError
+from raydog_core import node_setup, plugins, state, task_scripts
+from raydog_core.errors import ConfigError, ConfigErrors, Problems
 from raydog_core.interfaces import ClusterSpec, NodeTypeSpec, TagStore
 from raydog_core.tag_cache import DEFAULT_READ_TIMEOUT
 
@@ -32,6 +37,7 @@ DEFAULT_PLUGINS: dict[plugins.Kind, str] = {
 FILE_PREFIX = "file:"
 NORMALIZED_KEY = "_raydog"
 ON_HEAD_KEY = "_raydog_on_head"
+MODULE = "raydog_core.RayDogNodeProvider"
 
 # Provider keys that Ray itself reads; they are neither ours nor the compute backend's.
 RAY_PROVIDER_KEYS = frozenset(
@@ -47,25 +53,39 @@ RAY_PROVIDER_KEYS = frozenset(
         "_config_cache_path",
     }
 )
-# Top-level keys Ray's launcher needs and does not fill in for external providers, with the
-# value a config that does not use them should give.
-RAY_TOP_LEVEL_DEFAULTS: dict[str, Any] = {
-    "max_workers": 2,
+# Top-level keys Ray reads before any provider code runs, so no provider can fill them in: `ray
+# up` prints `cluster_name` before bootstrapping (and `ray get-head-ip` builds the provider with
+# it); Ray's prepare_config concatenates the three setup command lists and asserts max_workers.
+# Each with what to write.
+RAY_REQUIRED: dict[str, str] = {
+    "cluster_name": "cluster_name: my-cluster",
+    "max_workers": "max_workers: 2",
+    "setup_commands": "setup_commands: []",
+    "head_setup_commands": "head_setup_commands: []",
+    "worker_setup_commands": "worker_setup_commands: []",
+}
+# Every other top-level key Ray's launcher needs but fills in for its own providers only, with
+# the value a config that does not use it gives. RayDog fills them in before Ray checks the
+# config (NodeProvider.fillout_available_node_types_resources runs before validate_config).
+TOP_LEVEL_DEFAULTS: dict[str, Any] = {
     "upscaling_speed": 1.0,
     "idle_timeout_minutes": 5,
+    "auth": {},
     "file_mounts": {},
     "cluster_synced_files": [],
     "file_mounts_sync_continuously": False,
     "rsync_exclude": [],
     "rsync_filter": [],
     "initialization_commands": [],
-    "setup_commands": [],
-    "head_setup_commands": [],
-    "worker_setup_commands": [],
-    "head_start_ray_commands": [],
+    "head_start_ray_commands": [task_scripts.WAIT_FOR_HEAD_RAY],
     "worker_start_ray_commands": [],
 }
-SCRIPT_KEYS = ("ray_head_node_task_script", "ray_worker_node_task_script")
+# Per node type, Ray's schema requires both; RayDog's backends read node_config themselves.
+NODE_TYPE_DEFAULTS: dict[str, Any] = {"node_config": {}, "resources": {}}
+SCRIPT_KEYS = {
+    "ray_head_node_task_script": task_scripts.DEFAULT_HEAD_SCRIPT,
+    "ray_worker_node_task_script": task_scripts.DEFAULT_WORKER_SCRIPT,
+}
 CORE_KEYS = frozenset(
     {
         *plugins.GROUPS,
@@ -103,92 +123,177 @@ class RayDogConfig:
     transport: PluginChoice
     head_node_type: str
     node_types: Mapping[str, NodeTypeSpec]
-    head_script: str = ""
-    worker_script: str = ""
+    head_script: str = task_scripts.DEFAULT_HEAD_SCRIPT
+    worker_script: str = task_scripts.DEFAULT_WORKER_SCRIPT
     files_to_upload: tuple[str, ...] = ()
     auth: Mapping[str, Any] = field(default_factory=dict)
     on_head: bool = False
     setup_options: node_setup.NodeSetupOptions = field(default_factory=node_setup.NodeSetupOptions)
     tag_store_read_timeout: float = DEFAULT_READ_TIMEOUT
 
-    def cluster_spec(self, store: TagStore) -> ClusterSpec:
-        head_script = compose_head_script(self.head_script, store.head_server_command())
+    def cluster_spec(self, store: TagStore | None) -> ClusterSpec:
+        server = store.head_server_command() if store is not None else None
+        wait = self.setup_wait()
         return ClusterSpec(
             cluster_name=self.cluster_name,
             head_node_type=self.head_node_type,
             node_types=self.node_types,
-            head_script=self.after_node_setup(head_script),
-            worker_script=self.after_node_setup(self.worker_script),
+            head_script=task_scripts.compose(
+                self.head_script, setup_wait=wait, head_server_command=server
+            ),
+            worker_script=task_scripts.compose(self.worker_script, setup_wait=wait),
             auth=self.auth,
-            head_setup=store.head_server_install() or "",
+            head_setup=(store.head_server_install() or "") if store is not None else "",
         )
 
-    def after_node_setup(self, script: str) -> str:
-        """A task script as the compute backend gets it: on backends whose nodes run RayDog's
-        node setup, held until that setup has finished (with the configured time limit)."""
+    def setup_wait(self) -> str | None:
+        """On backends whose nodes run RayDog's node setup, the wait for it to finish (with the
+        configured time limit) that goes in front of every task script."""
         if not node_setup.runs_node_setup(self.compute):
-            return script
-        return node_setup.wait_for_setup(script, self.setup_options.timeout_minutes)
+            return None
+        return node_setup.setup_wait(self.setup_options.timeout_minutes)
 
 
-def compose_head_script(script: str, head_server_command: str | None) -> str:
-    """The head's task script with the tag store's server started first (after any shebang)."""
-    if not head_server_command:
-        return script
-    lines = script.splitlines(keepends=True)
-    shebang = lines.pop(0) if lines and lines[0].startswith("#!") else "#!/usr/bin/env bash\n"
-    body = "".join(lines)
-    return f"{shebang}# Started by RayDog: the tag store's server\n{head_server_command}\n{body}"
+# --- Ray's defaults ------------------------------------------------------------------------
+
+
+def fill_defaults(cluster_config: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of the config with every key Ray needs and RayDog can give filled in.
+
+    Values of the wrong type are left for the checks to name.
+    """
+    config = copy.deepcopy(dict(cluster_config))
+    for key, default in TOP_LEVEL_DEFAULTS.items():
+        config.setdefault(key, copy.deepcopy(default))
+    node_types = config.get("available_node_types")
+    if isinstance(node_types, dict):
+        for entry in node_types.values():
+            if isinstance(entry, dict):
+                for key, default in NODE_TYPE_DEFAULTS.items():
+                    entry.setdefault(key, copy.deepcopy(default))
+    return config
+
+
+# --- file: references ----------------------------------------------------------------------
+
+
+def local_file(reference: str) -> Path:
+    """Where a ``file:`` reference points on this machine: relative to the working directory,
+    as Ray takes ``file_mounts`` and ``auth.ssh_private_key``."""
+    return Path(reference[len(FILE_PREFIX) :].strip()).expanduser()
+
+
+def remote_file(cluster_name: str, reference: str) -> str:
+    """Where the head keeps a copy of a referenced file (a path for Ray's ``file_mounts``)."""
+    digest = hashlib.sha256(reference.encode()).hexdigest()[:12]
+    name = PurePosixPath(reference[len(FILE_PREFIX) :].strip()).name or "file"
+    return f"{state.REMOTE_HOME}/files/{cluster_name}/{digest}-{name}"
+
+
+def file_references(value: Any, path: str = "") -> Iterator[tuple[str, str]]:
+    """Every ``file:`` string in a value, with its key path."""
+    if isinstance(value, str) and value.startswith(FILE_PREFIX):
+        yield path, value
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            yield from file_references(item, f"{path}.{key}" if path else str(key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from file_references(item, f"{path}[{index}]")
 
 
 def resolve_files(
-    cluster_config: Mapping[str, Any], config_dir: Path, missing_ok: bool = False
-) -> dict[str, Any]:
-    """A copy of the config with every ``file:PATH`` string replaced by that file's text.
+    value: Any,
+    path: str = "",
+    missing_ok: bool = False,
+    locate: Callable[[str], Path] = local_file,
+) -> Any:
+    """A copy of a value with every ``file:PATH`` string replaced by that file's text.
 
-    ``missing_ok`` leaves references to missing files as they are (``raydog node-setup``
-    writes the very files a config's ``userdata`` refers to).
+    ``locate`` says where a reference's file is (here, or the head's copy); ``missing_ok``
+    leaves references to missing files as they are (``raydog node-setup`` writes the very files
+    a config's ``userdata`` refers to). Every unreadable file is reported, not just the first.
     """
+    problems = Problems()
 
-    def resolve(value: Any, path: str) -> Any:
-        if isinstance(value, str) and value.startswith(FILE_PREFIX):
-            target = (config_dir / Path(value[len(FILE_PREFIX) :].strip()).expanduser()).resolve()
-            try:
-                return target.read_text()
-            except FileNotFoundError:
-                if missing_ok:
-                    return value
-                raise ConfigError(path, f"file not found: {target}") from None
-            except (OSError, UnicodeDecodeError) as exc:
-                raise ConfigError(path, f"cannot read {target}: {exc}") from None
-        if isinstance(value, Mapping):
-            return {k: resolve(v, f"{path}.{k}" if path else str(k)) for k, v in value.items()}
-        if isinstance(value, list):
-            return [resolve(v, f"{path}[{i}]") for i, v in enumerate(value)]
-        return value
+    def resolve(item: Any, where: str) -> Any:
+        if isinstance(item, str) and item.startswith(FILE_PREFIX):
+            target = locate(item)
+            with problems.collect():
+                try:
+                    return target.read_text()
+                except FileNotFoundError:
+                    if missing_ok:
+                        return item
+                    raise ConfigError(
+                        where,
+                        f"file not found: {target.absolute()} (a file: path is taken relative to "
+                        f"the folder you run `ray`/`raydog` in: {Path.cwd()})",
+                    ) from None
+                except (OSError, UnicodeDecodeError) as exc:
+                    raise ConfigError(where, f"cannot read {target}: {exc}") from None
+            return item
+        if isinstance(item, Mapping):
+            return {k: resolve(v, f"{where}.{k}" if where else str(k)) for k, v in item.items()}
+        if isinstance(item, list):
+            return [resolve(v, f"{where}[{i}]") for i, v in enumerate(item)]
+        return item
 
-    resolved: dict[str, Any] = resolve(cluster_config, "")
+    resolved = resolve(value, path)
+    problems.raise_any()
     return resolved
 
 
-def parse(cluster_config: Mapping[str, Any]) -> RayDogConfig:
-    """Validate a whole cluster config (``file:`` already resolved) and say what it asks for."""
-    provider = _mapping(cluster_config.get("provider"), "provider")
+# --- reading a config -----------------------------------------------------------------------
+
+
+def parse(cluster_config: Mapping[str, Any], problems: Problems | None = None) -> RayDogConfig:
+    """Validate a whole cluster config (``file:`` already resolved) and say what it asks for.
+
+    Every problem found is raised together (``ConfigErrors``); with ``problems`` they are left
+    there instead and the answer is what could be read (defaults where a part was wrong).
+    """
+    found = Problems() if problems is None else problems
+    provider: Mapping[str, Any] = {}
+    with found.collect():
+        provider = _mapping(cluster_config.get("provider"), "provider")
     cluster_name = cluster_config.get("cluster_name", "default")
-    if not isinstance(cluster_name, str) or not cluster_name:
-        raise ConfigError("cluster_name", f"expected a non-empty string, got {cluster_name!r}")
-    node_types, head_node_type = _node_types(cluster_config)
-    auth = _mapping(cluster_config.get("auth", {}), "auth")
-    return _parse_provider(provider, cluster_name, node_types, head_node_type, dict(auth))
+    with found.collect():
+        if not isinstance(cluster_name, str) or not cluster_name:
+            raise ConfigError("cluster_name", f"expected a non-empty string, got {cluster_name!r}")
+    node_types: dict[str, NodeTypeSpec] = {}
+    head_node_type = ""
+    with found.collect():
+        node_types, head_node_type = _node_types(cluster_config)
+    auth: Mapping[str, Any] = {}
+    with found.collect():
+        auth = _mapping(cluster_config.get("auth", {}), "auth")
+    parsed = _parse_provider(
+        provider, str(cluster_name), node_types, head_node_type, dict(auth), found
+    )
+    if problems is None:
+        found.raise_any()
+    return parsed
 
 
 def from_provider_section(provider: Mapping[str, Any], cluster_name: str) -> RayDogConfig:
-    """What the provider Ray built knows: its section, as ``bootstrap`` left it."""
+    """What the provider Ray built knows: its section, as ``bootstrap`` left it, with its
+    ``file:`` references read here (on the head: the copies ``ray up`` synced)."""
     normalized = provider.get(NORMALIZED_KEY)
     if not isinstance(normalized, Mapping):
         # A few Ray commands (`ray get-head-ip`, `ray get-worker-ips`) build the provider from
         # the raw YAML. Such a provider can look at the cluster but cannot launch a node.
         normalized = {"head_node_type": "", "node_types": {}, "auth": provider.get("auth", {})}
+    else:
+        on_head = provider.get(ON_HEAD_KEY, False) is True
+
+        def locate(reference: str) -> Path:
+            if on_head:
+                return Path(remote_file(cluster_name, reference)).expanduser()
+            return local_file(reference)
+
+        provider = resolve_files(provider, "provider", locate=locate)
+        normalized = provider[NORMALIZED_KEY]
     node_types = {
         name: NodeTypeSpec(
             name,
@@ -199,28 +304,68 @@ def from_provider_section(provider: Mapping[str, Any], cluster_name: str) -> Ray
         )
         for name, spec in normalized["node_types"].items()
     }
-    return _parse_provider(
-        provider, cluster_name, node_types, normalized["head_node_type"], dict(normalized["auth"])
+    problems = Problems()
+    parsed = _parse_provider(
+        provider,
+        cluster_name,
+        node_types,
+        normalized["head_node_type"],
+        dict(normalized["auth"]),
+        problems,
     )
+    problems.raise_any()
+    return parsed
 
 
-def bootstrap(cluster_config: Mapping[str, Any], config_dir: Path) -> dict[str, Any]:
+def check(cluster_config: Mapping[str, Any]) -> RayDogConfig:
+    """RayDog's part of a config, after Ray's: every key, every ``file:`` target, every upload
+    and every plugin's options, with all problems raised together."""
+    problems = Problems()
+    resolved: Mapping[str, Any] = cluster_config
+    with problems.collect():
+        resolved = _resolve_raydog_files(cluster_config)
+    parsed = parse(resolved, problems)
+    with problems.collect():
+        uploads(parsed)
+    with scratch_home():
+        _, _, compute = build_plugins(parsed, problems)
+    if compute is not None and not parsed.auth.get("ssh_user") and _uses_ssh(compute):
+        problems.found.append(
+            ConfigError(
+                "auth.ssh_user",
+                f"missing; Ray reaches the {parsed.compute.name} head over SSH as this user "
+                "(e.g. `auth: {ssh_user: yd-agent}` on YellowDog)",
+            )
+        )
+    problems.raise_any()
+    return parsed
+
+
+def _uses_ssh(compute: Any) -> bool:
+    """Whether Ray reaches this backend's nodes with its own SSH runner (which needs a user)."""
+    from raydog_core.interfaces import ComputeBackend
+
+    return type(compute).command_runner is ComputeBackend.command_runner
+
+
+def bootstrap(cluster_config: Mapping[str, Any]) -> dict[str, Any]:
     """Ray's ``bootstrap_config``: validate everything, then record what the provider needs.
 
     Builds every plugin once (constructors do no I/O) so that a wrong option fails here, before
-    any node exists. Adds the cluster's private folder and ``files_to_upload`` to the files Ray
-    syncs to the head.
+    any node exists. Adds the cluster's private folder, the files ``file:`` references name and
+    ``files_to_upload`` to the files Ray syncs to the head.
     """
-    config = resolve_files(cluster_config, config_dir)
-    parsed = parse(config)
-    build_plugins(parsed)
+    config = fill_defaults(cluster_config)
+    parsed = check(config)
     provider = config["provider"]
     provider.setdefault("disable_node_updaters", True)
+    node_types = config["available_node_types"]
     provider[NORMALIZED_KEY] = {
         "head_node_type": parsed.head_node_type,
         "node_types": {
             name: {
-                "node_config": dict(spec.node_config),
+                # As written: file: references are read where the provider is built.
+                "node_config": copy.deepcopy(node_types[name].get("node_config", {})),
                 "resources": dict(spec.resources),
                 "min_workers": spec.min_workers,
                 "max_workers": spec.max_workers,
@@ -229,30 +374,74 @@ def bootstrap(cluster_config: Mapping[str, Any], config_dir: Path) -> dict[str, 
         },
         "auth": dict(parsed.auth),
     }
-    mounts = config.setdefault("file_mounts", {})
+    mounts = config["file_mounts"]
     local_dir = state.cluster_dir(parsed.cluster_name)
     local_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     mounts[state.remote_cluster_dir(parsed.cluster_name)] = str(local_dir)
-    mounts.update(uploads(parsed, config_dir))
+    for _, reference in file_references(provider):
+        mounts[remote_file(parsed.cluster_name, reference)] = str(local_file(reference))
+    mounts.update(uploads(parsed))
     return config
 
 
-def uploads(parsed: RayDogConfig, config_dir: Path) -> dict[str, str]:
-    """``files_to_upload`` as Ray file mounts: ``~/<name>`` on the head from the local path."""
+def _resolve_raydog_files(cluster_config: Mapping[str, Any]) -> dict[str, Any]:
+    """The config with the ``file:`` references RayDog reads (in the provider section and the
+    node types' ``node_config``) replaced by their files' text."""
+    config = dict(cluster_config)
+    problems = Problems()
+    with problems.collect():
+        config["provider"] = resolve_files(config.get("provider"), "provider")
+    types = config.get("available_node_types")
+    if isinstance(types, Mapping):
+        config["available_node_types"] = dict(types)
+        for name, entry in types.items():
+            if isinstance(entry, Mapping) and "node_config" in entry:
+                with problems.collect():
+                    path = f"available_node_types.{name}.node_config"
+                    config["available_node_types"][name] = {
+                        **entry,
+                        "node_config": resolve_files(entry["node_config"], path),
+                    }
+    problems.raise_any()
+    return config
+
+
+def uploads(parsed: RayDogConfig) -> dict[str, str]:
+    """``files_to_upload`` as Ray file mounts: ``~/<name>`` on the head from the local path,
+    taken relative to the working directory as Ray takes its own ``file_mounts``."""
     mounts = {}
+    problems = Problems()
     for index, name in enumerate(parsed.files_to_upload):
-        source = (config_dir / Path(name).expanduser()).resolve()
-        if not source.exists():
-            raise ConfigError(f"provider.files_to_upload[{index}]", f"file not found: {source}")
+        source = Path(name).expanduser()
+        with problems.collect():
+            if not source.exists():
+                raise ConfigError(
+                    f"provider.files_to_upload[{index}]",
+                    f"file not found: {source.absolute()} (relative to the working directory)",
+                )
         mounts[f"~/{source.name}"] = str(source)
+    problems.raise_any()
     return mounts
 
 
-def build_plugins(config: RayDogConfig) -> tuple[Any, Any, Any]:
-    """The tag store, transport and compute backend a config names, in that order."""
-    store = config.tag_store.build(config.cluster_name)
-    transport = config.transport.build(config.cluster_name)
-    compute = config.compute.build(config.cluster_spec(store))
+def build_plugins(config: RayDogConfig, problems: Problems | None = None) -> tuple[Any, Any, Any]:
+    """The tag store, transport and compute backend a config names, in that order.
+
+    With ``problems``, each plugin's errors are collected there (and a plugin that failed is
+    returned as None) so one run reports them all.
+    """
+    if problems is None:
+        store = config.tag_store.build(config.cluster_name)
+        transport = config.transport.build(config.cluster_name)
+        compute = config.compute.build(config.cluster_spec(store))
+        return store, transport, compute
+    store = transport = compute = None
+    with problems.collect():
+        store = config.tag_store.build(config.cluster_name)
+    with problems.collect():
+        transport = config.transport.build(config.cluster_name)
+    with problems.collect():
+        compute = config.compute.build(config.cluster_spec(store))
     return store, transport, compute
 
 
@@ -271,19 +460,40 @@ def _parse_provider(
     node_types: Mapping[str, NodeTypeSpec],
     head_node_type: str,
     auth: dict[str, Any],
+    problems: Problems,
 ) -> RayDogConfig:
+    """The provider section's choices; what is wrong goes to ``problems``, defaults stand in."""
     on_head = provider.get(ON_HEAD_KEY, False) is True
-    choices = {kind: _plugin_choice(provider, kind) for kind in plugins.GROUPS}
-    flat = {k: v for k, v in provider.items() if k not in CORE_KEYS | RAY_PROVIDER_KEYS}
-    choices["compute"] = _merge_flat_options(choices["compute"], flat)
+    choices: dict[plugins.Kind, PluginChoice] = {}
+    for kind in plugins.GROUPS:
+        choices[kind] = PluginChoice(kind, DEFAULT_PLUGINS[kind], {}, {"": f"provider.{kind}"})
+        with problems.collect():
+            choices[kind] = _plugin_choice(provider, kind)
+    flat = {str(k): v for k, v in provider.items() if k not in CORE_KEYS | RAY_PROVIDER_KEYS}
+    with problems.collect():
+        choices["compute"] = _merge_flat_options(choices["compute"], flat)
     port = provider.get("head_node_tag_server_port")
     if port is not None:
-        choices["tag_store"] = _merge_flat_options(
-            choices["tag_store"], {"port": port}, {"port": "provider.head_node_tag_server_port"}
-        )
+        with problems.collect():
+            choices["tag_store"] = _merge_flat_options(
+                choices["tag_store"], {"port": port}, {"port": "provider.head_node_tag_server_port"}
+            )
     if on_head:
         choices["transport"] = PluginChoice("transport", "direct", {}, {"": "provider.transport"})
-    scripts = {key: _string(provider.get(key, ""), f"provider.{key}") for key in SCRIPT_KEYS}
+    scripts = dict(SCRIPT_KEYS)
+    for key in SCRIPT_KEYS:
+        if provider.get(key) is not None:
+            with problems.collect():
+                scripts[key] = _script(provider[key], f"provider.{key}")
+    files: tuple[str, ...] = ()
+    with problems.collect():
+        files = _files_to_upload(provider.get("files_to_upload", []))
+    setup_options = node_setup.NodeSetupOptions()
+    with problems.collect():
+        setup_options = node_setup.parse_options(provider)
+    read_timeout = DEFAULT_READ_TIMEOUT
+    with problems.collect():
+        read_timeout = _read_timeout(provider.get("tag_store_read_timeout"))
     return RayDogConfig(
         cluster_name=cluster_name,
         compute=choices["compute"],
@@ -293,11 +503,11 @@ def _parse_provider(
         node_types=node_types,
         head_script=scripts["ray_head_node_task_script"],
         worker_script=scripts["ray_worker_node_task_script"],
-        files_to_upload=_files_to_upload(provider.get("files_to_upload", [])),
+        files_to_upload=files,
         auth=auth,
         on_head=on_head,
-        setup_options=node_setup.parse_options(provider),
-        tag_store_read_timeout=_read_timeout(provider.get("tag_store_read_timeout")),
+        setup_options=setup_options,
+        tag_store_read_timeout=read_timeout,
     )
 
 
@@ -353,73 +563,90 @@ def _node_types(cluster_config: Mapping[str, Any]) -> tuple[dict[str, NodeTypeSp
     types = _mapping(cluster_config.get("available_node_types"), "available_node_types")
     if not types:
         raise ConfigError("available_node_types", "at least one node type is needed")
+    problems = Problems()
     head = cluster_config.get("head_node_type")
-    if not isinstance(head, str) or head not in types:
-        raise ConfigError("head_node_type", f"must name one of the node types, got {head!r}", types)
+    with problems.collect():
+        if not isinstance(head, str) or head not in types:
+            raise ConfigError(
+                "head_node_type", f"must name one of the node types, got {head!r}", map(str, types)
+            )
     specs = {}
     for name, raw in types.items():
-        path = f"available_node_types.{name}"
-        entry = _mapping(raw, path)
+        with problems.collect():
+            specs[str(name)] = _node_type(str(name), raw)
+    problems.raise_any()
+    return specs, str(head)
+
+
+def _node_type(name: str, raw: Any) -> NodeTypeSpec:
+    path = f"available_node_types.{name}"
+    entry = _mapping(raw, path)
+    problems = Problems()
+    node_config: Mapping[str, Any] = {}
+    resources: Mapping[str, Any] = {}
+    with problems.collect():
         node_config = _mapping(entry.get("node_config", {}), f"{path}.node_config")
+    with problems.collect():
         resources = _mapping(entry.get("resources", {}), f"{path}.resources")
-        counts = {}
-        for key in ("min_workers", "max_workers"):
-            value = entry.get(key, 0)
+    counts = {"min_workers": 0, "max_workers": 0}
+    for key in counts:
+        value = entry.get(key, 0)
+        with problems.collect():
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ConfigError(f"{path}.{key}", f"expected a whole number >= 0, got {value!r}")
             counts[key] = value
+    with problems.collect():
         if counts["min_workers"] > counts["max_workers"] and "max_workers" in entry:
-            raise ConfigError(f"{path}.min_workers", "is greater than max_workers")
-        specs[str(name)] = NodeTypeSpec(
-            str(name),
-            dict(node_config),
-            dict(resources),
-            counts["min_workers"],
-            counts["max_workers"],
-        )
-    return specs, head
+            raise ConfigError(
+                f"{path}.min_workers",
+                f"is greater than max_workers ({counts['max_workers']}): lower it or raise that",
+            )
+    problems.raise_any()
+    return NodeTypeSpec(
+        name, dict(node_config), dict(resources), counts["min_workers"], counts["max_workers"]
+    )
 
 
 def _files_to_upload(value: Any) -> tuple[str, ...]:
     if not isinstance(value, list):
-        raise ConfigError("provider.files_to_upload", f"expected a list of paths, got {value!r}")
+        raise ConfigError(
+            "provider.files_to_upload", f"expected a list of paths (e.g. [data.csv]), got {value!r}"
+        )
+    problems = Problems()
     for index, item in enumerate(value):
-        if not isinstance(item, str) or not item:
-            raise ConfigError(
-                f"provider.files_to_upload[{index}]", f"expected a path, got {item!r}"
-            )
+        with problems.collect():
+            if not isinstance(item, str) or not item:
+                raise ConfigError(
+                    f"provider.files_to_upload[{index}]", f"expected a path, got {item!r}"
+                )
+    problems.raise_any()
     return tuple(value)
 
 
 def _mapping(value: Any, path: str, expected: str = "a mapping") -> Mapping[str, Any]:
     if not isinstance(value, Mapping):
-        raise ConfigError(path, f"expected {expected}, got {value!r}")
+        raise ConfigError(path, f"expected {expected}, got {_shown(value)}")
     return value
 
 
-def _string(value: Any, path: str) -> str:
+def _script(value: Any, path: str) -> str:
     if not isinstance(value, str):
-        raise ConfigError(path, f"expected text (inline or file:PATH), got {value!r}")
+        raise ConfigError(
+            path,
+            f"expected a script as text (inline, or file:PATH), got {_shown(value)}; "
+            "leave the key out for RayDog's default",
+        )
+    if not value.strip():
+        raise ConfigError(path, "is empty: leave the key out for RayDog's default script")
     return value
 
 
-def ray_config_dir() -> Path:
-    """The folder of the YAML that Ray's CLI is working on, found on the call stack.
-
-    Ray hands ``bootstrap_config`` the parsed config only; its command functions
-    (``create_or_update_cluster``, ``teardown_cluster``, ``exec_cluster``, ...) all hold the
-    path as ``config_file``. Without one (a config built in code) it is the working directory.
-    """
-    frame = inspect.currentframe()
-    try:
-        while frame is not None:
-            candidate = frame.f_locals.get("config_file")
-            if isinstance(candidate, str) and Path(candidate).is_file():
-                return Path(candidate).resolve().parent
-            frame = frame.f_back
-    finally:
-        del frame
-    return Path.cwd()
+def _shown(value: Any) -> str:
+    """A value for an error message: its type, and the value itself when short."""
+    text = repr(value)
+    if len(text) > 60:
+        text = text[:57] + "..."
+    return f"{type(value).__name__} {text}"
 
 
 def load_file(path: Path) -> dict[str, Any]:
@@ -427,53 +654,208 @@ def load_file(path: Path) -> dict[str, Any]:
     import yaml
 
     try:
-        loaded = yaml.safe_load(path.read_text())
+        text = path.read_bytes().decode("utf-8")
     except FileNotFoundError:
         raise ConfigError(str(path), "file not found") from None
+    except UnicodeDecodeError:
+        raise ConfigError(
+            str(path), "not a text file (not UTF-8): expected a cluster YAML"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(str(path), f"cannot read it: {exc.strerror}") from None
+    try:
+        loaded = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(str(path), f"not valid YAML: {exc}") from None
+    except ValueError as exc:  # e.g. characters YAML does not allow
+        raise ConfigError(str(path), f"not valid YAML: {exc}") from None
+    if loaded is None:
+        raise ConfigError(str(path), "is empty: expected a cluster config (try `raydog init`)")
     if not isinstance(loaded, dict):
-        raise ConfigError(str(path), "expected a mapping at the top level")
+        raise ConfigError(
+            str(path), f"expected a mapping of keys at the top level, got a {type(loaded).__name__}"
+        )
     return loaded
 
 
-def validate(cluster_config: Mapping[str, Any], config_dir: Path) -> RayDogConfig:
+def validate(cluster_config: Mapping[str, Any]) -> RayDogConfig:
     """Every check that needs no credentials and no network, as ``raydog validate`` runs them.
 
-    Ray's own schema first (with the keys it needs but does not fill in for external providers
-    reported one by one), then RayDog's section and every plugin's options.
+    What ``ray up`` would refuse, in the order it would: the keys Ray reads before any provider
+    code runs, Ray's schema on the config with RayDog's defaults filled in, then RayDog's own
+    section and every plugin's options. Every problem found is raised together.
     """
-    import jsonschema
-    from ray.autoscaler._private.util import prepare_config, validate_config
+    if not isinstance(cluster_config, Mapping):
+        raise ConfigError(
+            "(top level)", f"expected a mapping of keys, got {_shown(cluster_config)}"
+        )
+    problems = Problems()
+    provider = cluster_config.get("provider")
+    identified = False
+    with problems.collect():
+        _check_provider_identity(provider)
+        identified = True
+    missing = [key for key in RAY_REQUIRED if key not in cluster_config]
+    for key in missing:
+        problems.found.append(
+            ConfigError(
+                key, f"missing; Ray reads it before RayDog can fill it in: `{RAY_REQUIRED[key]}`"
+            )
+        )
+    odd_keys = list(_non_text_keys(cluster_config))
+    if odd_keys:  # Ray's schema check and its config cache (JSON) cannot read the rest
+        _raise_unique([*problems.found, *odd_keys])
+    effective = fill_defaults(cluster_config)
+    prepare_failed = None
+    if not missing and identified:
+        try:
+            effective = _ray_prepare(cluster_config)
+        except ConfigError as error:
+            prepare_failed = error
+    schema_errors = _ray_schema_errors(effective, skip_required=set(RAY_REQUIRED))
+    problems.found += schema_errors
+    if not schema_errors:
+        if prepare_failed is not None:
+            problems.found.append(prepare_failed)
+        elif not missing:
+            with problems.collect():
+                _ray_validate(effective)
+    parsed = None
+    if isinstance(provider, Mapping):
+        with problems.collect():
+            parsed = check(effective)
+    _raise_unique(problems.found)
+    assert parsed is not None
+    return parsed
+
+
+def _non_text_keys(value: Any, path: str = "") -> Iterator[ConfigError]:
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            where = _join(path, str(key))
+            if not isinstance(key, str):
+                yield ConfigError(where, f"a key must be text, got {_shown(key)}: quote it")
+            yield from _non_text_keys(item, where)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _non_text_keys(item, f"{path}[{index}]")
+
+
+def _check_provider_identity(provider: Any) -> None:
+    section = _mapping(provider, "provider")
+    problems = Problems()
+    with problems.collect():
+        if section.get("type") != "external":
+            raise ConfigError(
+                "provider.type", f"must be 'external' for RayDog, got {section.get('type')!r}"
+            )
+    with problems.collect():
+        if section.get("module") != MODULE:
+            raise ConfigError(
+                "provider.module", f"must be {MODULE!r}, got {section.get('module')!r}"
+            )
+    problems.raise_any()
+
+
+def _ray_prepare(cluster_config: Mapping[str, Any]) -> dict[str, Any]:
+    """What ``ray up`` makes of the config before Ray checks it: Ray's ``prepare_config``, then
+    RayDog's defaults (``fillout_available_node_types_resources``)."""
+    from ray.autoscaler._private.util import prepare_config
 
     from raydog_core.progress import quiet_ray_logs
 
-    provider = _mapping(cluster_config.get("provider"), "provider")
-    if provider.get("type") != "external":
-        raise ConfigError(
-            "provider.type", f"must be 'external' for RayDog, got {provider.get('type')!r}"
-        )
-    module = "raydog_core.RayDogNodeProvider"
-    if provider.get("module") != module:
-        raise ConfigError("provider.module", f"must be {module!r}, got {provider.get('module')!r}")
-    for key, default in RAY_TOP_LEVEL_DEFAULTS.items():
-        if key not in cluster_config:
-            raise ConfigError(
-                key, f"missing; Ray needs it for external providers (add `{key}: {default!r}`)"
-            )
     try:
         with quiet_ray_logs():
-            validate_config(prepare_config(copy.deepcopy(dict(cluster_config))))
+            return fill_defaults(prepare_config(copy.deepcopy(dict(cluster_config))))
+    except (ValueError, KeyError, TypeError, AttributeError, AssertionError) as exc:
+        raise ConfigError("(cluster config)", f"Ray cannot read it: {exc!r}") from None
+
+
+def _ray_validate(config: Mapping[str, Any]) -> None:
+    """Ray's ``validate_config``: its checks beyond the schema (``_ray_schema_errors``)."""
+    import jsonschema
+    from ray.autoscaler._private.util import validate_config
+
+    try:
+        validate_config(dict(config))
     except jsonschema.ValidationError as exc:
         where = ".".join(str(part) for part in exc.absolute_path) or "(top level)"
         raise ConfigError(where, exc.message) from None
     except (ValueError, KeyError, RuntimeError) as exc:
         raise ConfigError("(cluster config)", str(exc)) from None
-    parsed = parse(resolve_files(cluster_config, config_dir))
-    uploads(parsed, config_dir)
-    with scratch_home():
-        build_plugins(parsed)
-    return parsed
+
+
+def _ray_schema_errors(config: Mapping[str, Any], skip_required: set[str]) -> list[ConfigError]:
+    """Every error of Ray's own schema (ray-schema.json), as ConfigErrors that say what to write."""
+    import json
+
+    import jsonschema
+    import ray.autoscaler
+
+    schema_path = Path(ray.autoscaler.__file__).with_name("ray-schema.json")
+    schema = json.loads(schema_path.read_text())
+    validator = jsonschema.validators.validator_for(schema)(schema)
+    found = []
+    for error in validator.iter_errors(config):
+        where = ".".join(str(part) for part in error.absolute_path)
+        if error.validator == "required":
+            missing = error.message.split("'")[1] if "'" in error.message else "?"
+            if not where and missing in skip_required:
+                continue
+            found.append(ConfigError(_join(where, missing), "missing (Ray's schema requires it)"))
+        elif error.validator == "additionalProperties":
+            allowed = sorted(error.schema.get("properties", {}))
+            for extra in sorted(map(str, set(error.instance) - set(allowed))):
+                found.append(
+                    ConfigError(
+                        _join(where, str(extra)),
+                        "not a key Ray knows: remove it, or fix its spelling",
+                        allowed,
+                    )
+                )
+        elif error.validator == "type":
+            found.append(
+                ConfigError(
+                    where or "(top level)",
+                    f"expected {_schema_type(error.validator_value)}, got {_shown(error.instance)}",
+                )
+            )
+        else:
+            found.append(ConfigError(where or "(top level)", error.message))
+    return found
+
+
+def _schema_type(expected: Any) -> str:
+    names = {
+        "object": "a mapping",
+        "array": "a list",
+        "string": "text",
+        "integer": "a whole number",
+        "number": "a number",
+        "boolean": "true or false",
+        "null": "null",
+    }
+    if isinstance(expected, list):
+        return " or ".join(names.get(str(e), str(e)) for e in expected)
+    return names.get(str(expected), str(expected))
+
+
+def _join(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
+
+
+def _raise_unique(found: list[ConfigError]) -> None:
+    """Raise what was found, one error per key path (Ray's schema and RayDog may both see it)."""
+    flat = [
+        e for error in found for e in (error.errors if isinstance(error, ConfigErrors) else [error])
+    ]
+    unique: dict[str, ConfigError] = {}
+    for error in flat:
+        unique.setdefault(error.key_path, error)
+    if len(unique) == 1:
+        raise next(iter(unique.values()))
+    if unique:
+        raise ConfigErrors(unique.values())
 
 
 @contextlib.contextmanager

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+from collections.abc import Iterable, Iterator
 
 
 class RayDogError(Exception):
@@ -20,6 +21,50 @@ class ConfigError(RayDogError):
         if self.choices:
             message += f" (choices: {', '.join(self.choices)})"
         super().__init__(message)
+
+
+class ConfigErrors(ConfigError):
+    """Every problem found in one config, so a user fixes them in one round, not one per run.
+
+    Its key path and problem are the first one's; ``errors`` holds them all, one per line.
+    """
+
+    errors: tuple[ConfigError, ...]
+
+    def __init__(self, errors: Iterable[ConfigError]) -> None:
+        flat: list[ConfigError] = []
+        for error in errors:
+            flat.extend(error.errors if isinstance(error, ConfigErrors) else [error])
+        if not flat:
+            raise ValueError("ConfigErrors needs at least one error")
+        self.errors = tuple(flat)
+        first = flat[0]
+        super().__init__(first.key_path, first.problem, first.choices)
+        self.args = ("\n".join(str(error) for error in flat),)
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class Problems:
+    """Collects ConfigErrors from independent checks; ``raise_any`` raises them together."""
+
+    def __init__(self) -> None:
+        self.found: list[ConfigError] = []
+
+    @contextlib.contextmanager
+    def collect(self) -> Iterator[None]:
+        """Run one check; a ConfigError it raises is kept and the caller goes on."""
+        try:
+            yield
+        except ConfigError as error:
+            self.found.append(error)
+
+    def raise_any(self) -> None:
+        if len(self.found) == 1:
+            raise self.found[0]
+        if self.found:
+            raise ConfigErrors(self.found)
 
 
 class UnreachableError(RayDogError):

@@ -110,15 +110,6 @@ def setup_wait(timeout_minutes: float) -> str:
     )
 
 
-def wait_for_setup(script: str, timeout_minutes: float) -> str:
-    """``script`` with :func:`setup_wait` first (after its shebang); an empty script stays empty."""
-    if not script.strip():
-        return script
-    lines = script.splitlines(keepends=True)
-    shebang = lines.pop(0) if lines[0].startswith("#!") else "#!/usr/bin/env bash\n"
-    return shebang + setup_wait(timeout_minutes) + "".join(lines)
-
-
 def public_key(auth: dict[str, object] | object) -> str | None:
     """The public half of ``auth.ssh_private_key``: its ``.pub`` file, or derived by ssh-keygen."""
     if not isinstance(auth, dict) or not auth.get("ssh_private_key"):

@@ -16,7 +16,7 @@ from typing import Any, Literal, TypeVar, Union
 
 from stevedore import driver
 
-from raydog_core.errors import ConfigError
+from raydog_core.errors import ConfigError, Problems
 from raydog_core.interfaces import ComputeBackend, TagStore, Transport
 
 Kind = Literal["compute", "tag_store", "transport"]
@@ -108,19 +108,22 @@ def check_options(plugin: type, options: Mapping[str, Any], paths: Mapping[str, 
     """Unknown, missing and mistyped options become a ConfigError at the option's key path."""
     accepted = option_names(plugin)
     hints = type_hints(plugin)
+    problems = Problems()
     for option, value in options.items():
-        if option not in accepted:
-            raise ConfigError(paths[option], "unknown option", sorted(accepted))
         expected = hints.get(option)
-        if expected is not None and not _matches(value, expected):
-            raise ConfigError(
-                paths[option],
-                f"expected {_describe(expected)}, got {type(value).__name__} {value!r}",
-            )
+        with problems.collect():
+            if option not in accepted:
+                raise ConfigError(paths[option], "unknown option", sorted(accepted))
+            if expected is not None and not _matches(value, expected):
+                raise ConfigError(
+                    paths[option],
+                    f"expected {_describe(expected)}, got {type(value).__name__} {value!r}",
+                )
     for option, param in accepted.items():
         if param.default is inspect.Parameter.empty and option not in options:
             owner = paths.get("", "provider")
-            raise ConfigError(f"{owner}.{option}", "missing required option")
+            problems.found.append(ConfigError(f"{owner}.{option}", "missing required option"))
+    problems.raise_any()
 
 
 def construct(

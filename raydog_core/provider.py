@@ -214,8 +214,13 @@ class RayDogNodeProvider(NodeProvider):
     # --- Ray's hooks ---------------------------------------------------------------------
 
     @staticmethod
+    def fillout_available_node_types_resources(cluster_config: dict[str, Any]) -> dict[str, Any]:
+        """Ray's only hook before its schema check: RayDog fills in what a config leaves out."""
+        return raydog_config.fill_defaults(cluster_config)
+
+    @staticmethod
     def bootstrap_config(cluster_config: dict[str, Any]) -> dict[str, Any]:
-        return raydog_config.bootstrap(cluster_config, raydog_config.ray_config_dir())
+        return raydog_config.bootstrap(cluster_config)
 
     def prepare_for_head_node(self, cluster_config: dict[str, Any]) -> dict[str, Any]:
         cluster_config["provider"] = raydog_config.for_head(

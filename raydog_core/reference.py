@@ -1,9 +1,10 @@
-"""The plugin options part of docs/configuration.md, generated from the plugins themselves.
+"""The generated parts of docs/configuration.md: Ray's top-level keys (which are required and
+what RayDog fills in) from ``raydog_core.config``, and the plugin options from the plugins.
 
 Each option is a keyword argument of the plugin's constructor: its name, type and default come
 from the signature, its description from a ``- ``name``: text`` line in the constructor's
-docstring. A test regenerates the section and compares, so the reference cannot drift.
-Rewrite it with ``python -m raydog_core.reference --write docs/configuration.md``.
+docstring. A test regenerates the sections and compares, so the reference cannot drift.
+Rewrite them with ``python -m raydog_core.reference --write docs/configuration.md``.
 """
 
 from __future__ import annotations
@@ -13,10 +14,14 @@ import inspect
 import re
 from pathlib import Path
 
-from raydog_core import plugins
+import yaml
+
+from raydog_core import config, plugins, task_scripts
 
 BEGIN = "<!-- BEGIN GENERATED: plugin options (python -m raydog_core.reference --write) -->"
 END = "<!-- END GENERATED: plugin options -->"
+KEYS_BEGIN = "<!-- BEGIN GENERATED: top-level keys (python -m raydog_core.reference --write) -->"
+KEYS_END = "<!-- END GENERATED: top-level keys -->"
 _DOC_LINE = re.compile(r"^\s*-\s*``(\w+)``:\s*(.*)$")
 
 
@@ -67,18 +72,43 @@ def generated_section() -> str:
     return "\n".join(parts)
 
 
+def _shown_default(value: object) -> str:
+    if value == [task_scripts.WAIT_FOR_HEAD_RAY]:
+        return "a wait until the head's task script has started Ray"
+    return f"`{yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}`"
+
+
+def top_level_keys() -> str:
+    rows = [KEYS_BEGIN, "", "| key | required | when left out |", "|---|---|---|"]
+    for key, example in config.RAY_REQUIRED.items():
+        rows.append(f"| `{key}` | yes | Ray reads it before any provider code: write `{example}` |")
+    for key, value in config.TOP_LEVEL_DEFAULTS.items():
+        rows.append(f"| `{key}` | no | {_shown_default(value)} |")
+    for key, value in config.NODE_TYPE_DEFAULTS.items():
+        rows.append(f"| `available_node_types.*.{key}` | no | {_shown_default(value)} |")
+    rows += ["", KEYS_END]
+    return "\n".join(rows)
+
+
 def rewrite(document: str) -> str:
-    start, end = document.index(BEGIN), document.index(END) + len(END)
-    return document[:start] + generated_section() + document[end:]
+    for begin, end, text in (
+        (KEYS_BEGIN, KEYS_END, top_level_keys()),
+        (BEGIN, END, generated_section()),
+    ):
+        start, stop = document.index(begin), document.index(end) + len(end)
+        document = document[:start] + text + document[stop:]
+    return document
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--write", type=Path, help="rewrite the generated section of this file")
+    parser.add_argument("--write", type=Path, help="rewrite the generated sections of this file")
     args = parser.parse_args()
     if args.write:
         args.write.write_text(rewrite(args.write.read_text()))
     else:
+        print(top_level_keys())
+        print()
         print(generated_section())
 
 

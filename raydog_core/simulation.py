@@ -23,7 +23,6 @@ import uuid
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from ray.autoscaler._private.autoscaler import StandardAutoscaler
@@ -83,8 +82,16 @@ class Event:
 
 @dataclass
 class Timeline:
+    """What a simulation saw: events, and the live workers per node type at each tick.
+
+    ``summary()`` holds the figures (node-hours and peak per node type) that ``raydog simulate``
+    prints and ``--json`` emits; ``chart()`` draws the cluster's size over time.
+    """
+
     events: list[Event] = field(default_factory=list)
     workers: list[tuple[float, Counter[str]]] = field(default_factory=list)
+    head_type: str = ""
+    configured_types: tuple[str, ...] = ()
 
     def launches(self, node_type: str | None = None) -> list[Event]:
         return self._of("launch", node_type)
@@ -106,19 +113,113 @@ class Timeline:
             current = counts
         return current
 
+    def node_types(self) -> list[str]:
+        """The head's type, then every other node type (configured, or seen), by name."""
+        seen = {t for _, counts in self.workers for t, n in counts.items() if n}
+        seen |= {e.node_type for e in self.events} | set(self.configured_types)
+        return ([self.head_type] if self.head_type else []) + sorted(seen - {self.head_type})
+
+    def node_hours(self) -> dict[str, float]:
+        """Hours of node time per node type, from launch to termination (what a cloud bills),
+        the head included for the whole run."""
+        hours = dict.fromkeys(self.node_types(), 0.0)
+        for (start, counts), (end, _) in zip(self.workers, self.workers[1:], strict=False):
+            for node_type, count in counts.items():
+                hours[node_type] = hours.get(node_type, 0.0) + count * (end - start) / 3600
+        if self.head_type and self.workers:
+            hours[self.head_type] += (self.workers[-1][0] - self.workers[0][0]) / 3600
+        return hours
+
+    def summary(self) -> dict[str, Any]:
+        """The figures, JSON-ready: per node type its peak, node-hours, launches, terminations."""
+        hours = self.node_hours()
+        per_type = {
+            node_type: {
+                "peak": 1 if node_type == self.head_type else self.peak_workers(node_type),
+                "node_hours": round(hours[node_type], 4),
+                "launches": len(self.launches(node_type)),
+                "terminations": len(self.terminations(node_type)),
+            }
+            for node_type in self.node_types()
+        }
+        return {
+            "duration_s": self.workers[-1][0] if self.workers else 0.0,
+            "head_node_type": self.head_type,
+            "node_types": per_type,
+            "peak_workers": self.peak_workers(),
+            "node_hours": round(sum(hours.values()), 4),
+            "workers_at_end": dict(self.workers[-1][1]) if self.workers else {},
+            "series": [{"t": t, "workers": dict(counts)} for t, counts in self.workers],
+            "events": [
+                {"t": e.t, "action": e.action, "node_type": e.node_type, "node_id": e.node_id}
+                for e in self.events
+            ],
+        }
+
+    def chart(self, width: int = 80, height: int = 18, colors: bool = False) -> str:
+        """Workers per node type over simulated minutes, drawn by plotext."""
+        import plotext
+
+        figure = plotext.figure
+        figure.clear()
+        plotext.terminal.limit(False, False)
+        figure.plot_size(width, height)
+        worker_types = [t for t in self.node_types() if t != self.head_type] or ["workers"]
+        for node_type in worker_types:
+            xs, ys = self._steps(node_type)
+            figure.draw(figure.signal(xs, ys, marker="braille").lines().label(node_type))
+        figure.title("workers per node type (simulated minutes)")
+        peak = max(self.peak_workers(), 1)
+        figure.ruler("y").lim(0, peak + 0.5).ticks(_integer_ticks(peak))
+        text: str = figure.build().string(colorless=not colors)
+        figure.clear()
+        return text.rstrip("\n")
+
+    def _steps(self, node_type: str) -> tuple[list[float], list[int]]:
+        """The count as a step function: it holds until the next observation."""
+        xs: list[float] = []
+        ys: list[int] = []
+        for t, counts in self.workers:
+            count = counts[node_type]
+            if ys and count != ys[-1]:
+                xs.append(t / 60)
+                ys.append(ys[-1])
+            xs.append(t / 60)
+            ys.append(count)
+        return xs or [0.0], ys or [0]
+
     def _of(self, action: str, node_type: str | None) -> list[Event]:
         return [e for e in self.events if e.action == action and node_type in (None, e.node_type)]
 
-    def format(self) -> str:
-        lines = []
-        for event in self.events:
+    def format_events(self) -> str:
+        return "\n".join(
+            f"{_clock(e.t)}  {e.action:<9}  {e.node_type:<20}  {e.node_id}" for e in self.events
+        )
+
+    def format_figures(self) -> str:
+        """Per node type: peak, node-hours, launches; then the totals and the end state."""
+        summary = self.summary()
+        width = max([len(t) for t in summary["node_types"]] + [9]) + 2
+        lines = [f"{'node type':<{width}}{'peak':>6}{'node-hours':>12}{'launches':>10}"]
+        for node_type, figures in summary["node_types"].items():
+            role = " (head)" if node_type == self.head_type else ""
             lines.append(
-                f"{_clock(event.t)}  {event.action:<9}  {event.node_type:<20}  {event.node_id}"
+                f"{node_type + role:<{width}}{figures['peak']:>6}{figures['node_hours']:>12.2f}"
+                f"{figures['launches']:>10}"
             )
-        final = self.workers[-1][1] if self.workers else Counter()
-        summary = ", ".join(f"{t}: {n}" for t, n in sorted(final.items())) or "none"
-        lines.append(f"workers at the end: {summary}")
+        lines.append(
+            f"{'all':<{width}}{summary['peak_workers']:>6}{summary['node_hours']:>12.2f}"
+            f"{len(self.launches()):>10}   (peak: workers at once)"
+        )
+        final = summary["workers_at_end"]
+        ended = ", ".join(f"{t}: {n}" for t, n in sorted(final.items()) if n) or "none"
+        lines.append(f"workers at the end: {ended}")
         return "\n".join(lines)
+
+
+def _integer_ticks(peak: int) -> list[int]:
+    step = max(1, -(-peak // 8))
+    return list(range(0, peak + 1, step))
 
 
 def _clock(seconds: float) -> str:
@@ -151,7 +252,6 @@ class Simulation:
         *,
         tick_s: float = 5.0,
         launch_delay_s: float = 30.0,
-        config_dir: Path | None = None,
     ) -> None:
         from raydog_backends.memory.compute import MemoryComputeBackend, SimulatedCluster
 
@@ -161,11 +261,11 @@ class Simulation:
         config = _memory_config(cluster_config, name, launch_delay_s)
         try:
             with quiet_ray_logs():
-                config = prepare_config(config)
+                config = raydog_config.fill_defaults(prepare_config(config))
             validate_config(config)
-        except (ValueError, RuntimeError) as exc:
+        except (ValueError, RuntimeError, KeyError, TypeError) as exc:
             raise ConfigError("cluster config", str(exc)) from None
-        self.config = raydog_config.bootstrap(config, config_dir or Path.cwd())
+        self.config = raydog_config.bootstrap(config)
         self.cluster: SimulatedCluster = MemoryComputeBackend.cluster(name)
         self.cluster.clock = self.clock
         self.cluster.sleep = self.clock.sleep
@@ -201,7 +301,10 @@ class Simulation:
 
     def run(self, demand: Sequence[Demand], duration_s: float) -> Timeline:
         """Tick until ``duration_s`` simulated seconds have passed since the start."""
-        timeline = Timeline()
+        timeline = Timeline(
+            head_type=self.config["head_node_type"],
+            configured_types=tuple(self.config["available_node_types"]),
+        )
         self._observe(timeline)
         with quiet_ray_logs():
             while self.elapsed < duration_s:
@@ -290,9 +393,17 @@ def _memory_config(
             "foreground_node_launch": True,
         }
     )
-    config["provider"].pop("head_node_tag_server_port", None)
     config["cluster_name"] = name
-    for key, default in raydog_config.RAY_TOP_LEVEL_DEFAULTS.items():
-        config.setdefault(key, copy.deepcopy(default))
+    # The backend's node settings (and the files they name) mean nothing to the memory backend.
+    types = config.get("available_node_types")
+    if isinstance(types, dict):
+        for entry in types.values():
+            if isinstance(entry, dict):
+                entry["node_config"] = {}
     config["file_mounts"] = {}
+    if "max_workers" not in config:
+        raise ConfigError("max_workers", f"missing: `{raydog_config.RAY_REQUIRED['max_workers']}`")
+    # Ray's setup commands never run in a simulation.
+    for key in ("setup_commands", "head_setup_commands", "worker_setup_commands"):
+        config.setdefault(key, [])
     return config

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import copy
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-
-from raydog_core.config import RAY_TOP_LEVEL_DEFAULTS
 
 pytest_plugins = ["pytester"]
 
@@ -24,11 +21,11 @@ def raydog_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Mo
 
 
 def memory_cluster_config(name: str | None = None, **provider: Any) -> dict[str, Any]:
-    """A complete cluster config on the memory backends, as a user would write it."""
+    """A cluster config on the memory backends, as a user would write it: Ray's required keys,
+    and RayDog's defaults for everything else."""
     return {
         "cluster_name": name or f"test-{uuid.uuid4().hex[:8]}",
         "max_workers": 10,
-        "upscaling_speed": 1.0,
         "idle_timeout_minutes": 1,
         "provider": {
             "type": "external",
@@ -40,15 +37,13 @@ def memory_cluster_config(name: str | None = None, **provider: Any) -> dict[str,
         },
         "auth": {"ssh_user": "ubuntu"},
         "available_node_types": {
-            "head": {"resources": {"CPU": 1}, "node_config": {}, "max_workers": 0},
-            "cpu": {"resources": {"CPU": 2}, "node_config": {}, "min_workers": 0, "max_workers": 4},
+            "head": {"resources": {"CPU": 1}, "max_workers": 0},
+            "cpu": {"resources": {"CPU": 2}, "min_workers": 0, "max_workers": 4},
         },
         "head_node_type": "head",
-        **{
-            key: copy.deepcopy(value)
-            for key, value in RAY_TOP_LEVEL_DEFAULTS.items()
-            if key not in ("max_workers", "upscaling_speed", "idle_timeout_minutes")
-        },
+        "setup_commands": [],
+        "head_setup_commands": [],
+        "worker_setup_commands": [],
     }
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 import ray
 import yaml
 
@@ -30,17 +32,33 @@ def write(tmp_path: Path, config: dict[str, Any]) -> Path:
     return path
 
 
-def test_simulate_prints_the_timeline(tmp_path: Path) -> None:
+def test_simulate_draws_the_cluster_and_prints_its_figures(tmp_path: Path) -> None:
     path = write(tmp_path, memory_cluster_config())
-    result = raydog("simulate", str(path), "--demand", "8 CPU for 5m", "--launch-delay", "60s")
+    args = ("simulate", str(path), "--demand", "8 CPU for 5m", "--launch-delay", "60s")
+    result = raydog(*args, "--events")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
+    assert "workers per node type (simulated minutes)" in result.stdout
+    assert any("cpu" in line and "│" in line for line in lines), "no legend in the chart"
     launches = [line for line in lines if " launch " in line]
     readies = [line for line in lines if " ready " in line]
     terminations = [line for line in lines if " terminate " in line]
     assert len(launches) == len(readies) == len(terminations) == 4
     assert readies[0].split()[0] == "1m05s"
+    figures = {line.split()[0]: line.split() for line in lines if line.startswith(("cpu ", "all "))}
+    assert figures["cpu"][1] == "4" and figures["all"][1] == "4"
     assert lines[-1] == "workers at the end: none"
+
+    as_json = raydog(*args, "--json")
+    assert as_json.returncode == 0, as_json.stderr
+    summary = json.loads(as_json.stdout)
+    cpu = summary["node_types"]["cpu"]
+    assert (cpu["peak"], cpu["launches"], cpu["terminations"]) == (4, 4, 4)
+    assert f"{cpu['node_hours']:.2f}" == figures["cpu"][2]
+    assert summary["node_types"]["head"]["node_hours"] == pytest.approx(
+        summary["duration_s"] / 3600, abs=1e-3
+    )
+    assert summary["peak_workers"] == 4 and summary["workers_at_end"] == {}
 
 
 def test_simulate_rejects_a_demand_it_cannot_read(tmp_path: Path) -> None:
@@ -119,3 +137,58 @@ def test_the_config_testing_example_passes(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "3 passed" in result.stdout
+
+
+def test_init_yellowdog_writes_a_config_that_validates_and_its_companions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    key = tmp_path / ".ssh" / "raydog"
+    key.parent.mkdir()
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    result = raydog("init", "starter", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    folder = tmp_path / "starter"
+    names = {p.name for p in folder.iterdir()}
+    assert names == {"cluster.yaml", "node-setup-head.sh", "node-setup-worker.sh", ".env"}
+    valid = raydog("validate", "cluster.yaml", cwd=folder)
+    assert valid.returncode == 0, valid.stderr
+    env = (folder / ".env").read_text()
+    assignments = [line for line in env.splitlines() if "=" in line and not line.startswith("#")]
+    assert assignments == ["YD_API_KEY_ID=", "YD_API_KEY_SECRET=", "YD_API_URL="]
+    assert (folder / ".env").stat().st_mode & 0o077 == 0
+    # The node setup is `raydog node-setup`'s output for the config as written.
+    for node_type, name in (("head", "node-setup-head.sh"), ("cpu_worker", "node-setup-worker.sh")):
+        printed = raydog("node-setup", "cluster.yaml", "--node-type", node_type, cwd=folder)
+        assert printed.returncode == 0, printed.stderr
+        assert (folder / name).read_text() == printed.stdout
+        assert subprocess.run(["bash", "-n", str(folder / name)]).returncode == 0
+    assert key.with_suffix(".pub").read_text().strip() in printed.stdout
+
+
+def test_init_before_the_ssh_key_exists_says_what_to_do(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    result = raydog("init", str(tmp_path / "starter"))
+    assert result.returncode == 0, result.stderr
+    assert "does not exist yet, so the node setup gives no SSH access" in result.stdout
+    valid = raydog("validate", "cluster.yaml", cwd=tmp_path / "starter")
+    assert valid.returncode == 0, valid.stderr
+
+
+def test_init_local_writes_one_config_that_validates(tmp_path: Path) -> None:
+    result = raydog("init", "--compute", "local", str(tmp_path / "here"))
+    assert result.returncode == 0, result.stderr
+    assert [p.name for p in (tmp_path / "here").iterdir()] == ["cluster.yaml"]
+    valid = raydog("validate", str(tmp_path / "here" / "cluster.yaml"))
+    assert valid.returncode == 0, valid.stderr
+
+
+def test_init_never_overwrites(tmp_path: Path) -> None:
+    (tmp_path / "node-setup-head.sh").write_text("mine\n")
+    result = raydog("init", str(tmp_path))
+    assert result.returncode == 2
+    assert "node-setup-head.sh already there; nothing written" in result.stderr
+    assert [p.name for p in tmp_path.iterdir()] == ["node-setup-head.sh"]
+    assert (tmp_path / "node-setup-head.sh").read_text() == "mine\n"

@@ -100,7 +100,7 @@ BAD = [
         "provider.ray_worker_node_task_script",
         42,
         "provider.ray_worker_node_task_script",
-        "expected text",
+        "expected a script as text",
     ),
     (
         "negative resource",
@@ -175,14 +175,22 @@ def test_validate_reports_keys_ray_needs_for_external_providers(tmp_path: Path) 
     assert "setup_commands: missing" in result.stderr and "setup_commands: []" in result.stderr
 
 
-def test_validate_accepts_a_good_config_and_resolves_files(tmp_path: Path) -> None:
-    (tmp_path / "head.sh").write_text("echo head\n")
-    config = memory_cluster_config(ray_head_node_task_script="file:head.sh")
-    config_file = tmp_path / "cluster.yaml"
+def test_file_paths_are_relative_to_the_working_directory(tmp_path: Path) -> None:
+    """As Ray takes file_mounts and auth.ssh_private_key: not relative to the YAML's folder."""
+    (tmp_path / "scripts").mkdir()
+    (tmp_path / "scripts" / "head.sh").write_text("echo head\n")
+    (tmp_path / "configs").mkdir()
+    config_file = tmp_path / "configs" / "cluster.yaml"
+    config = memory_cluster_config(ray_head_node_task_script="file:scripts/head.sh")
     config_file.write_text(yaml.safe_dump(config))
-    result = run_raydog("validate", str(config_file))
+    result = run_raydog("validate", str(config_file), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "valid" in result.stdout
+    elsewhere = run_raydog("validate", "cluster.yaml", cwd=tmp_path / "configs")
+    assert elsewhere.returncode == 2
+    missing = tmp_path / "configs" / "scripts" / "head.sh"
+    assert f"provider.ray_head_node_task_script: file not found: {missing}" in elsewhere.stderr
+    assert "relative to the folder you run `ray`/`raydog` in" in elsewhere.stderr
 
 
 def test_validate_leaves_no_secret_files_behind(tmp_path: Path, raydog_home: Path) -> None:
@@ -207,12 +215,13 @@ def test_plugins_lists_every_group_with_its_distribution() -> None:
             )
 
 
-def run_raydog(*args: str) -> subprocess.CompletedProcess[str]:
+def run_raydog(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "raydog_core.cli", *args],
         capture_output=True,
         text=True,
         timeout=120,
+        cwd=cwd,
     )
 
 

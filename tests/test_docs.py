@@ -25,5 +25,7 @@ def test_every_provider_key_and_ray_default_is_documented() -> None:
         raydog_config.ON_HEAD_KEY,
         "auth",
     }
-    for key in sorted(documented | set(raydog_config.RAY_TOP_LEVEL_DEFAULTS)):
+    for key in sorted(
+        documented | set(raydog_config.RAY_REQUIRED) | set(raydog_config.TOP_LEVEL_DEFAULTS)
+    ):
         assert f"`{key}`" in document or f"\n{key}:" in document, f"{key} is not documented"

@@ -20,6 +20,7 @@ from ray.autoscaler.tags import (
 from raydog_backends.memory.compute import MemoryComputeBackend
 from raydog_backends.memory.tag_store import MemoryTagStore
 from raydog_core import RayDogNodeProvider, state
+from raydog_core import config as raydog_config
 from raydog_core.interfaces import NodeState
 from tests.ray_helpers import bootstrap, head_tags, load_provider, worker_tags
 
@@ -54,17 +55,31 @@ def test_bootstrap_defaults_and_uploads(cluster_config: ConfigFactory, tmp_path:
     assert mounts["~/extra.txt"] == str(tmp_path / "extra.txt")
 
 
-def test_file_references_resolve_next_to_the_yaml_and_travel_inline(
+def test_file_references_stay_references_and_travel_as_files(
     cluster_config: ConfigFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from raydog_core import config as raydog_config
-
+    """What Ray caches names the file; the provider reads it, here from the working directory,
+    on the head from the copy `ray up` syncs with the cluster's files."""
     (tmp_path / "scripts").mkdir()
     (tmp_path / "scripts" / "head.sh").write_text("#!/bin/bash\necho head\n")
     config = cluster_config(ray_head_node_task_script="file:scripts/head.sh")
+    monkeypatch.chdir(tmp_path)
+    bootstrapped = bootstrap(config)
+    section = bootstrapped["provider"]
+    assert section["ray_head_node_task_script"] == "file:scripts/head.sh"
+    remote = raydog_config.remote_file(config["cluster_name"], "file:scripts/head.sh")
+    assert bootstrapped["file_mounts"][remote] == "scripts/head.sh"
+    client = RayDogNodeProvider(section, config["cluster_name"])
+    assert client.compute.spec.head_script.endswith("#!/bin/bash\necho head\n")
+    # On the head: the synced copy under the SSH user's home, wherever the command runs.
+    head_home = tmp_path / "head-home"
+    copy = head_home / remote.removeprefix("~/")
+    copy.parent.mkdir(parents=True)
+    copy.write_text("#!/bin/bash\necho synced copy\n")
+    monkeypatch.setenv("HOME", str(head_home))
     monkeypatch.chdir("/")
-    bootstrapped = raydog_config.bootstrap(config, tmp_path)
-    assert bootstrapped["provider"]["ray_head_node_task_script"] == "#!/bin/bash\necho head\n"
+    on_head = RayDogNodeProvider(raydog_config.for_head(section, {}), config["cluster_name"])
+    assert on_head.compute.spec.head_script.endswith("echo synced copy\n")
 
 
 def test_head_launch_then_workers(provider: RayDogNodeProvider) -> None:

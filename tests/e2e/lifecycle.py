@@ -38,13 +38,14 @@ class CommandFailed(AssertionError):
 
 
 def example_config(folder: Path, cluster_name: str, idle_timeout_minutes: float) -> Path:
-    """examples/local/cluster.yaml with a fresh name, a short idle timeout and a free tag port."""
+    """examples/local/cluster.yaml with a fresh name, a short idle timeout and a free tag port.
+
+    Its nodes run RayDog's default task scripts: the example names none.
+    """
     config: dict[str, Any] = yaml.safe_load((EXAMPLE / "cluster.yaml").read_text())
     config["cluster_name"] = cluster_name
     config["idle_timeout_minutes"] = idle_timeout_minutes
     provider = config["provider"]
-    for key in ("ray_head_node_task_script", "ray_worker_node_task_script"):
-        provider[key] = "file:" + str(EXAMPLE / provider[key].removeprefix("file:"))
     provider["tag_store"] = {"type": "valkey", "port": free_port()}
     path = folder / "cluster.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
