@@ -142,7 +142,7 @@ def main() -> int:
 
 def run(name: str, port: int, supervisor: int, trials: int, workers: int) -> int:
     config = cluster_config(name, port, workers)
-    section = raydog_config.bootstrap(config, Path.cwd())["provider"]
+    section = raydog_config.bootstrap(config)["provider"]
     provider = RayDogNodeProvider(raydog_config.for_head(section, config["auth"]), name)
     while not accepts(port):
         time.sleep(0.05)

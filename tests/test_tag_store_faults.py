@@ -55,7 +55,7 @@ def providers() -> Iterator[Callable[..., RayDogNodeProvider]]:
         config["available_node_types"]["cpu"]["max_workers"] = workers
         config["max_workers"] = workers
         state.write_secret(config["cluster_name"], PASSWORD_SECRET, PASSWORD)
-        section = raydog_config.bootstrap(config, Path.cwd())["provider"]
+        section = raydog_config.bootstrap(config)["provider"]
         provider = RayDogNodeProvider(
             raydog_config.for_head(section, config["auth"]), config["cluster_name"]
         )
