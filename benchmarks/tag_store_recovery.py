@@ -15,7 +15,6 @@ Run: ``python benchmarks/tag_store_recovery.py [--trials 5] [--workers 50]`` (ne
 from __future__ import annotations
 
 import argparse
-import copy
 import os
 import signal
 import socket
@@ -79,9 +78,11 @@ def cluster_config(name: str, port: int, workers: int) -> dict[str, object]:
             "cpu": {"resources": {"CPU": 2}, "node_config": {}, "max_workers": workers},
         },
         "head_node_type": "head",
-        **copy.deepcopy(raydog_config.RAY_TOP_LEVEL_DEFAULTS),
+        "max_workers": workers,
+        "setup_commands": [],
+        "head_setup_commands": [],
+        "worker_setup_commands": [],
     }
-    config["max_workers"] = workers
     return config
 
 
