@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import hashlib
 import math
 import os
@@ -130,6 +131,15 @@ class RayDogConfig:
     on_head: bool = False
     setup_options: node_setup.NodeSetupOptions = field(default_factory=node_setup.NodeSetupOptions)
     tag_store_read_timeout: float = DEFAULT_READ_TIMEOUT
+    missing_files: tuple[ConfigError, ...] = ()
+    """``file:`` references whose file was not there when the provider was built."""
+
+    def check_files(self) -> None:
+        """Before a launch: every file the node's scripts and settings name was read."""
+        if len(self.missing_files) == 1:
+            raise self.missing_files[0]
+        if self.missing_files:
+            raise ConfigErrors(self.missing_files)
 
     def cluster_spec(self, store: TagStore | None) -> ClusterSpec:
         server = store.head_server_command() if store is not None else None
@@ -284,6 +294,7 @@ def from_provider_section(provider: Mapping[str, Any], cluster_name: str) -> Ray
         # A few Ray commands (`ray get-head-ip`, `ray get-worker-ips`) build the provider from
         # the raw YAML. Such a provider can look at the cluster but cannot launch a node.
         normalized = {"head_node_type": "", "node_types": {}, "auth": provider.get("auth", {})}
+        missing: tuple[ConfigError, ...] = ()
     else:
         on_head = provider.get(ON_HEAD_KEY, False) is True
 
@@ -292,8 +303,17 @@ def from_provider_section(provider: Mapping[str, Any], cluster_name: str) -> Ray
                 return Path(remote_file(cluster_name, reference)).expanduser()
             return local_file(reference)
 
-        provider = resolve_files(provider, "provider", locate=locate)
+        # Missing files stop a launch only: `ray down` or `ray exec` from another folder work.
+        provider = resolve_files(provider, "provider", missing_ok=True, locate=locate)
         normalized = provider[NORMALIZED_KEY]
+        missing = tuple(
+            ConfigError(
+                path.replace(f"provider.{NORMALIZED_KEY}.node_types.", "available_node_types."),
+                f"file not found: {locate(reference).absolute()} (a file: path is taken relative "
+                f"to the folder you run `ray` in: {Path.cwd()})",
+            )
+            for path, reference in file_references(provider, "provider")
+        )
     node_types = {
         name: NodeTypeSpec(
             name,
@@ -314,7 +334,7 @@ def from_provider_section(provider: Mapping[str, Any], cluster_name: str) -> Ray
         problems,
     )
     problems.raise_any()
-    return parsed
+    return dataclasses.replace(parsed, missing_files=missing)
 
 
 def check(cluster_config: Mapping[str, Any]) -> RayDogConfig:

@@ -146,6 +146,7 @@ class RayDogNodeProvider(NodeProvider):
                 f"create_node: unknown node type {node_type!r} "
                 f"(available_node_types: {', '.join(self.raydog_config.node_types)})"
             )
+        self.raydog_config.check_files()
         request = LaunchRequest(
             node_type, count, is_head, node_config, tags.get(TAG_RAY_LAUNCH_CONFIG, "")
         )

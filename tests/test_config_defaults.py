@@ -231,3 +231,26 @@ def test_the_local_example_says_only_what_differs() -> None:
     assert set(config) == set(raydog_config.RAY_REQUIRED) | particular
     assert not set(config["provider"]) & set(raydog_config.SCRIPT_KEYS)
     raydog_config.validate(config)
+
+
+def test_a_missing_file_stops_a_launch_but_not_other_commands(
+    in_tmp: Path, name: str, ray_cache: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ray's cached config names the file: `ray down` from another folder still builds the
+    provider; a launch from there refuses, naming the key and where it looked."""
+    (in_tmp / "head.sh").write_text("#!/bin/bash\necho head\n")
+    config = minimal_config(name)
+    config["provider"]["ray_head_node_task_script"] = "file:head.sh"
+    bootstrapped = _bootstrap_config(copy.deepcopy(config), no_config_cache=False)
+    ray_cache.append(bootstrapped["provider"]["_config_cache_path"])
+    elsewhere = in_tmp / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    cached = _bootstrap_config(copy.deepcopy(config), no_config_cache=False)
+    provider = load(cached)
+    assert provider.non_terminated_nodes({}) == []
+    with pytest.raises(raydog_config.ConfigError) as raised:
+        provider.create_node({}, head_tags(), 1)
+    assert raised.value.key_path == "provider.ray_head_node_task_script"
+    assert f"file not found: {elsewhere / 'head.sh'}" in str(raised.value)
+    assert MemoryComputeBackend.cluster(name).launches == 0
