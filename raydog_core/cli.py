@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import yaml
 
 from raydog_core import config as raydog_config
-from raydog_core import plugins
+from raydog_core import plugins, validation
 from raydog_core.errors import ConfigErrors, RayDogError
 from raydog_core.interfaces import Check, NodeState
 
@@ -122,7 +122,7 @@ def _plugins() -> int:
 
 
 def _validate(path: Path) -> int:
-    parsed = raydog_config.validate(raydog_config.load_file(path))
+    parsed = validation.validate(validation.load_file(path))
     print(
         f"{path}: valid. cluster {parsed.cluster_name!r}: compute={parsed.compute.name}, "
         f"tag_store={parsed.tag_store.name}, transport={parsed.transport.name}, "
@@ -174,7 +174,7 @@ def parse_demand(text: str) -> object:
 def _simulate(args: argparse.Namespace) -> int:
     from raydog_core.simulation import Demand, Simulation
 
-    cluster = raydog_config.load_file(args.config)
+    cluster = validation.load_file(args.config)
     demand = [parse_demand(text) for text in args.demand]
     if not demand:
         raise RayDogError("--demand: give at least one, e.g. --demand '8 CPU for 10m'")
@@ -206,15 +206,15 @@ def _open_cluster(path: Path) -> tuple[raydog_config.RayDogConfig, RayDogNodePro
     """The provider a `ray` command would build for this YAML (validated first)."""
     from raydog_core.provider import RayDogNodeProvider
 
-    cluster = raydog_config.load_file(path)
-    parsed = raydog_config.validate(cluster)
+    cluster = validation.load_file(path)
+    parsed = validation.validate(cluster)
     bootstrapped = raydog_config.bootstrap(cluster)
     provider = RayDogNodeProvider(bootstrapped["provider"], parsed.cluster_name)
     return parsed, provider
 
 
 def _node_setup(path: Path, node_type: str) -> int:
-    print(node_setup_text(raydog_config.load_file(path), node_type), end="")
+    print(node_setup_text(validation.load_file(path), node_type), end="")
     return 0
 
 

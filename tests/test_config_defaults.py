@@ -16,7 +16,7 @@ from ray.autoscaler._private.commands import _bootstrap_config, create_or_update
 from ray.autoscaler._private.providers import _get_node_provider
 
 from raydog_backends.memory.compute import MemoryComputeBackend
-from raydog_core import RayDogNodeProvider, task_scripts
+from raydog_core import RayDogNodeProvider, task_scripts, validation
 from raydog_core import config as raydog_config
 from tests.conftest import memory_cluster_config
 from tests.ray_helpers import head_tags
@@ -95,7 +95,7 @@ def test_a_backend_reached_over_ssh_needs_the_ssh_user(tmp_path: Path, name: str
     local = minimal_config(name)
     del local["auth"]
     local["provider"]["compute"] = "local"
-    raydog_config.validate(local)  # its own command runner: no SSH
+    validation.validate(local)  # its own command runner: no SSH
 
 
 @pytest.mark.parametrize("key", list(raydog_config.RAY_REQUIRED))
@@ -230,7 +230,7 @@ def test_the_local_example_says_only_what_differs() -> None:
     particular = {"provider", "available_node_types", "head_node_type", "idle_timeout_minutes"}
     assert set(config) == set(raydog_config.RAY_REQUIRED) | particular
     assert not set(config["provider"]) & set(raydog_config.SCRIPT_KEYS)
-    raydog_config.validate(config)
+    validation.validate(config)
 
 
 def test_a_missing_file_stops_a_launch_but_not_other_commands(

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from raydog_core import config as raydog_config
+from raydog_core import validation
 from raydog_core.errors import ConfigError, ConfigErrors
 from tests.conftest import memory_cluster_config
 from tests.test_config import run_raydog
@@ -138,7 +138,7 @@ def test_fuzz_every_broken_config_is_a_config_error() -> None:
     for case in range(400):
         config = _broken(rng)
         try:
-            raydog_config.validate(config)
+            validation.validate(config)
             outcomes["valid"] += 1
         except ConfigErrors as errors:
             assert len(errors.errors) > 1

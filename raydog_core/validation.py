@@ -1,0 +1,232 @@
+"""What ``ray up`` would refuse, found before it runs, and every problem in one go.
+
+``raydog validate`` runs these checks in the order ``ray up`` meets them: the keys Ray reads
+before any provider code runs (``config.RAY_REQUIRED``), Ray's own schema on the config with
+RayDog's defaults filled in, Ray's other checks, then RayDog's part (``config.check``: the
+provider section, ``file:`` targets, uploads and every plugin's options). Each problem is a
+ConfigError with its key path and what to write instead; all of them are raised together.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from raydog_core.config import (
+    MODULE,
+    RAY_REQUIRED,
+    RayDogConfig,
+    check,
+    fill_defaults,
+    mapping,
+    shown,
+)
+from raydog_core.errors import ConfigError, ConfigErrors, Problems
+
+
+def load_file(path: Path) -> dict[str, Any]:
+    """A cluster YAML as a mapping; a ConfigError naming the file otherwise."""
+    import yaml
+
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise ConfigError(str(path), "file not found") from None
+    except UnicodeDecodeError:
+        raise ConfigError(
+            str(path), "not a text file (not UTF-8): expected a cluster YAML"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(str(path), f"cannot read it: {exc.strerror}") from None
+    try:
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(str(path), f"not valid YAML: {exc}") from None
+    except ValueError as exc:  # e.g. characters YAML does not allow
+        raise ConfigError(str(path), f"not valid YAML: {exc}") from None
+    if loaded is None:
+        raise ConfigError(str(path), "is empty: expected a cluster config (try `raydog init`)")
+    if not isinstance(loaded, dict):
+        raise ConfigError(
+            str(path), f"expected a mapping of keys at the top level, got a {type(loaded).__name__}"
+        )
+    return loaded
+
+
+def validate(cluster_config: Mapping[str, Any]) -> RayDogConfig:
+    """Every check that needs no credentials and no network, as ``raydog validate`` runs them.
+
+    What ``ray up`` would refuse, in the order it would: the keys Ray reads before any provider
+    code runs, Ray's schema on the config with RayDog's defaults filled in, then RayDog's own
+    section and every plugin's options. Every problem found is raised together.
+    """
+    if not isinstance(cluster_config, Mapping):
+        raise ConfigError("(top level)", f"expected a mapping of keys, got {shown(cluster_config)}")
+    problems = Problems()
+    provider = cluster_config.get("provider")
+    identified = False
+    with problems.collect():
+        _check_provider_identity(provider)
+        identified = True
+    missing = [key for key in RAY_REQUIRED if key not in cluster_config]
+    for key in missing:
+        problems.found.append(
+            ConfigError(
+                key, f"missing; Ray reads it before RayDog can fill it in: `{RAY_REQUIRED[key]}`"
+            )
+        )
+    odd_keys = list(_non_text_keys(cluster_config))
+    if odd_keys:  # Ray's schema check and its config cache (JSON) cannot read the rest
+        _raise_unique([*problems.found, *odd_keys])
+    effective = fill_defaults(cluster_config)
+    prepare_failed = None
+    if not missing and identified:
+        try:
+            effective = _ray_prepare(cluster_config)
+        except ConfigError as error:
+            prepare_failed = error
+    schema_errors = _ray_schema_errors(effective, skip_required=set(RAY_REQUIRED))
+    problems.found += schema_errors
+    if not schema_errors:
+        if prepare_failed is not None:
+            problems.found.append(prepare_failed)
+        elif not missing:
+            with problems.collect():
+                _ray_validate(effective)
+    parsed = None
+    if isinstance(provider, Mapping):
+        with problems.collect():
+            parsed = check(effective)
+    _raise_unique(problems.found)
+    assert parsed is not None
+    return parsed
+
+
+def _non_text_keys(value: Any, path: str = "") -> Iterator[ConfigError]:
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            where = _join(path, str(key))
+            if not isinstance(key, str):
+                yield ConfigError(where, f"a key must be text, got {shown(key)}: quote it")
+            yield from _non_text_keys(item, where)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _non_text_keys(item, f"{path}[{index}]")
+
+
+def _check_provider_identity(provider: Any) -> None:
+    section = mapping(provider, "provider")
+    problems = Problems()
+    with problems.collect():
+        if section.get("type") != "external":
+            raise ConfigError(
+                "provider.type", f"must be 'external' for RayDog, got {section.get('type')!r}"
+            )
+    with problems.collect():
+        if section.get("module") != MODULE:
+            raise ConfigError(
+                "provider.module", f"must be {MODULE!r}, got {section.get('module')!r}"
+            )
+    problems.raise_any()
+
+
+def _ray_prepare(cluster_config: Mapping[str, Any]) -> dict[str, Any]:
+    """What ``ray up`` makes of the config before Ray checks it: Ray's ``prepare_config``, then
+    RayDog's defaults (``fillout_available_node_types_resources``)."""
+    from ray.autoscaler._private.util import prepare_config
+
+    from raydog_core.progress import quiet_ray_logs
+
+    try:
+        with quiet_ray_logs():
+            return fill_defaults(prepare_config(copy.deepcopy(dict(cluster_config))))
+    except (ValueError, KeyError, TypeError, AttributeError, AssertionError) as exc:
+        raise ConfigError("(cluster config)", f"Ray cannot read it: {exc!r}") from None
+
+
+def _ray_validate(config: Mapping[str, Any]) -> None:
+    """Ray's ``validate_config``: its checks beyond the schema (``_ray_schema_errors``)."""
+    import jsonschema
+    from ray.autoscaler._private.util import validate_config
+
+    try:
+        validate_config(dict(config))
+    except jsonschema.ValidationError as exc:
+        where = ".".join(str(part) for part in exc.absolute_path) or "(top level)"
+        raise ConfigError(where, exc.message) from None
+    except (ValueError, KeyError, RuntimeError) as exc:
+        raise ConfigError("(cluster config)", str(exc)) from None
+
+
+def _ray_schema_errors(config: Mapping[str, Any], skip_required: set[str]) -> list[ConfigError]:
+    """Every error of Ray's own schema (ray-schema.json), as ConfigErrors that say what to write."""
+    import jsonschema
+    import ray.autoscaler
+
+    schema_path = Path(ray.autoscaler.__file__).with_name("ray-schema.json")
+    schema = json.loads(schema_path.read_text())
+    validator = jsonschema.validators.validator_for(schema)(schema)
+    found = []
+    for error in validator.iter_errors(config):
+        where = ".".join(str(part) for part in error.absolute_path)
+        if error.validator == "required":
+            missing = error.message.split("'")[1] if "'" in error.message else "?"
+            if not where and missing in skip_required:
+                continue
+            found.append(ConfigError(_join(where, missing), "missing (Ray's schema requires it)"))
+        elif error.validator == "additionalProperties":
+            allowed = sorted(error.schema.get("properties", {}))
+            for extra in sorted(map(str, set(error.instance) - set(allowed))):
+                found.append(
+                    ConfigError(
+                        _join(where, str(extra)),
+                        "not a key Ray knows: remove it, or fix its spelling",
+                        allowed,
+                    )
+                )
+        elif error.validator == "type":
+            found.append(
+                ConfigError(
+                    where or "(top level)",
+                    f"expected {_schema_type(error.validator_value)}, got {shown(error.instance)}",
+                )
+            )
+        else:
+            found.append(ConfigError(where or "(top level)", error.message))
+    return found
+
+
+def _schema_type(expected: Any) -> str:
+    names = {
+        "object": "a mapping",
+        "array": "a list",
+        "string": "text",
+        "integer": "a whole number",
+        "number": "a number",
+        "boolean": "true or false",
+        "null": "null",
+    }
+    if isinstance(expected, list):
+        return " or ".join(names.get(str(e), str(e)) for e in expected)
+    return names.get(str(expected), str(expected))
+
+
+def _join(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
+
+
+def _raise_unique(found: list[ConfigError]) -> None:
+    """Raise what was found, one error per key path (Ray's schema and RayDog may both see it)."""
+    flat = [
+        e for error in found for e in (error.errors if isinstance(error, ConfigErrors) else [error])
+    ]
+    unique: dict[str, ConfigError] = {}
+    for error in flat:
+        unique.setdefault(error.key_path, error)
+    if len(unique) == 1:
+        raise next(iter(unique.values()))
+    if unique:
+        raise ConfigErrors(unique.values())
