@@ -362,9 +362,10 @@ def _key_check(auth: Mapping[str, object]) -> Check:
 def _status(path: Path) -> int:
 
     parsed, provider = _open_cluster(path)
-    provider.refresh()
+    # Look only: ended nodes stay listed, with what the backend says of them.
+    provider.refresh(reconcile=False)
     provider.tags.refresh(timeout=STORE_WAIT_SECONDS)
-    described = {info.node_id: info for info in provider.compute.describe()}
+    described = provider.snapshot()
     stored = provider.tags.all()
     where = "reachable" if provider.tags.connected else "not reachable"
     print(

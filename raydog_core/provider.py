@@ -261,11 +261,14 @@ class RayDogNodeProvider(NodeProvider):
 
     # --- the snapshot --------------------------------------------------------------------
 
-    def refresh(self) -> None:
-        """Take one snapshot: tags first, then the backend's view.
+    def refresh(self, reconcile: bool = True) -> None:
+        """Take one snapshot: tags first, then the backend's view; then act on what it shows.
 
         Reading the tags before describing means any node whose tags were seen had been
         launched before the describe started, so a node missing from it is really gone.
+        ``describe()`` only reports: a node it shows terminated (or no longer shows) that this
+        provider knew as live has its tags deleted and is terminated here, which stops what it
+        left behind. ``reconcile=False`` only looks (``raydog status``).
         """
         with self._refresh_lock:
             started = time.monotonic()
@@ -273,6 +276,11 @@ class RayDogNodeProvider(NodeProvider):
             tags = self.tags.node_ids()
             described = {info.node_id: info for info in self.compute.describe()}
             with self._lock:
+                known_live = {
+                    node_id
+                    for node_id, info in self._nodes.items()
+                    if info.state is not NodeState.TERMINATED
+                }
                 kept = set()
                 for node_id, launched in list(self._launched_at.items()):
                     if node_id in described or started - launched > LAUNCH_GRACE_SECONDS:
@@ -281,21 +289,29 @@ class RayDogNodeProvider(NodeProvider):
                         described[node_id] = self._nodes[node_id]
                         kept.add(node_id)
                 self._nodes = described
-                gone = [
+                gone = sorted(
                     node_id
-                    for node_id in tags
+                    for node_id in known_live | set(tags)
                     if node_id not in kept
                     and (
                         node_id not in described or described[node_id].state is NodeState.TERMINATED
                     )
-                ]
-            if gone:
-                logger.info("RayDog: %d node(s) gone from the compute backend: %s", len(gone), gone)
-                self.tags.delete(gone)
+                )
+            if gone and reconcile:
+                self._reconcile(gone)
             if not self.tags.connected:
                 self.tags.refresh()
         if self.raydog_config.on_head and not self._versions_reported:
             self._report_versions()
+
+    def _reconcile(self, gone: list[str]) -> None:
+        """Nodes the backend reports ended: forget their tags, stop what they left."""
+        logger.info("RayDog: %d node(s) gone from the compute backend: %s", len(gone), gone)
+        self.tags.delete(gone)
+        try:
+            self.compute.terminate(gone)
+        except BackendError as exc:
+            logger.warning("RayDog: could not clean up ended node(s) %s: %s", gone, exc)
 
     def _report_versions(self) -> None:
         """On the head: tag the head node with the versions it runs (``raydog doctor`` reads it)."""
@@ -304,6 +320,11 @@ class RayDogNodeProvider(NodeProvider):
         if heads:
             self.tags.update({heads[0]: {VERSIONS_TAG: str(Versions.of_this_client())}})
             self._versions_reported = True
+
+    def snapshot(self) -> dict[str, NodeInfo]:
+        """Every node of the last snapshot, ended ones included, by id."""
+        with self._lock:
+            return dict(self._nodes)
 
     def _info(self, node_id: str) -> NodeInfo | None:
         return self._nodes.get(node_id)

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,9 @@ import pytest
 import ray
 import yaml
 
+from raydog_core.interfaces import NodeState
 from tests.conftest import memory_cluster_config
+from tests.ray_helpers import head_tags, load_provider, worker_tags
 
 
 def raydog(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -124,6 +127,35 @@ def test_status_of_a_cluster_that_is_not_up(tmp_path: Path) -> None:
     result = raydog("status", str(write(tmp_path, memory_cluster_config())))
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[-1] == "no nodes"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the local backend is Linux")
+def test_status_shows_an_ended_node_every_time_it_is_asked(tmp_path: Path) -> None:
+    """`raydog status` looks twice (the provider's snapshot, then the backend) and acts on
+    nothing, so a node whose task ended stays listed with why, until the autoscaler acts."""
+    config = memory_cluster_config(
+        compute="local",
+        ray_head_node_task_script="#!/bin/bash\nexec sleep infinity\n",
+        ray_worker_node_task_script="#!/bin/bash\nexit 3\n",
+    )
+    path = write(tmp_path, config)
+    provider = load_provider(config)
+    try:
+        provider.create_node({}, head_tags(), 1)
+        (worker,) = provider.create_node({}, worker_tags(), 1)
+        deadline = time.monotonic() + 30
+        while {i.node_id: i.state for i in provider.compute.describe()}.get(worker) is not (
+            NodeState.TERMINATED
+        ):
+            assert time.monotonic() < deadline, "the worker's task script did not end"
+            time.sleep(0.1)
+        for _ in range(2):
+            result = raydog("status", str(path))
+            assert result.returncode == 0, result.stderr
+            (line,) = [line for line in result.stdout.splitlines() if line.startswith(worker)]
+            assert "terminated (task script ended)" in line
+    finally:
+        provider.compute.shutdown()
 
 
 def test_the_config_testing_example_passes(tmp_path: Path) -> None:

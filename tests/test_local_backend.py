@@ -21,14 +21,11 @@ from ray.autoscaler._private import command_runner as ray_command_runner
 from ray.autoscaler._private.subprocess_output_util import ProcessRunnerError
 
 from raydog_backends.local import LocalComputeBackend
-from raydog_backends.local.backend import BASE_DIR_VARIABLE, NodeRecord
-from raydog_backends.local.processes import (
-    LoopbackAddresses,
-    NodeProcess,
-    bound_addresses,
-    read_stat,
-)
-from raydog_backends.local.runner import LocalCommandRunner, sync
+from raydog_backends.local.nodes import BASE_DIR_VARIABLE, NodeRecord
+from raydog_backends.local.runner import LocalCommandRunner
+from raydog_backends.process_nodes.addresses import LoopbackAddresses, bound_addresses
+from raydog_backends.process_nodes.copying import sync
+from raydog_backends.process_nodes.processes import NodeProcess, read_stat
 from raydog_core.errors import BackendError, ConfigError
 from raydog_core.interfaces import (
     ClusterSpec,
@@ -228,7 +225,7 @@ def test_terminate_stops_processes_that_left_the_node_session(
     assert not alive(escaped)
 
 
-def test_a_node_whose_task_script_ends_is_terminated_and_cleaned_up(
+def test_a_node_whose_task_script_ends_is_reported_terminated_until_terminate_cleans_it_up(
     backends: Callable[..., LocalComputeBackend],
 ) -> None:
     backend = backends(make_spec(worker_script="#!/bin/bash\nsleep 0.2\nexit 3\n"))
@@ -241,6 +238,9 @@ def test_a_node_whose_task_script_ends_is_terminated_and_cleaned_up(
         ),
         "the worker to be reported terminated",
     )
+    assert described(backend)[worker].state is NodeState.TERMINATED, "describe() only reports"
+    assert worker_dir.exists()
+    backend.terminate([worker])
     assert not worker_dir.exists()
     assert worker not in described(backend)
     assert backend.folder.log_path(worker).exists(), "its output is kept for the user"
@@ -430,7 +430,9 @@ def test_shutdown_after_run_stops_only_the_node(
     backend = backends(make_spec())
     head, (worker,) = launch_cluster(backend, workers=1)
     runner_for(backend, worker).run("echo done", shutdown_after_run=True)
-    wait_until(lambda: worker not in described(backend), "the worker to stop")
+    wait_until(
+        lambda: described(backend)[worker].state is NodeState.TERMINATED, "the worker to stop"
+    )
     assert described(backend)[head].state is NodeState.RUNNING
 
 
@@ -481,7 +483,7 @@ def test_ray_stop_on_a_node_stops_that_nodes_ray_only(
 def test_node_commands_refuse_to_act_outside_a_node() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAYDOG_LOCAL")}
     result = subprocess.run(
-        [sys.executable, "-m", "raydog_backends.local.node_commands", "stop-ray"],
+        [sys.executable, "-m", "raydog_backends.process_nodes.node_commands", "stop-ray"],
         env=env,
         capture_output=True,
         text=True,

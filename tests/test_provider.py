@@ -121,6 +121,22 @@ def test_a_node_lost_in_the_backend_leaves_and_its_tags_go(provider: RayDogNodeP
     store.connect(None)
     assert lost not in store.load_all()
     assert kept in store.load_all()
+    cluster = MemoryComputeBackend.cluster(provider.cluster_name)
+    assert lost not in cluster.nodes, "the tick did not terminate the lost node in the backend"
+
+
+def test_describe_only_reports_and_the_tick_acts(provider: RayDogNodeProvider) -> None:
+    provider.create_node({}, head_tags(), 1)
+    (lost,) = provider.create_node({}, worker_tags(), 1)
+    provider.non_terminated_nodes({})
+    MemoryComputeBackend.cluster(provider.cluster_name).lose(lost, "spot instance reclaimed")
+    provider.refresh(reconcile=False)
+    provider.refresh(reconcile=False)
+    assert provider.snapshot()[lost].detail == "spot instance reclaimed"
+    assert lost in provider.tags.all(), "looking must not act"
+    assert lost not in provider.non_terminated_nodes({})
+    assert lost not in provider.tags.all()
+    assert lost not in {info.node_id for info in provider.compute.describe()}
 
 
 def test_tags_are_shared_between_client_and_head_providers(

@@ -2,14 +2,9 @@
 
 Each node gets its own loopback address (127.0.0.2, 127.0.0.3, …), its own home folder and its
 own Ray temp folder, and runs the cluster's head or worker task script, as a YellowDog task would.
-Node state lives in files, so the client's ``ray up``, the head's autoscaler and ``ray down`` (three
-different processes) all see the same nodes::
-
-    <base_dir>/<cluster>/.lock                 serialises launch, describe, terminate
-    <base_dir>/<cluster>/nodes/<id>/node.json  pid, token, address, ports of one node
-    <base_dir>/<cluster>/nodes/<id>/home/      the node's HOME and working folder
-    <base_dir>/<cluster>/logs/<id>.log         the task script's output (kept until shutdown)
-    <base_dir>/<cluster>/raydog-shims/         ``ray`` and ``sudo`` as seen on the nodes
+Node state lives in files (``nodes``), so the client's ``ray up``, the head's autoscaler and
+``ray down`` (three different processes) all see the same nodes. Running a node as a process
+session, its shims and Ray's command runner for it are ``raydog_backends.process_nodes``'.
 
 ``base_dir`` defaults to ``$RAYDOG_HOME/local``. It is not inside the cluster's private folder
 (``raydog_core.state.cluster_dir``) because that folder is uploaded to the head.
@@ -26,12 +21,9 @@ must use these ports, not Ray's defaults.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import json
 import os
 import re
-import shlex
 import shutil
 import sys
 import tempfile
@@ -39,18 +31,22 @@ import threading
 import time
 import uuid
 from collections.abc import Collection, Mapping
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from raydog_backends.local.processes import (
-    LoopbackAddresses,
-    NodeProcess,
-    folder_lock,
-    free_port,
-    stop_all,
+from ray.autoscaler.command_runner import CommandRunnerInterface
+
+from raydog_backends.local.nodes import (
+    BASE_DIR_VARIABLE,
+    ClusterFolder,
+    NodeRecord,
+    node_environment,
 )
+from raydog_backends.local.runner import LocalCommandRunner
+from raydog_backends.process_nodes.addresses import LoopbackAddresses, free_port
+from raydog_backends.process_nodes.processes import NodeProcess, stop_all
+from raydog_backends.process_nodes.shims import write_shims
 from raydog_core import state
 from raydog_core.errors import BackendError, ConfigError
 from raydog_core.interfaces import (
@@ -61,87 +57,10 @@ from raydog_core.interfaces import (
     NodeState,
 )
 
-if TYPE_CHECKING:
-    from ray.autoscaler.command_runner import CommandRunnerInterface
-
-BASE_DIR_VARIABLE = "RAYDOG_LOCAL_BASE_DIR"
-"""Set on every node, so the provider on the head finds the same nodes as the client."""
-NODE_DIR_VARIABLE = "RAYDOG_LOCAL_NODE_DIR"
-"""Set on every node: where its ``node.json`` is (the ``ray stop`` shim reads it)."""
-DETACH_VARIABLE = "RAYDOG_LOCAL_DETACH_RAY"
-"""Set by the command runner: a ``ray start`` there runs in a session of its own, so that Ray's
-daemons do not die with the terminal of the ``ray up`` that started them."""
-SHIMS_DIR_NAME = "raydog-shims"
 HEAD_START_CHECK_SECONDS = 0.5
 """How long a head launch watches its task script for an immediate failure."""
 STARTING_GRACE_SECONDS = 60.0
 """A node whose launcher died before recording its pid counts as pending this long."""
-
-
-@dataclass
-class NodeRecord:
-    """What ``node.json`` holds about one node."""
-
-    node_id: str
-    node_type: str
-    is_head: bool
-    ip: str
-    token: str
-    tmp_dir: str
-    launched_at: float
-    ports: dict[str, int] = field(default_factory=dict)
-    pid: int | None = None
-    start_ticks: int = 0
-    launch_config: str = ""
-    """Ray's ``ray-launch-config`` tag, kept here so that losing the tag store loses nothing
-    Ray needs to judge the node up to date."""
-
-    def process(self) -> NodeProcess | None:
-        if self.pid is None:
-            return None
-        return NodeProcess.attach(self.pid, self.start_ticks, self.token)
-
-
-class ClusterFolder:
-    """One cluster's files; every read-modify-write happens under ``locked()``."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.nodes_dir = root / "nodes"
-        self.logs_dir = root / "logs"
-        self.shims_dir = root / SHIMS_DIR_NAME
-
-    def node_dir(self, node_id: str) -> Path:
-        return self.nodes_dir / node_id
-
-    def home(self, node_id: str) -> Path:
-        return self.node_dir(node_id) / "home"
-
-    def log_path(self, node_id: str) -> Path:
-        return self.logs_dir / f"{node_id}.log"
-
-    def locked(self) -> contextlib.AbstractContextManager[None]:
-        return folder_lock(self.root)
-
-    def records(self) -> list[NodeRecord]:
-        found = []
-        for path in sorted(self.nodes_dir.glob("*/node.json")):
-            with contextlib.suppress(FileNotFoundError, ValueError, TypeError):
-                found.append(NodeRecord(**json.loads(path.read_text())))
-        return found
-
-    def record(self, node_id: str) -> NodeRecord | None:
-        path = self.node_dir(node_id) / "node.json"
-        try:
-            return NodeRecord(**json.loads(path.read_text()))
-        except (FileNotFoundError, NotADirectoryError, ValueError, TypeError):
-            return None
-
-    def write(self, record: NodeRecord) -> None:
-        path = self.node_dir(record.node_id) / "node.json"
-        temporary = path.with_suffix(".tmp")
-        temporary.write_text(json.dumps(asdict(record)))
-        os.replace(temporary, path)
 
 
 class LocalComputeBackend(ComputeBackend):
@@ -198,7 +117,7 @@ class LocalComputeBackend(ComputeBackend):
                 raise BackendError("launch", what, f"head {head.node_id} is already running")
             if not request.is_head and head is None:
                 raise BackendError("launch", what, "the cluster has no running head node")
-            self._write_shims()
+            write_shims(self.folder.shims_dir)
             launched: list[NodeRecord] = []
             try:
                 for _ in range(request.count):
@@ -214,15 +133,14 @@ class LocalComputeBackend(ComputeBackend):
         return [record.node_id for record in launched]
 
     def describe(self) -> list[NodeInfo]:
+        """What each node's task script is doing; a node whose script ended is reported
+        terminated (and stays so) until ``terminate`` or ``shutdown`` stops what it left."""
         if not self.folder.root.exists():
             return []
         infos = []
-        ended = []
         with self.folder.locked():
             for record in self.folder.records():
                 node_state, detail = self._state(record)
-                if node_state is NodeState.TERMINATED:
-                    ended.append(record)
                 infos.append(
                     NodeInfo(
                         node_id=record.node_id,
@@ -235,9 +153,6 @@ class LocalComputeBackend(ComputeBackend):
                         launch_config=record.launch_config,
                     )
                 )
-            # A node whose task script ended is gone, as a finished task's machine would be:
-            # stop what it left running and free its address and folder.
-            self._clean_up(ended)
         return infos
 
     def terminate(self, node_ids: Collection[str]) -> None:
@@ -263,57 +178,12 @@ class LocalComputeBackend(ComputeBackend):
         process_runner: ModuleType,
         use_internal_ip: bool,
     ) -> CommandRunnerInterface:
-        from raydog_backends.local.runner import LocalCommandRunner
-
         return LocalCommandRunner(
-            self, node_id, process_runner=process_runner, log_prefix=log_prefix
+            self.spec, self.folder, node_id, process_runner=process_runner, log_prefix=log_prefix
         )
-
-    # --- what the command runner needs --------------------------------------------------
 
     def node_record(self, node_id: str) -> NodeRecord | None:
         return self.folder.record(node_id)
-
-    def head_record(self) -> NodeRecord | None:
-        """The cluster's head, the newest one if an old one is still on record."""
-        heads = [r for r in self.folder.records() if r.is_head]
-        return max(heads, key=lambda r: r.launched_at) if heads else None
-
-    def node_environment(self, record: NodeRecord, head: NodeRecord | None) -> dict[str, str]:
-        """Everything a process "on" the node sees: the task script and runner commands alike."""
-        env = {name: value for name, value in os.environ.items() if _inherited(name, value)}
-        path = [entry for entry in env.get("PATH", "").split(os.pathsep) if entry]
-        # The shims first, then the Python (and Ray) this machine runs RayDog with, as a node
-        # image would have them.
-        env["PATH"] = os.pathsep.join(
-            [
-                str(self.folder.shims_dir),
-                str(Path(sys.executable).parent),
-                *(p for p in path if Path(p).name != SHIMS_DIR_NAME),
-            ]
-        )
-        env.update(
-            {
-                "HOME": str(self.folder.home(record.node_id)),
-                "RAY_TMPDIR": record.tmp_dir,
-                "RAYDOG_CLUSTER_NAME": self.spec.cluster_name,
-                "RAYDOG_NODE_TYPE": record.node_type,
-                "RAYDOG_NODE_ID": record.node_id,
-                "RAYDOG_NODE_IP": record.ip,
-                "RAYDOG_DASHBOARD_AGENT_PORT": str(record.ports["dashboard_agent"]),
-                BASE_DIR_VARIABLE: str(self.base_dir),
-                NODE_DIR_VARIABLE: str(self.folder.node_dir(record.node_id)),
-            }
-        )
-        if head is not None:
-            env["RAY_HEAD_IP"] = head.ip
-            env["RAY_ADDRESS"] = f"{head.ip}:{head.ports['gcs']}"
-            env["RAYDOG_GCS_PORT"] = str(head.ports["gcs"])
-            env["RAYDOG_CLIENT_PORT"] = str(head.ports["client"])
-        resources = self.spec.node_types[record.node_type].resources
-        if resources:
-            env["RAY_OVERRIDE_RESOURCES"] = json.dumps(dict(resources))
-        return env
 
     # --- internals ----------------------------------------------------------------------
 
@@ -342,7 +212,7 @@ class LocalComputeBackend(ComputeBackend):
         # Recorded before it starts: even a launcher that dies next leaves a findable node.
         self.folder.write(record)
         script = self.spec.head_script if request.is_head else self.spec.worker_script
-        env = self.node_environment(record, record if request.is_head else head)
+        env = node_environment(self.spec, self.folder, record, record if request.is_head else head)
         process = NodeProcess.start(
             script,
             env=env,
@@ -409,65 +279,3 @@ class LocalComputeBackend(ComputeBackend):
             shutil.rmtree(record.tmp_dir, ignore_errors=True)
             with self._started_lock:
                 self._started.pop(record.node_id, None)
-
-    def _write_shims(self) -> None:
-        write_shims(self.folder.shims_dir)
-
-
-def write_shims(shims_dir: Path) -> None:
-    """``ray`` and ``sudo`` as the nodes see them: ``ray stop`` stops this node's Ray only
-    (the real one stops every Ray on the machine) and ``sudo shutdown`` stops this node only."""
-    shims_dir.mkdir(parents=True, exist_ok=True)
-    python = shlex.quote(sys.executable)
-    commands = f"{python} -m raydog_backends.local.node_commands"
-    real_ray = _find_program("ray")
-    real_sudo = _find_program("sudo")
-    run_sudo = (
-        f'exec {shlex.quote(real_sudo)} "$@"'
-        if real_sudo
-        else 'echo "sudo: not available on this local node" >&2; exit 1'
-    )
-    ray = shlex.quote(real_ray) if real_ray else f"{python} -m ray.scripts.scripts"
-    shims = {
-        "ray": (
-            f'if [ "$1" = stop ]; then shift; exec {commands} stop-ray "$@"; fi\n'
-            f'if [ "$1" = start ] && [ -n "${{{DETACH_VARIABLE}:-}}" ] '
-            "&& command -v setsid >/dev/null; then\n"
-            f'    exec setsid -w {ray} "$@"\nfi\n'
-            f'exec {ray} "$@"\n'
-        ),
-        "sudo": (
-            'case "$1" in shutdown|poweroff|halt|reboot) '
-            f"exec {commands} shutdown ;; esac\n{run_sudo}\n"
-        ),
-        "shutdown": f"exec {commands} shutdown\n",
-    }
-    for name, body in shims.items():
-        path = shims_dir / name
-        text = f"#!/bin/sh\n# {name} on a RayDog local node (see raydog_backends.local).\n{body}"
-        if not path.exists() or path.read_text() != text:
-            temporary = path.with_suffix(".tmp")
-            temporary.write_text(text)
-            temporary.chmod(0o755)
-            os.replace(temporary, path)
-
-
-def _inherited(name: str, value: str) -> bool:
-    """Whether a variable of the launching process reaches a node: not the launcher's identity,
-    Ray's per-process settings, or the ``LD_PRELOAD`` Ray gives its own daemons."""
-    if name in ("HOME", "PWD", "OLDPWD") or name.startswith(("RAY_", "RAYDOG_")):
-        return False
-    return not (name == "LD_PRELOAD" and f"{os.sep}ray{os.sep}" in value)
-
-
-def _find_program(name: str) -> str | None:
-    """``name`` next to this Python first (a virtualenv), else on PATH (shims left out)."""
-    beside = Path(sys.executable).parent / name
-    if beside.is_file() and os.access(beside, os.X_OK):
-        return str(beside)
-    path = os.pathsep.join(
-        entry
-        for entry in os.environ.get("PATH", "").split(os.pathsep)
-        if Path(entry).name != SHIMS_DIR_NAME
-    )
-    return shutil.which(name, path=path)

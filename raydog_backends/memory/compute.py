@@ -141,13 +141,10 @@ class MemoryComputeBackend(ComputeBackend):
         return created
 
     def describe(self) -> list[NodeInfo]:
+        """A lost node is reported terminated until ``terminate`` forgets it."""
         now = self._cluster.clock()
         with self._cluster.lock:
-            infos = [node.info(now) for node in self._cluster.nodes.values()]
-            for info in infos:
-                if info.state is NodeState.TERMINATED:
-                    del self._cluster.nodes[info.node_id]
-        return infos
+            return [node.info(now) for node in self._cluster.nodes.values()]
 
     def terminate(self, node_ids: Collection[str]) -> None:
         with self._cluster.lock:

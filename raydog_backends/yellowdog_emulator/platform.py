@@ -62,14 +62,9 @@ from yellowdog_client.model import (
     WorkRequirementSummary,
 )
 
-from raydog_backends.local.backend import NODE_DIR_VARIABLE, write_shims
-from raydog_backends.local.processes import (
-    TOKEN_VARIABLE,
-    LoopbackAddresses,
-    NodeProcess,
-    free_port,
-    stop_all,
-)
+from raydog_backends.process_nodes.addresses import LoopbackAddresses, free_port
+from raydog_backends.process_nodes.processes import TOKEN_VARIABLE, NodeProcess, stop_all
+from raydog_backends.process_nodes.shims import NODE_DIR_VARIABLE, write_shims
 
 logger = logging.getLogger(__name__)
 

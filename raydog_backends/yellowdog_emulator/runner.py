@@ -15,9 +15,9 @@ import subprocess
 from pathlib import Path
 from types import ModuleType
 
-from raydog_backends.local.backend import DETACH_VARIABLE
-from raydog_backends.local.processes import NodeProcess
-from raydog_backends.local.runner import NodeHere, ThisMachineCommandRunner
+from raydog_backends.process_nodes.processes import NodeProcess
+from raydog_backends.process_nodes.runner import NodeHere, ThisMachineCommandRunner
+from raydog_backends.process_nodes.shims import DETACH_VARIABLE
 from raydog_backends.yellowdog_emulator.client import EmulatorClient
 from raydog_backends.yellowdog_emulator.platform import ENVIRONMENT_FILE, NODE_FILE
 

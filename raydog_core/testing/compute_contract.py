@@ -231,3 +231,33 @@ class ComputeBackendContract:
         self.wait_for(
             backend, lambda nodes: worker not in self.live(nodes), "the lost worker to go"
         )
+
+    def test_describe_reports_and_asking_twice_answers_the_same(
+        self,
+        backend_for: MakeBackend,
+        spec: ClusterSpec,
+        node_config: Mapping[str, Any],
+        lose_node: Callable[[str], None] | None,
+    ) -> None:
+        """``describe()`` never acts: a node the platform lost stays reported (terminated, or
+        missing) until ``terminate`` is called, which is harmless for such a node."""
+        backend = backend_for(spec)
+        head = self.launch_head(backend, node_config)
+        workers = backend.launch(LaunchRequest(self.worker_type, 2, False, node_config))
+        self.wait_for(
+            backend,
+            lambda nodes: all(w in nodes and nodes[w].state is NodeState.RUNNING for w in workers),
+            "the workers to run",
+        )
+        if lose_node is not None:
+            lose_node(workers[0])
+            self.wait_for(
+                backend, lambda nodes: workers[0] not in self.live(nodes), "the lost worker to go"
+            )
+        first = {n.node_id: n for n in backend.describe()}
+        second = {n.node_id: n for n in backend.describe()}
+        assert first == second
+        assert {head, workers[1]} <= set(self.live(second))
+        backend.terminate([workers[0]])
+        after = self.live({n.node_id: n for n in backend.describe()})
+        assert workers[0] not in after and {head, workers[1]} <= set(after)

@@ -23,8 +23,8 @@ from typing import Any
 import yaml
 
 from raydog_backends.local import LocalComputeBackend
-from raydog_backends.local.backend import NodeRecord
-from raydog_backends.local.processes import free_port, listening_sockets
+from raydog_backends.local.nodes import NodeRecord
+from raydog_backends.process_nodes.addresses import free_port, listening_sockets
 from raydog_core.interfaces import ClusterSpec, NodeInfo, NodeState, NodeTypeSpec
 
 REPO = Path(__file__).resolve().parents[2]

@@ -30,7 +30,8 @@ import pytest
 import yaml
 from yellowdog_client.model import TaskStatus
 
-from raydog_backends.local.processes import NodeProcess, free_port, listening_sockets
+from raydog_backends.process_nodes.addresses import free_port, listening_sockets
+from raydog_backends.process_nodes.processes import NodeProcess
 from raydog_backends.yellowdog_emulator import EmulatorClient
 from raydog_backends.yellowdog_emulator.platform import ENVIRONMENT_FILE, NODE_FILE
 from raydog_core.interfaces import NodeInfo, NodeState

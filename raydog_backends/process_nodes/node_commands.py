@@ -1,11 +1,11 @@
-"""``ray stop`` and ``sudo shutdown`` as a local node runs them (the node's shims call this).
+"""``ray stop`` and ``sudo shutdown`` as a node on this machine runs them (its shims call this).
 
 The real ``ray stop`` stops every Ray process on the machine, which on one machine holding many
 nodes (and perhaps the user's own Ray) is never right; ``shutdown`` would stop the machine.
 Here both act on the calling node's own processes only::
 
-    python -m raydog_backends.local.node_commands stop-ray [--force] [--grace-period N]
-    python -m raydog_backends.local.node_commands shutdown
+    python -m raydog_backends.process_nodes.node_commands stop-ray [--force] [--grace-period N]
+    python -m raydog_backends.process_nodes.node_commands shutdown
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from raydog_backends.local.backend import NODE_DIR_VARIABLE
-from raydog_backends.local.processes import NodeProcess, ancestors, read_stat
+from raydog_backends.process_nodes.processes import NodeProcess, ancestors, read_stat
+from raydog_backends.process_nodes.shims import NODE_DIR_VARIABLE
 
 SHUTDOWN_GRACE_SECONDS = 5.0
 

@@ -1,31 +1,23 @@
-"""Nodes as processes on this machine: run a task script in its own session, find every process
-that belongs to it, stop them all; hand out loopback addresses. Linux only (reads ``/proc``).
+"""A node as a process session on this machine: run a task script in its own session, find every
+process that belongs to it, stop them all. Linux only (reads ``/proc``).
 
 A node's processes are its session (the task script is started as a session leader) plus every
 process that carries the node's token in its environment. The token is needed because processes
 leave the session: Ray's raylet puts each worker in a process group of its own, and commands a
 command runner runs "on" the node from another process start outside the session altogether.
-
-Reusable by anything that runs task scripts as local processes (the YellowDog emulator too).
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import ipaddress
 import os
 import secrets
 import signal
-import socket
 import subprocess
-import tempfile
 import time
-from collections.abc import Collection, Iterable, Iterator, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-
-from raydog_core.errors import BackendError
 
 TOKEN_VARIABLE = "RAYDOG_PROCESS_TOKEN"
 """Environment variable that marks every process of one node (inherited by its children)."""
@@ -262,106 +254,3 @@ def _signal(pids: Iterable[int], signum: int) -> None:
     for pid in pids:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signum)
-
-
-# --- addresses and ports ---------------------------------------------------------------------
-
-
-def listening_sockets() -> set[tuple[str, int]]:
-    """``(address, port)`` of every TCP socket listening and UDP socket bound on this machine
-    (``0.0.0.0`` and ``::`` stand for every address)."""
-    found: set[tuple[str, int]] = set()
-    for table, listening_only in (("tcp", True), ("tcp6", True), ("udp", False), ("udp6", False)):
-        try:
-            lines = Path(f"/proc/net/{table}").read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split()
-            if listening_only and fields[3] != "0A":  # 0A: TCP_LISTEN
-                continue
-            address, port = fields[1].split(":")
-            found.add((_decode_proc_address(address), int(port, 16)))
-    return found
-
-
-def bound_addresses() -> set[str]:
-    """Addresses some socket listens on or is bound to."""
-    return {address for address, _ in listening_sockets()}
-
-
-def _decode_proc_address(hex_address: str) -> str:
-    raw = bytes.fromhex(hex_address)
-    # /proc/net prints each 32-bit word in host byte order (little-endian here).
-    packed = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
-    if len(packed) == 4:
-        return str(ipaddress.IPv4Address(packed))
-    v6 = ipaddress.IPv6Address(packed)
-    return str(v6.ipv4_mapped or v6)
-
-
-def free_port(host: str = "") -> int:
-    """A TCP port nothing listens on (``host`` "": on any address)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((host, 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-class LoopbackAddresses:
-    """Hands out 127.0.0.2, 127.0.0.3, … one per node, machine-wide.
-
-    An address is leased by a symlink ``<lease_dir>/<ip> -> <owner>``, where the owner is a
-    path that exists as long as the node does (its folder): a lease whose owner is gone is
-    free again, so a crash leaks nothing. Addresses some socket is bound to are skipped.
-    """
-
-    FIRST = int(ipaddress.IPv4Address("127.0.0.2"))
-    LAST = int(ipaddress.IPv4Address("127.255.255.254"))
-
-    def __init__(self, lease_dir: Path | None = None) -> None:
-        self.lease_dir = lease_dir or Path(tempfile.gettempdir()) / f"raydog-loopback-{os.getuid()}"
-
-    def allocate(self, owner: Path) -> str:
-        with self._locked():
-            busy = bound_addresses()
-            for ip in self._candidates():
-                lease = self.lease_dir / ip
-                if ip in busy or self._held(lease):
-                    continue
-                with contextlib.suppress(FileNotFoundError):
-                    lease.unlink()
-                lease.symlink_to(owner.absolute())
-                return ip
-        raise BackendError("allocate", "a loopback address", "every 127.x.y.z address is in use")
-
-    def release(self, ip: str, owner: Path) -> None:
-        """Give ``ip`` back if ``owner`` holds it."""
-        lease = self.lease_dir / ip
-        with self._locked(), contextlib.suppress(OSError):
-            if Path(os.readlink(lease)) == owner.absolute():
-                lease.unlink()
-
-    def _candidates(self) -> Iterator[str]:
-        for number in range(self.FIRST, self.LAST + 1):
-            if number & 0xFF not in (0, 255):
-                yield str(ipaddress.IPv4Address(number))
-
-    @staticmethod
-    def _held(lease: Path) -> bool:
-        return lease.is_symlink() and lease.exists()
-
-    def _locked(self) -> contextlib.AbstractContextManager[None]:
-        return folder_lock(self.lease_dir)
-
-
-@contextlib.contextmanager
-def folder_lock(folder: Path) -> Iterator[None]:
-    """An exclusive lock on a folder's state, shared by every process on this machine."""
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    with open(folder / ".lock", "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
