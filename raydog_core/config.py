@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from raydog_core import node_setup, plugins, state, task_scripts
+from raydog_core import clock, node_setup, plugins, state, task_scripts
 from raydog_core.errors import ConfigError, ConfigErrors, Problems
 from raydog_core.interfaces import ClusterSpec, NodeTypeSpec, TagStore
 from raydog_core.tag_cache import DEFAULT_READ_TIMEOUT
@@ -154,6 +154,7 @@ class RayDogConfig:
             worker_script=task_scripts.compose(self.worker_script, setup_wait=wait),
             auth=self.auth,
             head_setup=(store.head_server_install() or "") if store is not None else "",
+            clock=clock.of_cluster(self.cluster_name),
         )
 
     def setup_wait(self) -> str | None:

@@ -12,6 +12,8 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from raydog_core.clock import SYSTEM_CLOCK, Clock
+
 if TYPE_CHECKING:
     from types import ModuleType
 
@@ -189,6 +191,8 @@ class ClusterSpec:
     head_setup: str = ""
     """Shell a provisioning backend adds to the head machine's setup (the tag store's server)."""
     auth: Mapping[str, Any] = field(default_factory=dict)
+    clock: Clock = field(default=SYSTEM_CLOCK, compare=False)
+    """The time the backend lives in: the machine's, or a simulation's (``raydog simulate``)."""
 
 
 @dataclass(frozen=True)

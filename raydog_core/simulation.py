@@ -23,7 +23,7 @@ import uuid
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from ray.autoscaler._private.autoscaler import StandardAutoscaler
 from ray.autoscaler._private.load_metrics import LoadMetrics
@@ -36,10 +36,11 @@ from ray.autoscaler.tags import (
     TAG_RAY_USER_NODE_TYPE,
 )
 
+from raydog_core import clock, state
 from raydog_core import config as raydog_config
-from raydog_core import state
+from raydog_core.clock import SimulatedClock
 from raydog_core.errors import ConfigError
-from raydog_core.interfaces import NodeState
+from raydog_core.interfaces import NodeInfo, NodeState
 from raydog_core.progress import quiet_ray_logs
 from raydog_core.provider import RayDogNodeProvider
 
@@ -70,6 +71,13 @@ class Demand:
 
     def active(self, t: float) -> bool:
         return self.start_s <= t < self.end_s
+
+
+@runtime_checkable
+class LosesNodes(Protocol):
+    """A compute backend that can lose a node on request (the ``memory`` one)."""
+
+    def lose(self, node_id: str, reason: str = ...) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -227,17 +235,6 @@ def _clock(seconds: float) -> str:
     return f"{minutes:>4}m{secs:02d}s"
 
 
-class _SimulatedClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
-
-
 class _NoGcs:
     """The simulation has no Ray GCS: draining a node always succeeds."""
 
@@ -253,10 +250,8 @@ class Simulation:
         tick_s: float = 5.0,
         launch_delay_s: float = 30.0,
     ) -> None:
-        from raydog_backends.memory.compute import MemoryComputeBackend, SimulatedCluster
-
         self.tick_s = tick_s
-        self.clock = _SimulatedClock()
+        self.clock = SimulatedClock()
         name = f"{cluster_config.get('cluster_name', 'default')}-sim-{uuid.uuid4().hex[:6]}"
         config = _memory_config(cluster_config, name, launch_delay_s)
         try:
@@ -265,10 +260,11 @@ class Simulation:
             validate_config(config)
         except (ValueError, RuntimeError, KeyError, TypeError) as exc:
             raise ConfigError("cluster config", str(exc)) from None
+        self.cluster_name = name
+        # Every provider built for this cluster gives the memory backend the simulation's time:
+        # launch delays, and the head launch's wait.
+        clock.simulate(name, self.clock)
         self.config = raydog_config.bootstrap(config)
-        self.cluster: SimulatedCluster = MemoryComputeBackend.cluster(name)
-        self.cluster.clock = self.clock
-        self.cluster.sleep = self.clock.sleep
         # Through Ray's provider cache, as the autoscaler's own lookup: one provider per process,
         # the one its node launcher writes through and the one each tick reads.
         provider = _get_node_provider(self.config["provider"], name)
@@ -286,7 +282,7 @@ class Simulation:
             1,
         )
         # Time zero is when the head is up, as it is for a user after `ray up`.
-        self._start = self.clock.now
+        self._start = self.clock.now()
         self.load_metrics = LoadMetrics()
         with quiet_ray_logs():
             self.autoscaler = StandardAutoscaler(
@@ -308,7 +304,7 @@ class Simulation:
         self._observe(timeline)
         with quiet_ray_logs():
             while self.elapsed < duration_s:
-                self.clock.now += self.tick_s
+                self.clock.advance(self.tick_s)
                 self._report_load(demand)
                 self.autoscaler.update()
                 self._observe(timeline)
@@ -317,26 +313,31 @@ class Simulation:
     @property
     def elapsed(self) -> float:
         """Simulated seconds since the head came up."""
-        return self.clock.now - self._start
+        return self.clock.now() - self._start
 
     def lose_node(self, node_id: str) -> None:
         """The platform loses a node; the autoscaler should replace it."""
-        self.cluster.lose(node_id)
+        compute = self.provider.compute
+        if not isinstance(compute, LosesNodes):
+            raise TypeError(f"{type(compute).__name__} cannot lose a node on request")
+        compute.lose(node_id)
 
     def close(self) -> None:
-        from raydog_backends.memory.compute import MemoryComputeBackend
-        from raydog_backends.memory.tag_store import MemoryTagStore
-
+        """Shut the simulated cluster down and forget it: its nodes, tags and folder."""
+        self.provider.cleanup_cluster_resources()
         self.provider.close()
-        MemoryComputeBackend.forget(self.cluster.name)
-        MemoryTagStore.forget(self.cluster.name)
-        shutil.rmtree(state.cluster_dir(self.cluster.name), ignore_errors=True)
+        clock.forget(self.cluster_name)
+        shutil.rmtree(state.cluster_dir(self.cluster_name), ignore_errors=True)
+
+    def _live_nodes(self) -> list[NodeInfo]:
+        return [n for n in self.provider.compute.describe() if n.state is not NodeState.TERMINATED]
 
     def _report_load(self, demand: Sequence[Demand]) -> None:
         """What the raylets would report: resources, what is in use, what waits."""
+        now = self.clock.now()
         waiting = [b for d in demand if d.active(self.elapsed) for b in d.bundles()]
         types = self.config["available_node_types"]
-        for info in self.cluster.live_nodes():
+        for info in self._live_nodes():
             if info.state is not NodeState.RUNNING or info.internal_ip is None:
                 continue
             total = {k: float(v) for k, v in types[info.node_type].get("resources", {}).items()}
@@ -350,8 +351,8 @@ class Simulation:
             for bundle in placed:
                 waiting.remove(bundle)
             if placed:
-                self._busy_until[info.node_id] = self.clock.now
-            idle_s = self.clock.now - self._busy_until.setdefault(info.node_id, self.clock.now)
+                self._busy_until[info.node_id] = now
+            idle_s = now - self._busy_until.setdefault(info.node_id, now)
             # Ray annotates the resources as dict[str, dict]; raylets report dict[str, float].
             report: Any = self.load_metrics.update
             report(info.internal_ip, info.node_id.encode(), total, free, idle_s)
@@ -359,7 +360,7 @@ class Simulation:
         self.load_metrics.waiting_bundles = waiting
 
     def _observe(self, timeline: Timeline) -> None:
-        nodes = [n for n in self.cluster.live_nodes() if not n.is_head]
+        nodes = [n for n in self._live_nodes() if not n.is_head]
         live = {n.node_id: n.node_type for n in nodes}
         running = {n.node_id for n in nodes if n.state is NodeState.RUNNING}
         for node_id, node_type in live.items():

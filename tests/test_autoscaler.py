@@ -94,7 +94,7 @@ def test_a_store_that_comes_back_empty_replaces_no_worker(
     before = sim.run([], duration_s=120)
     workers = sorted(e.node_id for e in before.launches("cpu"))
     assert len(workers) == 2
-    MemoryTagStore.forget(sim.cluster.name)
+    MemoryTagStore.forget(sim.cluster_name)
     after = sim.run([], duration_s=600)
     assert after.terminations() == []
     assert after.launches() == []

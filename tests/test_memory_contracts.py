@@ -234,6 +234,14 @@ BROKEN_BACKENDS = {
                 if node.is_head:
                     del self._cluster.nodes[node.node_id]
 """,
+    "reports a lost node only once": """
+    def describe(self):
+        infos = super().describe()
+        for info in infos:
+            if info.state is NodeState.TERMINATED:
+                self._cluster.nodes.pop(info.node_id, None)
+        return infos
+""",
     "never reports a lost node": """
     def describe(self):
         for node in self._cluster.nodes.values():

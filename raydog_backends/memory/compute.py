@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import itertools
 import threading
-import time
-from collections.abc import Callable, Collection
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from raydog_core.clock import SYSTEM_CLOCK, Clock
 from raydog_core.errors import BackendError, ConfigError
 from raydog_core.interfaces import (
     ClusterSpec,
@@ -65,8 +65,6 @@ class SimulatedCluster:
     """One cluster's nodes; the handle tests use to make things go wrong."""
 
     name: str
-    clock: Callable[[], float] = time.monotonic
-    sleep: Callable[[float], None] = time.sleep
     nodes: dict[str, SimulatedNode] = field(default_factory=dict)
     launch_failures: list[str] = field(default_factory=list)
     launches: int = 0
@@ -81,14 +79,17 @@ class SimulatedCluster:
         with self.lock:
             self.nodes[node_id].lost = reason
 
-    def live_nodes(self) -> list[NodeInfo]:
-        now = self.clock()
+    def live_nodes(self, clock: Clock = SYSTEM_CLOCK) -> list[NodeInfo]:
+        now = clock.now()
         with self.lock:
             infos = [node.info(now) for node in self.nodes.values()]
         return [info for info in infos if info.state is not NodeState.TERMINATED]
 
 
 class MemoryComputeBackend(ComputeBackend):
+    """Nodes live in a registry shared by every instance made for one cluster name; each
+    instance sees them in the time of its ``ClusterSpec``'s clock (a simulation gives its own)."""
+
     _clusters: ClassVar[dict[str, SimulatedCluster]] = {}
     _registry_lock: ClassVar[threading.Lock] = threading.Lock()
 
@@ -101,6 +102,7 @@ class MemoryComputeBackend(ComputeBackend):
         if launch_delay < 0:
             raise ConfigError("launch_delay", f"must be >= 0 seconds, got {launch_delay!r}")
         self.launch_delay = float(launch_delay)
+        self.clock = spec.clock
         self._cluster = self.cluster(spec.cluster_name)
 
     @classmethod
@@ -120,7 +122,7 @@ class MemoryComputeBackend(ComputeBackend):
                 reason = cluster.launch_failures.pop(0)
                 raise BackendError("launch", f"{request.count} {request.node_type} node(s)", reason)
             cluster.launches += 1
-            ready_at = cluster.clock() + self.launch_delay
+            ready_at = self.clock.now() + self.launch_delay
             kind = "head" if request.is_head else request.node_type
             created = []
             for _ in range(request.count):
@@ -137,12 +139,12 @@ class MemoryComputeBackend(ComputeBackend):
                 )
                 created.append(node_id)
         if request.is_head and self.launch_delay:
-            cluster.sleep(max(0.0, ready_at - cluster.clock()))
+            self.clock.sleep(max(0.0, ready_at - self.clock.now()))
         return created
 
     def describe(self) -> list[NodeInfo]:
         """A lost node is reported terminated until ``terminate`` forgets it."""
-        now = self._cluster.clock()
+        now = self.clock.now()
         with self._cluster.lock:
             return [node.info(now) for node in self._cluster.nodes.values()]
 
@@ -154,3 +156,7 @@ class MemoryComputeBackend(ComputeBackend):
     def shutdown(self) -> None:
         with self._cluster.lock:
             self._cluster.nodes.clear()
+
+    def lose(self, node_id: str, reason: str = "node lost") -> None:
+        """The platform loses a node; what a simulation uses to see Ray replace it."""
+        self._cluster.lose(node_id, reason)

@@ -239,8 +239,9 @@ class ComputeBackendContract:
         node_config: Mapping[str, Any],
         lose_node: Callable[[str], None] | None,
     ) -> None:
-        """``describe()`` never acts: a node the platform lost stays reported (terminated, or
-        missing) until ``terminate`` is called, which is harmless for such a node."""
+        """``describe()`` never acts: a node the platform lost is reported the same way (as
+        terminated, or not at all) by every describe until ``terminate`` is called for it,
+        which is harmless for such a node."""
         backend = backend_for(spec)
         head = self.launch_head(backend, node_config)
         workers = backend.launch(LaunchRequest(self.worker_type, 2, False, node_config))
@@ -251,10 +252,12 @@ class ComputeBackendContract:
         )
         if lose_node is not None:
             lose_node(workers[0])
-            self.wait_for(
-                backend, lambda nodes: workers[0] not in self.live(nodes), "the lost worker to go"
-            )
-        first = {n.node_id: n for n in backend.describe()}
+        # The first describe that shows the loss, then the next one at once.
+        first = self.wait_for(
+            backend,
+            lambda nodes: lose_node is None or workers[0] not in self.live(nodes),
+            "the lost worker to go",
+        )
         second = {n.node_id: n for n in backend.describe()}
         assert first == second
         assert {head, workers[1]} <= set(self.live(second))
