@@ -259,8 +259,9 @@ class ComputeBackendContract:
             "the lost worker to go",
         )
         second = {n.node_id: n for n in backend.describe()}
-        assert first == second
-        assert {head, workers[1]} <= set(self.live(second))
+        assert first == second, f"describe() answered {first}, then {second}: it acted"
+        assert {head, workers[1]} <= set(self.live(second)), f"nodes went missing: {second}"
         backend.terminate([workers[0]])
         after = self.live({n.node_id: n for n in backend.describe()})
-        assert workers[0] not in after and {head, workers[1]} <= set(after)
+        assert workers[0] not in after, f"terminating a lost node brought it back: {after}"
+        assert {head, workers[1]} <= set(after), f"terminating a lost node stopped others: {after}"
