@@ -143,26 +143,25 @@ class RayDogConfig:
 
     def cluster_spec(self, store: TagStore | None) -> ClusterSpec:
         server = store.head_server_command() if store is not None else None
-        wait = self.setup_wait()
         return ClusterSpec(
             cluster_name=self.cluster_name,
             head_node_type=self.head_node_type,
             node_types=self.node_types,
             head_script=task_scripts.compose(
-                self.head_script, setup_wait=wait, head_server_command=server
+                self.head_script, setup_wait=self.setup_wait(head=True), head_server_command=server
             ),
-            worker_script=task_scripts.compose(self.worker_script, setup_wait=wait),
+            worker_script=task_scripts.compose(
+                self.worker_script, setup_wait=self.setup_wait(head=False)
+            ),
             auth=self.auth,
             head_setup=(store.head_server_install() or "") if store is not None else "",
             clock=clock.of_cluster(self.cluster_name),
         )
 
-    def setup_wait(self) -> str | None:
+    def setup_wait(self, head: bool) -> str | None:
         """On backends whose nodes run RayDog's node setup, the wait for it to finish (with the
         configured time limit) that goes in front of every task script."""
-        if not node_setup.runs_node_setup(self.compute):
-            return None
-        return node_setup.setup_wait(self.setup_options.timeout_minutes)
+        return node_setup.task_wait(self, head)
 
 
 # --- Ray's defaults ------------------------------------------------------------------------
@@ -402,6 +401,9 @@ def bootstrap(cluster_config: Mapping[str, Any]) -> dict[str, Any]:
     for _, reference in file_references(provider):
         mounts[remote_file(parsed.cluster_name, reference)] = str(local_file(reference))
     mounts.update(uploads(parsed))
+    config["head_setup_commands"] = node_setup.head_setup_commands(
+        parsed, list(config.get("head_setup_commands") or [])
+    )
     return config
 
 

@@ -22,20 +22,23 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from raydog_core import plugins
+from raydog_core import head_packages, plugins, state
 from raydog_core.errors import ConfigError
 
 if TYPE_CHECKING:
     from raydog_core.config import PluginChoice, RayDogConfig
 
 VENV = "/opt/raydog/venv"
+INSTALLED = f"{VENV}/raydog-installed"
+"""Written on the head once ``ray up`` has installed the client's raydog there (wheels)."""
 SETUP_FINISHED = "/opt/raydog/setup-finished"
 """The marker the node setup writes last (atomically); tasks wait for it."""
 SETUP_FINISHED_ENV = "RAYDOG_SETUP_FINISHED"
 """Moves the marker, for machines that run several nodes (an emulator); unset on real nodes."""
 MARKER = f'"${{{SETUP_FINISHED_ENV}:-{SETUP_FINISHED}}}"'
 DEFAULT_SETUP_TIMEOUT_MINUTES = 20.0
-PROVIDER_KEYS = frozenset({"node_setup_timeout_minutes"})
+INSTALL_CHOICES = ("wheel", "index")
+PROVIDER_KEYS = frozenset({"node_setup_timeout_minutes", "raydog_install"})
 """The provider section's keys read here (not compute backend options)."""
 VERSIONS_TAG = "raydog-versions"
 """Tag the head-side provider sets on the head node: the versions it runs with."""
@@ -69,6 +72,9 @@ class NodeSetupOptions:
     """The provider section's node setup keys, checked."""
 
     timeout_minutes: float = DEFAULT_SETUP_TIMEOUT_MINUTES
+    raydog_install: str = "wheel"
+    """``wheel``: the head gets the client's own raydog and plugins as wheels with the cluster's
+    files; ``index``: the head installs the client's versions from its package index."""
 
 
 def parse_options(provider: Mapping[str, Any]) -> NodeSetupOptions:
@@ -76,7 +82,12 @@ def parse_options(provider: Mapping[str, Any]) -> NodeSetupOptions:
     minutes = provider.get(key, DEFAULT_SETUP_TIMEOUT_MINUTES)
     if isinstance(minutes, bool) or not isinstance(minutes, (int, float)) or not minutes > 0:
         raise ConfigError(f"provider.{key}", f"expected a number of minutes > 0, got {minutes!r}")
-    return NodeSetupOptions(timeout_minutes=float(minutes))
+    install = provider.get("raydog_install", "wheel")
+    if install not in INSTALL_CHOICES:
+        raise ConfigError(
+            "provider.raydog_install", f"expected wheel or index, got {install!r}", INSTALL_CHOICES
+        )
+    return NodeSetupOptions(timeout_minutes=float(minutes), raydog_install=install)
 
 
 def runs_node_setup(compute: PluginChoice) -> bool:
@@ -85,29 +96,91 @@ def runs_node_setup(compute: PluginChoice) -> bool:
     return bool(getattr(plugin, "runs_node_setup", False))
 
 
-def setup_wait(timeout_minutes: float) -> str:
-    """Bash that holds a task until its node's setup has finished, for at most the limit; then
-    it says why in the task's output and exits 1, so the node fails instead of running a task
-    without Python or Ray."""
-    seconds = max(1, math.ceil(timeout_minutes * 60))
+def _wait_line(marker: str, seconds: int, waiting: str, expired: str, done: str) -> str:
+    """One line of shell that holds until ``marker`` exists, for at most ``seconds``; then it
+    says ``expired`` and exits 1."""
     return (
-        "# Started by RayDog: wait for this node's setup (raydog node-setup) to finish\n"
-        f"if [ ! -e {MARKER} ]; then\n"
-        f"  echo \"RayDog: waiting up to {timeout_minutes:g} minutes for this node's setup to "
-        f'finish ({MARKER[1:-1]})"\n'
-        f"  raydog_setup_deadline=$(( $(date +%s) + {seconds} ))\n"
-        f"  until [ -e {MARKER} ]; do\n"
-        '    if [ "$(date +%s)" -ge "$raydog_setup_deadline" ]; then\n'
-        f"      echo \"RayDog: this node's setup did not finish within {timeout_minutes:g} "
-        f"minutes (no {MARKER[1:-1]}; provider.node_setup_timeout_minutes): not starting "
-        "this task. See the node's setup (userdata) log.\" >&2\n"
-        "      exit 1\n"
-        "    fi\n"
-        "    sleep 1\n"
-        "  done\n"
-        '  echo "RayDog: node setup finished; starting the task"\n'
-        "fi\n"
+        f'if [ ! -e {marker} ]; then echo "{waiting}"; '
+        f"raydog_deadline=$(( $(date +%s) + {seconds} )); "
+        f"until [ -e {marker} ]; do "
+        'if [ "$(date +%s)" -ge "$raydog_deadline" ]; then '
+        f'echo "{expired}" >&2; exit 1; fi; sleep 1; done; echo "{done}"; fi'
     )
+
+
+def wait_command(timeout_minutes: float, before: str = "starting this task") -> str:
+    """One line of shell that holds until this node's setup has finished, for at most the
+    limit; then it says why and exits 1, so nothing runs without Python or Ray. Task scripts
+    start with it, and so does the head's setup command."""
+    path = MARKER[1:-1]
+    return _wait_line(
+        MARKER,
+        max(1, math.ceil(timeout_minutes * 60)),
+        f"RayDog: waiting up to {timeout_minutes:g} minutes for this node's setup to finish "
+        f"({path})",
+        f"RayDog: this node's setup did not finish within {timeout_minutes:g} minutes "
+        f"(no {path}; provider.node_setup_timeout_minutes): not {before}. "
+        "See the node's setup (userdata) log.",
+        f"RayDog: node setup finished; {before}",
+    )
+
+
+def task_wait(config: RayDogConfig, head: bool) -> str | None:
+    """What the core puts first in every task script on a backend whose nodes run this setup:
+    wait for it to finish; on a head that gets raydog as wheels, also for ``ray up`` to have
+    installed them (it does so after syncing the cluster's files, before it starts Ray)."""
+    if not runs_node_setup(config.compute):
+        return None
+    minutes = config.setup_options.timeout_minutes
+    lines = [
+        "# Started by RayDog: wait for this node's setup (raydog node-setup) to finish",
+        wait_command(minutes),
+    ]
+    if head and ships_wheels(config):
+        lines += [
+            "# ... and for `ray up` to install the client's RayDog here",
+            _wait_line(
+                INSTALLED,
+                max(1, math.ceil(minutes * 60)),
+                "RayDog: waiting for ray up to install RayDog on this head",
+                f"RayDog: ray up did not install RayDog on this head within {minutes:g} minutes "
+                f"(no {INSTALLED}; provider.node_setup_timeout_minutes): not starting this "
+                "task. See the output of ray up.",
+                "RayDog: installed; starting this task",
+            ),
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def ships_wheels(config: RayDogConfig) -> bool:
+    """Whether the head gets the client's raydog as wheels (see ``head_packages``)."""
+    return config.setup_options.raydog_install == "wheel" and runs_node_setup(config.compute)
+
+
+def stage_head_wheels(config: RayDogConfig) -> list[Path]:
+    """On the client: the head's wheels into the cluster's folder, before Ray syncs it (on
+    every ``ray`` command, since Ray may reuse a cached bootstrap; cached wheels cost nothing)."""
+    if config.on_head or not ships_wheels(config):
+        return []
+    return head_packages.stage(config.cluster_name, head_packages.distributions(config))
+
+
+def head_setup_commands(config: RayDogConfig, commands: list[str]) -> list[str]:
+    """Ray's ``head_setup_commands`` with RayDog's first: Ray runs them over SSH after syncing
+    the cluster's files and before its start commands; they wait for the node's setup, then
+    install the wheels that came with the files, offline, and say so for the head's task."""
+    if not runs_node_setup(config.compute):
+        return commands
+    ours = wait_command(config.setup_options.timeout_minutes, "installing RayDog")
+    if ships_wheels(config):
+        name = shlex.quote(config.cluster_name)
+        wheels = f"{state.REMOTE_HOME}/clusters/{name}/{head_packages.WHEELS}/*.whl"
+        ours += (
+            f"; {VENV}/bin/python -m pip install --quiet --disable-pip-version-check"
+            f" --no-index --no-deps --force-reinstall {wheels}"
+            f" && date > {INSTALLED}.tmp && mv -f {INSTALLED}.tmp {INSTALLED}"
+        )
+    return [ours, *(command for command in commands if command != ours)]
 
 
 def public_key(auth: dict[str, object] | object) -> str | None:
@@ -139,14 +212,30 @@ def public_key(auth: dict[str, object] | object) -> str | None:
 def common_setup(
     config: RayDogConfig, node_type: str, versions: Versions, user: str | None = None
 ) -> str:
-    """Bash that installs uv, the client's Python, Ray and raydog into ``/opt/raydog/venv``."""
+    """Bash that installs uv, the client's Python and Ray into ``/opt/raydog/venv``, with what
+    raydog needs on the head."""
     if node_type not in config.node_types:
         raise ConfigError("--node-type", f"no node type {node_type!r}", config.node_types)
     is_head = node_type == config.head_node_type
-    raydog = f"raydog[head]=={versions.raydog}" if is_head else f"raydog=={versions.raydog}"
-    packages = " ".join(shlex.quote(p) for p in (f"ray[default]=={versions.ray}", raydog))
     account = user or str(config.auth.get("ssh_user", "root"))
     key = public_key(dict(config.auth))
+    packages = [f"ray[default]=={versions.ray}"]
+    what = f"# Python {versions.python}, Ray {versions.ray}"
+    if is_head:
+        names = head_packages.distributions(config)
+        if config.setup_options.raydog_install == "index":
+            packages += [f"raydog[head]=={versions.raydog}"]
+            packages += [f"{name}=={metadata.version(name)}" for name in names[1:]]
+            what += f", raydog {versions.raydog} from the package index (raydog_install: index)"
+        else:
+            packages += head_packages.requirements(names)
+            listed = ", ".join(names)
+            what += (
+                f" and what {listed} need. The client's own {listed} come as wheels"
+                "\n# with the cluster's files; `ray up` installs them before it starts Ray"
+            )
+    else:
+        what += " (workers need no raydog)"
     lines = [
         "#!/usr/bin/env bash",
         f"# RayDog node setup: cluster {config.cluster_name}, node type {node_type}"
@@ -159,13 +248,16 @@ def common_setup(
         "  curl -LsSf https://astral.sh/uv/install.sh | env UV_INSTALL_DIR=/usr/local/bin sh",
         "fi",
         "",
-        f"# Python {versions.python}, Ray {versions.ray} and raydog {versions.raydog}:"
-        " Ray needs the same versions on the client and every node",
-        f"uv venv --python {versions.python} {VENV}",
-        f"uv pip install --python {VENV}/bin/python {packages}",
-        f"ln -sf {VENV}/bin/ray {VENV}/bin/raydog /usr/local/bin/",
+        what + ".\n# Ray needs the same versions of Python and Ray on the client and every node.",
+        f"uv venv {'--seed ' if is_head else ''}--python {versions.python} {VENV}",
+        f"uv pip install --python {VENV}/bin/python {' '.join(map(shlex.quote, packages))}",
+        f"ln -sf {VENV}/bin/ray {f'{VENV}/bin/raydog ' if is_head else ''}/usr/local/bin/",
         f"echo 'export PATH={VENV}/bin:$PATH' > /etc/profile.d/raydog.sh",
     ]
+    if is_head and config.setup_options.raydog_install == "wheel":
+        lines += [f"# `ray up` installs the wheels as {account}, over SSH", f"rm -f {INSTALLED}"]
+        if account != "root":
+            lines.append(f"chown -R {shlex.quote(account)} {VENV}")
     if key:
         lines += [
             "",

@@ -34,6 +34,7 @@ from ray.autoscaler.tags import (
 )
 
 from raydog_core import config as raydog_config
+from raydog_core import node_setup
 from raydog_core.errors import BackendError, RayDogError
 from raydog_core.interfaces import (
     ComputeBackend,
@@ -61,6 +62,7 @@ class RayDogNodeProvider(NodeProvider):
     def __init__(self, provider_config: dict[str, Any], cluster_name: str) -> None:
         super().__init__(provider_config, cluster_name)
         self.raydog_config = raydog_config.from_provider_section(provider_config, cluster_name)
+        node_setup.stage_head_wheels(self.raydog_config)
         store, transport, compute = raydog_config.build_plugins(self.raydog_config)
         self.store: TagStore = store
         self.transport: Transport = transport

@@ -62,7 +62,7 @@ def compose(
 
     Everything the core puts in front of a task script is added here, in order, after the
     script's shebang (or bash's): the wait for the node's setup to finish
-    (``node_setup.setup_wait``), then the tag store's server on the head.
+    (``node_setup.task_wait``), then the tag store's server on the head.
     """
     prefix: list[str] = []
     if setup_wait:

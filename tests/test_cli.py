@@ -81,10 +81,9 @@ def test_node_setup_pins_the_clients_versions_and_key(tmp_path: Path) -> None:
     worker = raydog("node-setup", str(path), "--node-type", "cpu")
     assert head.returncode == 0 and worker.returncode == 0, head.stderr + worker.stderr
     python = ".".join(map(str, sys.version_info[:3]))
-    assert f"uv venv --python {python} " in head.stdout
+    assert f"--python {python} /opt/raydog/venv\n" in head.stdout
     assert f"'ray[default]=={ray.__version__}'" in head.stdout
-    assert "'raydog[head]==" in head.stdout
-    assert " raydog==" in worker.stdout and "raydog[head]" not in worker.stdout
+    assert "'raydog" not in head.stdout and "'raydog" not in worker.stdout  # wheels, not an index
     public = (tmp_path / "id_ed25519.pub").read_text().strip()
     assert public in head.stdout and "RAYDOG_USER=ubuntu" in head.stdout
     assert "PRIVATE KEY" not in head.stdout

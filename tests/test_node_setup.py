@@ -78,7 +78,7 @@ def test_a_task_starts_only_after_the_whole_setup_has_finished(
     lines = output.read_text().splitlines()
     assert lines[0].startswith("RayDog: waiting up to 20 minutes for this node's setup to finish")
     assert lines[1:] == [
-        "RayDog: node setup finished; starting the task",
+        "RayDog: node setup finished; starting this task",
         "task started; extra userdata: done",
     ]
 
