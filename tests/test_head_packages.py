@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import sysconfig
+import time
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from raydog_core import node_setup, state
 from raydog_core.errors import ConfigError
 from tests.conftest import memory_cluster_config
 from tests.test_cli import raydog
-from tests.test_node_setup import yellowdog_config
+from tests.test_node_setup import spec_of, yellowdog_config
 from tests.test_thirdparty_example import DISTRIBUTION, example_copy, site_dir
 
 __all__ = ["example_copy", "site_dir"]  # the example's fixtures, installed once per module
@@ -146,6 +147,7 @@ def test_the_head_installs_the_clients_raydog_and_plugin_with_no_index(
         timeout=300,
     )
     assert installed.returncode == 0, installed.stdout + installed.stderr
+    assert (tmp_path / "head-venv" / "raydog-installed").exists()  # the head's task waits for it
 
     checked = subprocess.run(
         [str(python), "-c", HEAD_CHECK],
@@ -233,3 +235,31 @@ def test_raydog_install_is_checked() -> None:
     assert str(error.value) == (
         "provider.raydog_install: expected wheel or index, got 'pypi' (choices: wheel, index)"
     )
+
+
+def test_the_heads_task_starts_once_ray_up_has_installed_raydog(tmp_path: Path) -> None:
+    cluster = yellowdog_config(ray_head_node_task_script="#!/usr/bin/env bash\necho head task\n")
+    venv = tmp_path / "venv"
+    venv.mkdir()
+    script = spec_of(cluster).head_script.replace(node_setup.VENV, str(venv))
+    marker = tmp_path / "setup-finished"
+    marker.write_text("node setup done\n")
+    env = {**os.environ, node_setup.SETUP_FINISHED_ENV: str(marker), "HOME": str(tmp_path)}
+    output = tmp_path / "task-output"
+    with output.open("w") as sink:
+        task = subprocess.Popen(["bash", "-c", script], env=env, stdout=sink, stderr=sink)
+    try:
+        time.sleep(1.5)
+        assert task.poll() is None, output.read_text()
+        assert "head task" not in output.read_text()
+        (venv / "raydog-installed").write_text("installed\n")
+        assert task.wait(timeout=60) == 0, output.read_text()
+    finally:
+        if task.poll() is None:
+            task.kill()
+    lines = output.read_text().splitlines()
+    assert lines[-3:] == [
+        "RayDog: waiting for ray up to install RayDog on this head",
+        "RayDog: installed; starting this task",
+        "head task",
+    ]
