@@ -33,8 +33,8 @@ __all__ = ["example_copy", "site_dir"]  # the example's fixtures, installed once
 CLIENT_STEP = """
 import json, sys
 from pathlib import Path
-from raydog_core import RayDogNodeProvider, config, state
-cluster = config.load_file(Path(sys.argv[1]))
+from raydog_core import RayDogNodeProvider, config, state, validation
+cluster = validation.load_file(Path(sys.argv[1]))
 booted = config.bootstrap(cluster)
 RayDogNodeProvider(booted["provider"], booted["cluster_name"])
 folder = state.remote_cluster_dir(booted["cluster_name"])
