@@ -291,14 +291,9 @@ class RayDogNodeProvider(NodeProvider):
                         described[node_id] = self._nodes[node_id]
                         kept.add(node_id)
                 self._nodes = described
-                gone = sorted(
-                    node_id
-                    for node_id in known_live | set(tags)
-                    if node_id not in kept
-                    and (
-                        node_id not in described or described[node_id].state is NodeState.TERMINATED
-                    )
-                )
+                ended = {n for n, info in described.items() if info.state is NodeState.TERMINATED}
+                seen = known_live | tags
+                gone = sorted((seen - described.keys() | seen & ended) - kept)
             if gone and reconcile:
                 self._reconcile(gone)
             if not self.tags.connected:
