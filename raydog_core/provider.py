@@ -75,6 +75,8 @@ class RayDogNodeProvider(NodeProvider):
         self._versions_reported = False
         # _derived_tags(info) by the NodeInfo fields it reads; a handful of distinct values.
         self._derived: dict[tuple[bool, str, NodeState, str], Tags] = {}
+        # node_tags' answers: (the NodeInfo, the stored tags, the tags) they were made of.
+        self._composed: dict[str, tuple[NodeInfo | None, Mapping[str, str] | None, Tags]] = {}
         self.tags = TagCache(
             self.store, self._store_endpoint, read_timeout=self.raydog_config.tag_store_read_timeout
         )
@@ -92,24 +94,32 @@ class RayDogNodeProvider(NodeProvider):
         return [node_id for node_id in live if self._matches(node_id, tag_filters)]
 
     def is_running(self, node_id: str) -> bool:
-        info = self._info(node_id)
+        info = self._nodes.get(node_id)
         return info is not None and info.state is NodeState.RUNNING
 
     def is_terminated(self, node_id: str) -> bool:
-        info = self._info(node_id)
+        info = self._nodes.get(node_id)
         return info is None or info.state is NodeState.TERMINATED
 
     def node_tags(self, node_id: str) -> dict[str, str]:
-        """The stored tags over what the backend says; worker status from the backend."""
+        """The stored tags over what the backend says; worker status from the backend.
+
+        Composed once per change of the node's facts or stored tags (both are replaced, never
+        changed, so identity tells); each call then costs one copy of this node's tags."""
         info = self._nodes.get(node_id)
         stored = self.tags.view(node_id)
+        known = self._composed.get(node_id)
+        if known is not None and known[0] is info and known[1] is stored:
+            return dict(known[2])
         if info is None:
-            return dict(stored) if stored else {}
-        derived = self._derived_of(info)
-        tags = {**derived, **stored} if stored else dict(derived)
-        if self._derive_worker_status and not info.is_head:
-            tags[TAG_RAY_NODE_STATUS] = derived[TAG_RAY_NODE_STATUS]
-        return tags
+            tags = dict(stored) if stored else {}
+        else:
+            derived = self._derived_of(info)
+            tags = {**derived, **stored} if stored else dict(derived)
+            if self._derive_worker_status and not info.is_head:
+                tags[TAG_RAY_NODE_STATUS] = derived[TAG_RAY_NODE_STATUS]
+        self._composed[node_id] = (info, stored, tags)
+        return dict(tags)
 
     def _matches(self, node_id: str, tag_filters: Mapping[str, str]) -> bool:
         """Whether ``node_tags(node_id)`` has every filter's value, without building it."""
@@ -127,11 +137,11 @@ class RayDogNodeProvider(NodeProvider):
         return True
 
     def internal_ip(self, node_id: str) -> str | None:  # type: ignore[override]
-        info = self._info(node_id)
+        info = self._nodes.get(node_id)
         return info.internal_ip if info is not None else None
 
     def external_ip(self, node_id: str) -> str | None:  # type: ignore[override]
-        info = self._info(node_id)
+        info = self._nodes.get(node_id)
         return info.external_ip if info is not None else None
 
     # --- Ray's actions -------------------------------------------------------------------
@@ -291,6 +301,8 @@ class RayDogNodeProvider(NodeProvider):
                         described[node_id] = self._nodes[node_id]
                         kept.add(node_id)
                 self._nodes = described
+                for node_id in self._composed.keys() - described.keys():
+                    self._composed.pop(node_id, None)
                 ended = {n for n, info in described.items() if info.state is NodeState.TERMINATED}
                 seen = known_live | tags
                 gone = sorted((seen - described.keys() | seen & ended) - kept)
