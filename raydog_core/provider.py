@@ -288,24 +288,22 @@ class RayDogNodeProvider(NodeProvider):
             tags = self.tags.node_ids()
             described = {info.node_id: info for info in self.compute.describe()}
             with self._lock:
-                known_live = {
-                    node_id
-                    for node_id, info in self._nodes.items()
-                    if info.state is not NodeState.TERMINATED
-                }
+                previous = self._nodes
                 kept = set()
                 for node_id, launched in list(self._launched_at.items()):
                     if node_id in described or started - launched > LAUNCH_GRACE_SECONDS:
                         del self._launched_at[node_id]
-                    elif node_id in self._nodes:
-                        described[node_id] = self._nodes[node_id]
+                    elif node_id in previous:
+                        described[node_id] = previous[node_id]
                         kept.add(node_id)
                 self._nodes = described
-                for node_id in self._composed.keys() - described.keys():
-                    self._composed.pop(node_id, None)
+                # Small sets only: what vanished or ended, among nodes with tags or known live.
                 ended = {n for n, info in described.items() if info.state is NodeState.TERMINATED}
-                seen = known_live | tags
-                gone = sorted((seen - described.keys() | seen & ended) - kept)
+                vanished = (tags - described.keys()) | (tags & ended)
+                for node_id in (previous.keys() - described.keys()) | (previous.keys() & ended):
+                    if previous[node_id].state is not NodeState.TERMINATED:
+                        vanished.add(node_id)
+                gone = sorted(vanished - kept)
             if gone and reconcile:
                 self._reconcile(gone)
             if not self.tags.connected:
