@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from raydog_core import clock, node_setup, plugins, state, task_scripts
+from raydog_core import clock, inline_secrets, names, node_setup, plugins, state, task_scripts
 from raydog_core.errors import ConfigError, ConfigErrors, Problems
 from raydog_core.interfaces import ClusterSpec, NodeTypeSpec, TagStore
 from raydog_core.tag_cache import DEFAULT_READ_TIMEOUT
@@ -341,6 +341,7 @@ def check(cluster_config: Mapping[str, Any]) -> RayDogConfig:
     """RayDog's part of a config, after Ray's: every key, every ``file:`` target, every upload
     and every plugin's options, with all problems raised together."""
     problems = Problems()
+    problems.found += inline_secrets.find(cluster_config)  # what Ray caches: file: unread
     resolved: Mapping[str, Any] = cluster_config
     with problems.collect():
         resolved = _resolve_raydog_files(cluster_config)
@@ -486,6 +487,7 @@ def _parse_provider(
     problems: Problems,
 ) -> RayDogConfig:
     """The provider section's choices; what is wrong goes to ``problems``, defaults stand in."""
+    problems.found += names.problems(cluster_name, node_types)
     on_head = provider.get(ON_HEAD_KEY, False) is True
     choices: dict[plugins.Kind, PluginChoice] = {}
     for kind in plugins.GROUPS:
@@ -568,12 +570,12 @@ def _merge_flat_options(
     choice: PluginChoice, flat: Mapping[str, Any], paths: Mapping[str, str] | None = None
 ) -> PluginChoice:
     """yellowdog-ray style flat keys are options too; naming one twice is an error."""
+    flat_paths = paths or {k: f"provider.{k}" for k in flat}
     for key in flat:
         if key in choice.options:
             raise ConfigError(
-                f"provider.{key}", f"also given as {choice.paths[key]}: keep one of the two"
+                flat_paths[key], f"also given as {choice.paths[key]}: keep one of the two"
             )
-    flat_paths = paths or {k: f"provider.{k}" for k in flat}
     return PluginChoice(
         choice.kind,
         choice.name,

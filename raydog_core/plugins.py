@@ -7,6 +7,7 @@ answers with what to install.
 from __future__ import annotations
 
 import inspect
+import math
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -115,10 +116,10 @@ def check_options(plugin: type, options: Mapping[str, Any], paths: Mapping[str, 
             if option not in accepted:
                 raise ConfigError(paths[option], "unknown option", sorted(accepted))
             if expected is not None and not _matches(value, expected):
-                raise ConfigError(
-                    paths[option],
-                    f"expected {_describe(expected)}, got {type(value).__name__} {value!r}",
-                )
+                got = f"{type(value).__name__} {value!r}"
+                if isinstance(value, float) and not math.isfinite(value):
+                    got = f"{value!r}, which is no usable setting"
+                raise ConfigError(paths[option], f"expected {_describe(expected)}, got {got}")
     for option, param in accepted.items():
         if param.default is inspect.Parameter.empty and option not in options:
             owner = paths.get("", "provider")
@@ -161,8 +162,10 @@ def _matches(value: Any, expected: Any) -> bool:
     target = origin or expected
     if not isinstance(target, type):
         return True
-    if target is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if target is float:  # .inf and .nan are YAML floats, never a usable setting
+        return (
+            isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        )
     if target is int:
         return isinstance(value, int) and not isinstance(value, bool)
     if target is str:
@@ -183,6 +186,9 @@ def _describe(expected: Any) -> str:
     if expected is type(None):
         return "null"
     target = origin or expected
-    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(
-        target, getattr(target, "__name__", str(target))
-    )
+    return {
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        bool: "true or false",
+    }.get(target, getattr(target, "__name__", str(target)))

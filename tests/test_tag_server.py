@@ -133,3 +133,30 @@ def test_a_server_that_keeps_dying_is_restarted_with_growing_delays(
     assert "restart 2 in 1 s" in log
     assert "restart 3 in 2 s" in log
     assert supervised.stop() == 0
+
+
+@pytest.mark.servers
+def test_the_outage_warning_counts_the_writes_it_holds(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The line an operator sees when the store goes: how many nodes' writes wait in memory."""
+    from raydog_core.tag_cache import TagCache
+    from tests.servers import KeyValueServer
+
+    password = state.cluster_secret("outage", PASSWORD_SECRET)
+    server = KeyValueServer(valkey_server_binary(), tmp_path / "server", password).start()
+    store = ValkeyTagStore("outage", port=server.port, connect_timeout=1, command_timeout=1)
+    cache = TagCache(store, lambda: Endpoint("127.0.0.1", server.port), retry_seconds=0.5)
+    try:
+        cache.update({"n0": {"a": "0"}})
+        assert cache.flush()
+        server.stop()
+        caplog.set_level("WARNING", logger="raydog_core.tag_cache")
+        cache.update({f"n{i}": {"a": str(i)} for i in (1, 2, 3)})
+        deadline = time.monotonic() + 30
+        while "tag writes are held in memory" not in caplog.text:
+            assert time.monotonic() < deadline, caplog.text
+            time.sleep(0.05)
+        assert "held in memory (3 node(s))" in caplog.text
+    finally:
+        cache.close(timeout=1)

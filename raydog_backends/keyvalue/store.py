@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import re
 import shlex
 import uuid
 from collections.abc import Collection, Iterator, Mapping
@@ -42,6 +44,8 @@ from raydog_core.interfaces import Changes, ChangeToken, Endpoint, Tags, TagStor
 DEFAULT_PORT = 16667
 TOMBSTONES = 10_000
 PASSWORD_SECRET = "tag-store-password"
+URL_PASSWORD_SECRET = "tag-store-url-password"
+_VARIABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 LOG_FILE = "tag-store.log"
 
 # KEYS (every script): nodes, version, changed, deleted, horizon, epoch; ARGV[1]: node key prefix.
@@ -149,6 +153,7 @@ class KeyValueTagStore(TagStore):
         *,
         port: int = DEFAULT_PORT,
         url: str | None = None,
+        password_env: str | None = None,
         appendonly: bool = True,
         connect_timeout: float = 5.0,
         command_timeout: float = 10.0,
@@ -159,7 +164,10 @@ class KeyValueTagStore(TagStore):
 
         - ``port``: where the server listens on the head (127.0.0.1 only).
         - ``url``: an external server instead, in the client library's URL forms (TLS too);
-          then nothing runs on the head and no transport is opened.
+          then nothing runs on the head and no transport is opened. Never with a password in
+          it (Ray caches and logs the config): give that by ``password_env``.
+        - ``password_env``: the environment variable that holds ``url``'s password where
+          ``ray up`` runs; RayDog keeps a 0600 copy in the cluster's folder for the head.
         - ``appendonly``: the head's server keeps an append-only file, so a restart loses nothing.
         - ``connect_timeout``, ``command_timeout``: seconds; bound how long an unreachable or
           silent server can hold a caller.
@@ -184,7 +192,17 @@ class KeyValueTagStore(TagStore):
             raise ConfigError("server_binary", "expected a program name or path")
         if url is not None:
             self._check_url(url)
+        if password_env is not None:
+            if url is None:
+                raise ConfigError(
+                    "password_env", "only with url (the head's own server has its own password)"
+                )
+            if not _VARIABLE.fullmatch(password_env):
+                raise ConfigError(
+                    "password_env", f"expected an environment variable's name, got {password_env!r}"
+                )
         self.url = url
+        self.password_env = password_env
         self.head_port = None if url is not None else port
         self.appendonly = appendonly
         self.connect_timeout = float(connect_timeout)
@@ -237,6 +255,8 @@ class KeyValueTagStore(TagStore):
             ),
         }
         if self.url is not None:
+            if self.password_env is not None:
+                options["password"] = self._url_password(self.password_env)
             client = self.library.client_class.from_url(self.url, **options)
         elif endpoint is not None:
             password = state.cluster_secret(self.cluster_name, PASSWORD_SECRET)
@@ -269,6 +289,23 @@ class KeyValueTagStore(TagStore):
         except RayDogError:
             self.close()
             raise
+
+    def _url_password(self, variable: str) -> str:
+        """From the environment where ``ray up`` runs (kept 0600 for the head), else that copy."""
+        value = os.environ.get(variable)
+        if value:
+            if state.read_secret(self.cluster_name, URL_PASSWORD_SECRET) != value:
+                state.write_secret(self.cluster_name, URL_PASSWORD_SECRET, value)
+            return value
+        saved = state.read_secret(self.cluster_name, URL_PASSWORD_SECRET)
+        if saved:
+            return saved
+        raise ConfigError(
+            "provider.tag_store.password_env",
+            f"the environment variable {variable} is not set (and there is no saved copy in "
+            f"{state.secret_path(self.cluster_name, URL_PASSWORD_SECRET)}): set it where you "
+            "run ray up",
+        )
 
     def load_all(self) -> dict[str, Tags]:
         nodes: dict[str, Tags] = json.loads(self._run("load_all", []))

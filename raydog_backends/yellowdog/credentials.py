@@ -1,20 +1,29 @@
-"""YellowDog API credentials: from the environment, a ``.env`` file, or the cluster's folder.
+"""YellowDog API credentials: one complete set from one source, the API URL with them.
 
-On the client they come from ``YD_API_KEY_ID``, ``YD_API_KEY_SECRET`` and ``YD_API_URL`` (the
-environment first, then a ``.env`` file found from the working directory up). They are then kept
-0600 in the cluster's private folder, which the core uploads to the head over SSH with the
-bootstrap config; the head's autoscaler, whose environment lacks them, reads them from there.
-They never travel through YellowDog itself: not in a task's environment, data or userdata.
+Sources, first found wins: the environment (``YD_API_KEY_ID``, ``YD_API_KEY_SECRET``, optionally
+``YD_API_URL``), then a ``.env`` file in the working directory of the ``ray`` or ``raydog``
+command (only there: never in a parent folder, where a file nobody chose could send the key to
+another URL), then the copy kept in the cluster's private folder. A source that names some of the
+variables but not the key and its secret is an error, not a reason to mix it with another: the
+URL always comes from the same source as the key (or from the backend's ``api_url`` option, or
+the default). The URL must be ``https://``; ``http://`` only for a loopback address (the
+emulator). The set found on the client is kept 0600 in the cluster's private folder, which the
+core uploads to the head over SSH with the bootstrap config; the head's autoscaler, whose
+environment lacks them, reads them from there. They never travel through YellowDog itself: not
+in a task's environment, data or userdata.
 """
 
 from __future__ import annotations
 
 import io
+import ipaddress
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
 
-from dotenv import dotenv_values, find_dotenv
+from dotenv import dotenv_values
 
 from raydog_core import state
 from raydog_core.errors import BackendError
@@ -24,8 +33,10 @@ logger = logging.getLogger(__name__)
 KEY_ID = "YD_API_KEY_ID"
 KEY_SECRET = "YD_API_KEY_SECRET"
 API_URL = "YD_API_URL"
+VARIABLES = (KEY_ID, KEY_SECRET, API_URL)
 DEFAULT_URL = "https://api.yellowdog.ai"
 SECRET_FILE = "yellowdog.env"
+DOTENV = ".env"
 
 
 @dataclass(frozen=True)
@@ -34,47 +45,79 @@ class Credentials:
     secret: str = field(repr=False)
     url: str
     source: str
-    """Where they were found, for log lines (never the values)."""
+    """Where they were found, for ``raydog doctor`` and log lines (never the values)."""
 
     def as_dotenv(self) -> str:
         return f"{KEY_ID}={self.key_id}\n{KEY_SECRET}={self.secret}\n{API_URL}={self.url}\n"
 
 
 def load(cluster_name: str, environ: Mapping[str, str], api_url: str | None) -> Credentials:
-    """The first complete key from the environment, a ``.env`` file or the cluster's folder.
+    """The first source that has any of the variables gives all of them.
 
-    ``api_url`` (the backend's option) overrides every ``YD_API_URL``. A key found outside the
-    cluster's folder is written there, so that the head finds it after the core's upload.
+    ``api_url`` (the backend's option) overrides the source's ``YD_API_URL``. A set found
+    outside the cluster's folder is written there, so that the head finds it after the upload.
     """
     sources: list[tuple[str, Mapping[str, str | None]]] = [("the environment", environ)]
-    dotenv_path = find_dotenv(usecwd=True)
-    if dotenv_path:
-        sources.append((dotenv_path, dotenv_values(dotenv_path)))
+    dotenv = Path.cwd() / DOTENV
+    if dotenv.is_file():
+        sources.append((str(dotenv), dotenv_values(dotenv)))
     saved = state.read_secret(cluster_name, SECRET_FILE)
     if saved:
         sources.append((str(state.secret_path(cluster_name, SECRET_FILE)), _parse(saved)))
     for source, values in sources:
+        present = [name for name in VARIABLES if values.get(name)]
+        if not present:
+            continue
         key_id, secret = values.get(KEY_ID), values.get(KEY_SECRET)
-        if key_id and secret:
-            url = api_url or values.get(API_URL) or _first_url(sources) or DEFAULT_URL
-            found = Credentials(key_id, secret, url, source)
-            if saved != found.as_dotenv():
-                state.write_secret(cluster_name, SECRET_FILE, found.as_dotenv())
-            logger.debug("YellowDog API key %s from %s, API at %s", key_id, source, url)
-            return found
-    raise BackendError(
-        "connect to",
-        "the YellowDog API",
-        f"no API key: set {KEY_ID} and {KEY_SECRET} in the environment or in a .env file",
+        if not key_id or not secret:
+            missing = [name for name in (KEY_ID, KEY_SECRET) if not values.get(name)]
+            raise _error(
+                f"{source} sets {' and '.join(present)} but not {' and '.join(missing)}: "
+                f"give {KEY_ID}, {KEY_SECRET} and {API_URL} together, in one place"
+            )
+        if api_url:
+            url, url_source = api_url, "the option api_url"
+        else:
+            url, url_source = values.get(API_URL) or DEFAULT_URL, source
+        check_url(url, url_source)
+        found = Credentials(key_id, secret, url, source)
+        if saved != found.as_dotenv():
+            state.write_secret(cluster_name, SECRET_FILE, found.as_dotenv())
+        logger.debug("YellowDog API key %s from %s, API at %s", key_id, source, url)
+        return found
+    raise _error(
+        f"no API key: set {KEY_ID} and {KEY_SECRET} (and {API_URL}) in the environment "
+        f"or in a {DOTENV} file in the working directory"
     )
 
 
-def _first_url(sources: list[tuple[str, Mapping[str, str | None]]]) -> str | None:
-    for _, values in sources:
-        url = values.get(API_URL)
-        if url:
-            return url
-    return None
+def check_url(url: str, source: str) -> None:
+    """https, or http to a loopback address; the error shows no more than scheme and host."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+    except ValueError:
+        parts, host = None, ""
+    if parts is None or parts.scheme not in ("https", "http") or not host:
+        raise _error(f"{API_URL} from {source} is not an http(s) URL")
+    if parts.scheme == "http" and not _loopback(host):
+        raise _error(
+            f"{API_URL} from {source} is http://{host}: the key would travel unencrypted; "
+            "use https:// (http:// is for a loopback address only, such as the emulator's)"
+        )
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _error(reason: str) -> BackendError:
+    return BackendError("connect to", "the YellowDog API", reason)
 
 
 def _parse(text: str) -> dict[str, str | None]:

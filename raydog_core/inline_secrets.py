@@ -1,0 +1,86 @@
+"""No secret inline in what Ray caches or prints.
+
+Ray writes the bootstrapped cluster config to ``/tmp/ray-config-<hash>`` (readable by every user
+of the machine) and the head's autoscaler prints it to ``monitor.log``. So a password, token or
+key must reach a plugin by reference: the name of an environment variable (or a 0600 file) that
+holds it. This check finds the two shapes a secret takes in a config: a URL with a password in
+it, and an option whose name says it is a secret (``password``, ``token``, ``api_key``...) given
+a value rather than a reference (options ending in ``_env`` or ``_file`` are references).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+from raydog_core.errors import ConfigError
+
+WHY = (
+    "Ray copies the cluster config to /tmp/ray-config-<hash> (readable by every user) and the "
+    "head's monitor.log prints it"
+)
+_SECRET_NAME = re.compile(r"password|passwd|secret|token|api_?key|credential", re.IGNORECASE)
+_REFERENCE_SUFFIXES = ("_env", "_file", "_path", "_id")
+_URL_WITH_USERINFO = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]*://[^\s/@'\"]*:[^\s/@'\"]*@")
+# Provider keys that are RayDog's own copies (``_raydog``) or Ray's (``auth``): not user options.
+_SKIPPED = frozenset({"_raydog", "_raydog_on_head", "auth"})
+
+
+def find(cluster_config: Mapping[str, Any]) -> list[ConfigError]:
+    """A ConfigError for each key that carries a secret inline, with what to write instead."""
+    provider = cluster_config.get("provider")
+    places: list[tuple[str, Any]] = []
+    if isinstance(provider, Mapping):
+        places += [(f"provider.{k}", v) for k, v in provider.items() if k not in _SKIPPED]
+    types = cluster_config.get("available_node_types")
+    if isinstance(types, Mapping):
+        for name, entry in types.items():
+            if isinstance(entry, Mapping) and "node_config" in entry:
+                places.append((f"available_node_types.{name}.node_config", entry["node_config"]))
+    found = []
+    for key_path, value in places:
+        for path, leaf_key, leaf in _leaves(key_path, value):
+            problem = _inline_secret(leaf_key, leaf)
+            if problem:
+                found.append(ConfigError(path, problem))
+    return found
+
+
+def _leaves(path: str, value: Any, key: str = "") -> Iterator[tuple[str, str, Any]]:
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            yield from _leaves(f"{path}.{k}", v, str(k))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _leaves(f"{path}[{index}]", item, key)
+    else:
+        yield path, key or path.rsplit(".", 1)[-1], value
+
+
+def _inline_secret(key: str, value: Any) -> str | None:
+    if not isinstance(value, str) or not value.strip():
+        return None
+    for match in _URL_WITH_USERINFO.finditer(value):
+        password = _password(match.group(0) + "host")
+        if password and not password.startswith("$"):  # $VAR, ${VAR}: a shell reference
+            return (
+                f"holds a URL with a password in it; {WHY}. Write the URL without the password "
+                "and give the password by reference: the name of an environment variable that "
+                "holds it (for the valkey and redis tag stores: `password_env: NAME`)"
+            )
+    if _SECRET_NAME.search(key) and not key.lower().endswith(_REFERENCE_SUFFIXES):
+        return (
+            f"is a secret given inline; {WHY}. Give it by reference instead: put it in an "
+            f"environment variable or a 0600 file and name that in the plugin's option for it "
+            f"(such as `{key}_env`)"
+        )
+    return None
+
+
+def _password(url: str) -> str | None:
+    try:
+        return urlsplit(url).password
+    except ValueError:
+        return None

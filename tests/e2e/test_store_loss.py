@@ -1,0 +1,181 @@
+"""End to end: a cluster survives the loss of its tag store, through Ray's own CLI.
+
+`ray up` a local cluster whose head's autoscaler keeps two workers (min_workers), lose the head's
+tag store, and run `ray up` again with the same YAML, as a user whose first `ray up` looked slow
+would: Ray must find the head up to date (its launch config hash comes from the compute backend's
+record), so the same head and workers keep running. Two ways to lose the store:
+
+- unreachable: the supervisor and its valkey-server are killed (nothing restarts them);
+- empty: the server (kept without persistence) is killed, and its supervisor restarts it empty.
+
+    .venv/bin/python -m pytest -m e2e tests/e2e/test_store_loss.py -s
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from raydog_core.interfaces import NodeInfo, NodeState
+from tests.e2e.lifecycle import LocalCluster
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the local backend is Linux"),
+]
+WORKERS = 2
+
+
+@dataclass
+class KeptWorkersCluster(LocalCluster):
+    """examples/local with ``min_workers: 2``; ``appendonly`` false keeps no data on restart."""
+
+    appendonly: bool = True
+
+    def write_config(self) -> Path:
+        path = super().write_config()
+        config = yaml.safe_load(path.read_text())
+        config["available_node_types"]["cpu_worker"]["min_workers"] = WORKERS
+        config["provider"]["tag_store"]["appendonly"] = self.appendonly
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        return path
+
+    @property
+    def tag_port(self) -> int:
+        config = yaml.safe_load(self.config.read_text())
+        return int(config["provider"]["tag_store"]["port"])
+
+    def up_with_workers(self) -> dict[str, NodeInfo]:
+        self.ray("up", "-y", "--no-config-cache", str(self.config), timeout=300)
+        return self.wait_for(
+            lambda nodes: len(self.running_workers(nodes)) == WORKERS,
+            f"the head's autoscaler to start {WORKERS} workers",
+            timeout=300,
+        )
+
+    def running_workers(self, nodes: dict[str, NodeInfo]) -> dict[str, NodeInfo]:
+        return {n: i for n, i in self.workers(nodes).items() if i.state is NodeState.RUNNING}
+
+    def tag_server_pids(self, head_id: str) -> tuple[int, int]:
+        """(supervisor, valkey-server) on the head: the server's pid file and its parent."""
+        pid_file = (
+            self.observer.folder.home(head_id)
+            / ".raydog"
+            / "clusters"
+            / self.cluster_name
+            / "tag-store"
+            / "server.pid"
+        )
+        server = int(pid_file.read_text())
+        stat = (Path("/proc") / str(server) / "stat").read_text()
+        return int(stat.rsplit(")", 1)[1].split()[1]), server
+
+    def alive(self, node_ids: list[str]) -> list[str]:
+        """The nodes among ``node_ids`` whose task script still runs."""
+        found = []
+        for node_id in node_ids:
+            record = self.observer.folder.record(node_id)
+            process = record.process() if record is not None else None
+            if process is not None and process.running():
+                found.append(node_id)
+        return found
+
+
+def accepts(port: int, host: str = "127.0.0.1") -> bool:
+    try:
+        socket.create_connection((host, port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+def wait_until(check: Callable[[], bool], what: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out after {timeout:.0f} s waiting for {what}"
+        time.sleep(0.2)
+
+
+@pytest.fixture
+def make_cluster(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Callable[[bool], KeptWorkersCluster]]:
+    made: list[KeptWorkersCluster] = []
+
+    def make(appendonly: bool) -> KeptWorkersCluster:
+        cluster = KeptWorkersCluster(
+            tmp_path_factory.mktemp("e2e-store-loss"),
+            f"e2e-store-{uuid.uuid4().hex[:6]}",
+            appendonly=appendonly,
+        )
+        made.append(cluster)
+        return cluster
+
+    yield make
+    for cluster in made:
+        cluster.probe("down", "-y", str(cluster.config), timeout=300)
+        cluster.destroy()
+
+
+def test_ray_up_while_the_store_is_unreachable_keeps_the_whole_cluster(
+    make_cluster: Callable[[bool], KeptWorkersCluster],
+) -> None:
+    cluster = make_cluster(True)
+    nodes = cluster.up_with_workers()
+    ids = sorted(nodes)
+    (head,) = [n for n, info in nodes.items() if info.is_head]
+
+    supervisor, server = cluster.tag_server_pids(head)
+    os.kill(supervisor, signal.SIGKILL)  # first, so that nothing restarts the server
+    os.kill(server, signal.SIGKILL)
+    wait_until(lambda: not accepts(cluster.tag_port), "the tag store to go", timeout=30)
+
+    again = cluster.ray("up", "-y", "--no-config-cache", str(cluster.config), timeout=300)
+    assert "out-of-date" not in again, again[-3000:]
+    assert "Terminated head node" not in again
+    assert "is unreachable" in again, "the store was expected to be down during this ray up"
+    # A few of the head's autoscaler ticks (1 s each here), its store still unreachable.
+    time.sleep(15)
+    assert sorted(cluster.nodes()) == ids
+    assert cluster.alive(ids) == ids
+    assert not accepts(cluster.tag_port)
+
+
+def test_a_store_that_comes_back_empty_replaces_no_node(
+    make_cluster: Callable[[bool], KeptWorkersCluster],
+) -> None:
+    cluster = make_cluster(False)
+    nodes = cluster.up_with_workers()
+    ids = sorted(nodes)
+    (head,) = [n for n, info in nodes.items() if info.is_head]
+
+    supervisor, server = cluster.tag_server_pids(head)
+    os.kill(server, signal.SIGKILL)
+
+    def restarted() -> bool:
+        try:
+            return cluster.tag_server_pids(head) not in [(supervisor, server)]
+        except (OSError, ValueError):  # the dead server's pid file, or none yet
+            return False
+
+    wait_until(restarted, "the supervisor to restart the tag server", timeout=60)
+    wait_until(lambda: accepts(cluster.tag_port), "the restarted server to listen", timeout=60)
+    assert cluster.tag_server_pids(head)[0] == supervisor
+
+    again = cluster.ray("up", "-y", "--no-config-cache", str(cluster.config), timeout=300)
+    assert "out-of-date" not in again, again[-3000:]
+    assert "Terminated head node" not in again
+    # A few of the head's autoscaler ticks (1 s each here) against the emptied store.
+    time.sleep(15)
+    assert sorted(cluster.nodes()) == ids
+    assert cluster.alive(ids) == ids

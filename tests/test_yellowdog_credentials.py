@@ -1,0 +1,104 @@
+"""YellowDog credentials: one set from one source, the API URL with them, https only, no .env
+from a parent folder; `doctor` says which source, never the secret."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from raydog_backends.yellowdog import credentials
+from raydog_backends.yellowdog.credentials import SECRET_FILE, load
+from raydog_core import state
+from raydog_core.errors import BackendError
+
+pytest.register_assert_rewrite("tests.yellowdog_fixtures")
+from tests.yellowdog_fixtures import KEY_ID, SECRET, make_backend, make_spec  # noqa: E402
+
+pytest_plugins = ["tests.yellowdog_fixtures"]
+
+KEY = {"YD_API_KEY_ID": "key-id", "YD_API_KEY_SECRET": "the-secret-value"}
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The working directory of the command, inside a folder that has a .env of its own."""
+    (tmp_path / ".env").write_text(
+        "YD_API_KEY_ID=parent-key\nYD_API_KEY_SECRET=parent-secret\n"
+        "YD_API_URL=https://attacker.example\n"
+    )
+    folder = tmp_path / "project"
+    folder.mkdir()
+    monkeypatch.chdir(folder)
+    return folder
+
+
+def test_a_dotenv_in_a_parent_folder_is_never_read(workdir: Path) -> None:
+    with pytest.raises(BackendError) as raised:
+        load("c1", {}, None)
+    assert "in a .env file in the working directory" in str(raised.value)
+    found = load("c2", KEY, None)
+    assert (found.url, found.source) == ("https://api.yellowdog.ai", "the environment")
+
+
+def test_a_dotenv_naming_only_the_url_does_not_redirect_the_environments_key(
+    workdir: Path,
+) -> None:
+    (workdir / ".env").write_text("YD_API_URL=https://elsewhere.example\n")
+    found = load("c1", KEY, None)
+    assert found.url == "https://api.yellowdog.ai"
+    assert found.source == "the environment"
+
+
+def test_a_source_with_part_of_a_set_is_an_error_not_mixed_with_another(workdir: Path) -> None:
+    (workdir / ".env").write_text(
+        "YD_API_KEY_ID=dotenv-key\nYD_API_KEY_SECRET=dotenv-secret\n"
+        "YD_API_URL=https://api.yellowdog.ai\n"
+    )
+    with pytest.raises(BackendError) as raised:
+        load("c1", {"YD_API_URL": "https://other.example"}, None)
+    assert "the environment sets YD_API_URL but not YD_API_KEY_ID and YD_API_KEY_SECRET" in str(
+        raised.value
+    )
+    assert "dotenv-secret" not in str(raised.value)
+    assert state.read_secret("c1", SECRET_FILE) is None
+    found = load("c2", {}, None)
+    assert (found.key_id, found.source) == ("dotenv-key", str(workdir / ".env"))
+
+
+@pytest.mark.parametrize(
+    "url", ["http://api.example.com", "http://10.0.0.5:8080", "ftp://api.example.com"]
+)
+def test_the_key_goes_over_https_only(workdir: Path, url: str) -> None:
+    with pytest.raises(BackendError) as raised:
+        load("c1", {**KEY, "YD_API_URL": url}, None)
+    assert "YD_API_URL from the environment" in str(raised.value)
+    assert "the-secret-value" not in str(raised.value)
+    assert state.read_secret("c1", SECRET_FILE) is None
+    with pytest.raises(BackendError, match="from the option api_url"):
+        load("c2", KEY, url)
+
+
+@pytest.mark.parametrize(
+    "url", ["http://127.0.0.1:8080", "http://localhost:9000", "http://[::1]:80", "https://x.ai"]
+)
+def test_loopback_http_is_for_the_emulator(workdir: Path, url: str) -> None:
+    assert load("c1", {**KEY, "YD_API_URL": url}, None).url == url
+
+
+def test_the_set_is_kept_for_the_head_with_its_url(workdir: Path) -> None:
+    load("c1", {**KEY, "YD_API_URL": "https://eu.yellowdog.ai"}, None)
+    on_head = load("c1", {}, None)
+    assert (on_head.key_id, on_head.url) == ("key-id", "https://eu.yellowdog.ai")
+    assert on_head.source == str(state.secret_path("c1", credentials.SECRET_FILE))
+
+
+def test_doctor_says_which_source_and_never_the_secret(yd_env: str) -> None:
+    backend = make_backend(make_spec())
+    try:
+        checks = {check.name: check for check in backend.preflight()}
+    finally:
+        backend.close()
+    detail = checks["yellowdog credentials"].detail
+    assert detail == f"key {KEY_ID} from the environment"
+    assert all(SECRET not in check.detail + check.fix for check in checks.values())
