@@ -113,6 +113,16 @@ class TestYellowDogBackendContract(ComputeBackendContract):
             backend_for, spec, node_config, lose_node
         )
 
+    @pytest.mark.xfail(
+        strict=True, reason="YellowDog keeps the launch config on its task once ydb's part lands"
+    )
+    def test_each_node_keeps_the_launch_config_it_was_launched_with(
+        self, backend_for: MakeBackend, spec: ClusterSpec, node_config: Mapping[str, Any]
+    ) -> None:
+        super().test_each_node_keeps_the_launch_config_it_was_launched_with(
+            backend_for, spec, node_config
+        )
+
 
 # --- configuration -----------------------------------------------------------------------
 
