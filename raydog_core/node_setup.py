@@ -1,9 +1,10 @@
 """What a node needs before it can join the cluster, pinned to the client's versions.
 
 Ray refuses to mix versions of Python and Ray between the client and the nodes, so the script
-``raydog node-setup`` prints installs exactly the client's: Python, ``ray[default]`` and raydog
-itself (with valkey-server on the head). Once raydog is installed as a package, Ray's launcher
-needs no edit and no PYTHONPATH: ``module: raydog_core.RayDogNodeProvider`` imports normally.
+``raydog node-setup`` prints installs exactly the client's Python and ``ray[default]``, and on the
+head what raydog needs (valkey-server included). raydog itself reaches the head as the client's
+own wheel (``head_packages``), so Ray's launcher needs no edit and no PYTHONPATH there:
+``module: raydog_core.RayDogNodeProvider`` imports normally. Workers need Ray only.
 
 On some platforms (YellowDog) a node's agent starts taking tasks before the setup has finished,
 so the setup ends by writing a marker file, and the core puts a wait for that marker in front

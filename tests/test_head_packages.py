@@ -166,15 +166,17 @@ def test_the_head_installs_the_clients_raydog_and_plugin_with_no_index(
     assert head["store_file"].startswith(venv)
 
 
-def test_wheels_are_built_once_per_source_state(site_dir: Path, tmp_path: Path) -> None:
+def test_wheels_are_built_once_and_only_current_ones_travel(site_dir: Path, tmp_path: Path) -> None:
     config = sqlite_cluster(tmp_path)
     home = tmp_path / "client-home"
     first = client(site_dir, home, config)
+    name = yaml.safe_load(config.read_text())["cluster_name"]
+    left_over = home / "clusters" / name / "wheels" / "raydog-0.0.9-py3-none-any.whl"
+    left_over.write_bytes(b"an older raydog")
     again = client(site_dir, home, config)
     assert first.returncode == 0 and again.returncode == 0, first.stderr + again.stderr
     assert (first.stdout + first.stderr).count("RayDog: building a wheel of") == 2
     assert "building a wheel" not in again.stdout + again.stderr
-    name = yaml.safe_load(config.read_text())["cluster_name"]
     staged = sorted(p.name for p in (home / "clusters" / name / "wheels").glob("*.whl"))
     assert staged == [
         "raydog-0.1.0-py3-none-any.whl",
