@@ -172,8 +172,10 @@ def head_setup_commands(config: RayDogConfig, commands: list[str]) -> list[str]:
     install the wheels that came with the files, offline, and say so for the head's task."""
     if not runs_node_setup(config.compute):
         return commands
-    ours = wait_command(config.setup_options.timeout_minutes, "installing RayDog")
-    if ships_wheels(config):
+    wheels_come = ships_wheels(config)
+    before = "installing RayDog" if wheels_come else "starting Ray"
+    ours = wait_command(config.setup_options.timeout_minutes, before)
+    if wheels_come:
         name = shlex.quote(config.cluster_name)
         wheels = f"{state.REMOTE_HOME}/clusters/{name}/{head_packages.WHEELS}/*.whl"
         ours += (
