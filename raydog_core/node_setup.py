@@ -30,6 +30,8 @@ if TYPE_CHECKING:
     from raydog_core.config import PluginChoice, RayDogConfig
 
 VENV = "/opt/raydog/venv"
+PROFILE = "/etc/profile.d/raydog.sh"
+"""The node setup's environment (the venv first on the PATH); tasks source it after the wait."""
 INSTALLED = f"{VENV}/raydog-installed"
 """Written on the head once ``ray up`` has installed the client's raydog there (wheels)."""
 SETUP_FINISHED = "/opt/raydog/setup-finished"
@@ -150,6 +152,10 @@ def task_wait(config: RayDogConfig, head: bool) -> str | None:
                 "RayDog: installed; starting this task",
             ),
         ]
+    lines += [
+        "# The node setup's environment: its Python and Ray first on the PATH",
+        f"if [ -f {PROFILE} ]; then . {PROFILE}; fi",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -255,7 +261,8 @@ def common_setup(
         f"uv venv {'--seed ' if is_head else ''}--python {versions.python} {VENV}",
         f"uv pip install --python {VENV}/bin/python {' '.join(map(shlex.quote, packages))}",
         f"ln -sf {VENV}/bin/ray {f'{VENV}/bin/raydog ' if is_head else ''}/usr/local/bin/",
-        f"echo 'export PATH={VENV}/bin:$PATH' > /etc/profile.d/raydog.sh",
+        f"echo 'export PATH={VENV}/bin:$PATH' > {PROFILE}",
+        f". {PROFILE}  # the rest of this setup, and what a backend appends to it, use them too",
     ]
     if is_head and config.setup_options.raydog_install == "wheel":
         lines += [f"# `ray up` installs the wheels as {account}, over SSH", f"rm -f {INSTALLED}"]

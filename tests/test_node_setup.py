@@ -124,8 +124,9 @@ def test_the_head_waits_before_its_tag_server_starts() -> None:
     script = spec_of(cluster).head_script
     assert script.startswith("#!/usr/bin/env bash\n# Started by RayDog: wait for this node's setup")
     wait = script.index("until [ -e ")
+    environment = script.index(". /etc/profile.d/raydog.sh")  # the server's python3: the venv's
     server = script.index("raydog_backends.keyvalue.server")
-    assert wait < server < script.index("echo head task")
+    assert wait < environment < server < script.index("echo head task")
 
 
 def test_nodes_without_a_setup_phase_do_not_wait() -> None:
@@ -163,3 +164,6 @@ def test_the_node_setup_ends_by_writing_the_marker(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     armed = result.stdout.index("trap raydog_setup_finished EXIT")
     assert result.stdout.index("yd-agent-installer") < armed < result.stdout.index("uv venv")
+    # What the backend appends (the tag store's install, extra_userdata) runs with the venv's
+    # Python, not the system's.
+    assert "\n. /etc/profile.d/raydog.sh  # the rest of this setup" in result.stdout
