@@ -122,7 +122,10 @@ def _plugins() -> int:
 
 
 def _validate(path: Path) -> int:
-    parsed = validation.validate(validation.load_file(path))
+    cluster = validation.load_file(path)
+    parsed = validation.validate(cluster)
+    for note in validation.notes(cluster):
+        print(f"note: {note}")
     print(
         f"{path}: valid. cluster {parsed.cluster_name!r}: compute={parsed.compute.name}, "
         f"tag_store={parsed.tag_store.name}, transport={parsed.transport.name}, "

@@ -230,3 +230,19 @@ def _raise_unique(found: list[ConfigError]) -> None:
         raise next(iter(unique.values()))
     if unique:
         raise ConfigErrors(unique.values())
+
+
+def notes(cluster_config: Mapping[str, Any]) -> list[str]:
+    """What is valid but likely not meant, for ``raydog validate`` to mention (never an error)."""
+    found = []
+    types = cluster_config.get("available_node_types")
+    head = cluster_config.get("head_node_type")
+    if isinstance(types, Mapping):
+        for name, entry in types.items():
+            if name != head and isinstance(entry, Mapping) and "resources" not in entry:
+                found.append(
+                    f"available_node_types.{name}: no resources, so Ray's autoscaler cannot "
+                    "plan with this type (it launches only its min_workers); e.g. "
+                    "`resources: {CPU: 4}`"
+                )
+    return found

@@ -162,3 +162,18 @@ def test_fuzz_through_the_command(tmp_path: Path) -> None:
         result = run_raydog("validate", str(config_file))
         assert result.returncode in (0, 2), result.stderr
         assert "Traceback" not in result.stderr, result.stderr
+
+
+def test_a_worker_type_without_resources_is_valid_with_a_note(tmp_path: Path) -> None:
+    config = memory_cluster_config()
+    del config["available_node_types"]["cpu"]["resources"]
+    del config["available_node_types"]["head"]["resources"]
+    config_file = tmp_path / "cluster.yaml"
+    config_file.write_text(yaml.safe_dump(config))
+    result = run_raydog("validate", str(config_file))
+    assert result.returncode == 0, result.stderr
+    notes = [line for line in result.stdout.splitlines() if line.startswith("note: ")]
+    assert notes == [
+        "note: available_node_types.cpu: no resources, so Ray's autoscaler cannot plan with "
+        "this type (it launches only its min_workers); e.g. `resources: {CPU: 4}`"
+    ]
