@@ -167,7 +167,7 @@ def test_the_config_testing_example_passes(tmp_path: Path) -> None:
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "3 passed" in result.stdout
+    assert "4 passed" in result.stdout
 
 
 def test_init_yellowdog_writes_a_config_that_validates_and_its_companions(

@@ -39,3 +39,12 @@ def test_idle_workers_go_but_min_workers_stay(simulation: Simulation) -> None:
 def test_never_more_than_max_workers(simulation: Simulation) -> None:
     timeline = simulation.run([Demand(cpus=100, start_s=0)], duration_s=30 * 60)
     assert timeline.peak_workers() == 6
+
+
+def test_an_hour_with_a_20_minute_job_costs_under_3_worker_hours(simulation: Simulation) -> None:
+    timeline = simulation.run([Demand(cpus=16, start_s=0, end_s=20 * 60)], duration_s=60 * 60)
+    # Node-hours run from launch to termination, as a cloud bills them; the head counts too.
+    hours = timeline.node_hours()
+    assert hours["head"] == 1.0
+    assert hours["cpu_worker"] < 3.0
+    assert timeline.summary()["node_types"]["cpu_worker"]["peak"] == 4
