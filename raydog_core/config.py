@@ -133,6 +133,8 @@ class RayDogConfig:
     tag_store_read_timeout: float = DEFAULT_READ_TIMEOUT
     missing_files: tuple[ConfigError, ...] = ()
     """``file:`` references whose file was not there when the provider was built."""
+    autoscaler_v2: bool = False
+    """Whether ``ray up`` ran with ``RAY_enable_autoscaler_v2=1``: the head's Ray runs v2."""
 
     def check_files(self) -> None:
         """Before a launch: every file the node's scripts and settings name was read."""
@@ -148,10 +150,19 @@ class RayDogConfig:
             head_node_type=self.head_node_type,
             node_types=self.node_types,
             head_script=task_scripts.compose(
-                self.head_script, setup_wait=self.setup_wait(head=True), head_server_command=server
+                self.head_script,
+                ray_environment=task_scripts.ray_exports(
+                    is_head=True, autoscaler_v2=self.autoscaler_v2
+                ),
+                setup_wait=self.setup_wait(head=True),
+                head_server_command=server,
             ),
             worker_script=task_scripts.compose(
-                self.worker_script, setup_wait=self.setup_wait(head=False)
+                self.worker_script,
+                ray_environment=task_scripts.ray_exports(
+                    is_head=False, autoscaler_v2=self.autoscaler_v2
+                ),
+                setup_wait=self.setup_wait(head=False),
             ),
             auth=self.auth,
             head_setup=(store.head_server_install() or "") if store is not None else "",
@@ -334,7 +345,9 @@ def from_provider_section(provider: Mapping[str, Any], cluster_name: str) -> Ray
         problems,
     )
     problems.raise_any()
-    return dataclasses.replace(parsed, missing_files=missing)
+    return dataclasses.replace(
+        parsed, missing_files=missing, autoscaler_v2=normalized.get("autoscaler_v2") is True
+    )
 
 
 def check(cluster_config: Mapping[str, Any]) -> RayDogConfig:
@@ -395,6 +408,9 @@ def bootstrap(cluster_config: Mapping[str, Any]) -> dict[str, Any]:
         },
         "auth": dict(parsed.auth),
     }
+    if os.environ.get(task_scripts.AUTOSCALER_V2_VARIABLE) == "1":
+        # Recorded where `ray up` runs; the head's autoscaler reads the config it uploads.
+        provider[NORMALIZED_KEY]["autoscaler_v2"] = True
     mounts = config["file_mounts"]
     local_dir = state.cluster_dir(parsed.cluster_name)
     local_dir.mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -55,16 +55,48 @@ WAIT_FOR_HEAD_RAY = (
 only waits for it (Ray writes ``ray_current_cluster`` into its temp folder once it runs)."""
 
 
+AUTOSCALER_V2_VARIABLE = "RAY_enable_autoscaler_v2"
+"""Set to 1 where ``ray up`` runs: the head's Ray runs Ray's autoscaler v2."""
+
+
+def ray_exports(*, is_head: bool, autoscaler_v2: bool) -> str:
+    """Bash exporting what Ray's autoscaler v2 needs on every node, whatever starts Ray there;
+    nothing under v1, whose nodes' scripts stay as they were.
+
+    v2 matches a Ray node to the node it launched by the id the Ray node reports
+    (``RAY_CLOUD_INSTANCE_ID``: the compute backend's node id, which every backend gives its
+    tasks as ``RAYDOG_NODE_ID``) and its node type (``RAY_NODE_TYPE_NAME``); without them it
+    waits forever for the nodes it launched. The head also gets ``RAY_enable_autoscaler_v2=1``.
+    """
+    if not autoscaler_v2:
+        return ""
+    lines = [
+        "# Set by RayDog: Ray's autoscaler v2, and how it knows this node",
+        'export RAY_CLOUD_INSTANCE_ID="${RAYDOG_NODE_ID:-}"',
+        'export RAY_NODE_TYPE_NAME="${RAYDOG_NODE_TYPE:-}"',
+    ]
+    if is_head:
+        lines.append(f"export {AUTOSCALER_V2_VARIABLE}=1")
+    return "\n".join(lines)
+
+
 def compose(
-    script: str, *, setup_wait: str | None = None, head_server_command: str | None = None
+    script: str,
+    *,
+    ray_environment: str | None = None,
+    setup_wait: str | None = None,
+    head_server_command: str | None = None,
 ) -> str:
     """The script a compute backend runs: what the core does first, then the node's script.
 
     Everything the core puts in front of a task script is added here, in order, after the
-    script's shebang (or bash's): the wait for the node's setup to finish
-    (``node_setup.task_wait``), then the tag store's server on the head.
+    script's shebang (or bash's): what Ray's autoscaler v2 needs (``ray_exports``), the wait
+    for the node's setup to finish (``node_setup.task_wait``), then the tag store's server on
+    the head.
     """
     prefix: list[str] = []
+    if ray_environment:
+        prefix.append(ray_environment)
     if setup_wait:
         prefix.append(setup_wait.rstrip("\n"))
     if head_server_command:

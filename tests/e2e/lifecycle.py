@@ -216,6 +216,7 @@ class LifecycleResult:
     job: str
     workers_during_job: dict[str, NodeInfo]
     nodes_after_idle: dict[str, NodeInfo]
+    status_after_idle: str
     leftovers: list[str]
 
 
@@ -247,6 +248,7 @@ def run_lifecycle(cluster: RayCluster) -> LifecycleResult:
             "idle workers to be removed",
             timeout=cluster.idle_timeout_minutes * 60 + 240,
         )
+    status_after_idle = cluster.probe("exec", config, "ray status")
     with cluster.phase("teardown (ray down)"):
         cluster.ray("down", "-y", config, timeout=300)
     return LifecycleResult(
@@ -257,6 +259,7 @@ def run_lifecycle(cluster: RayCluster) -> LifecycleResult:
         job=job,
         workers_during_job=workers_during_job,
         nodes_after_idle=after_idle,
+        status_after_idle=status_after_idle,
         leftovers=cluster.leftovers(),
     )
 
