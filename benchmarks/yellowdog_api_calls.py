@@ -107,7 +107,16 @@ def learning_tick(client: EmulatorClient) -> tuple[int, str]:
 
 def main() -> None:
     os.environ["RAYDOG_HOME"] = tempfile.mkdtemp(prefix="raydog-bench-")
-    config = EmulatorConfig(provision_delay=0.0, boot_delay=0.05, task_start_delay=0.0)
+    config = EmulatorConfig(
+        provision_delay=0.0,
+        boot_delay=0.05,
+        task_start_delay=0.0,
+        # Platform facts the backend does not handle yet (issue 9 item 2); remove as it does.
+        lenient_node_public_ip=True,
+        lenient_unlimited_pools=True,
+        lenient_no_preallocation=True,
+        lenient_pool_shutdown=True,
+    )
     with Emulator(config) as emulator:
         os.environ.update(
             YD_API_KEY_ID="bench", YD_API_KEY_SECRET="bench-secret", YD_API_URL=emulator.url

@@ -139,9 +139,6 @@ def test_nodes_without_a_setup_phase_do_not_wait() -> None:
         spec = spec_of(cluster)
         assert spec.head_script == "#!/bin/bash\nsleep 1\n", compute
         assert spec.worker_script == WORKER_TASK, compute
-    emulated = yellowdog_config(ray_worker_node_task_script=WORKER_TASK)
-    emulated["provider"]["compute"]["type"] = "yellowdog-emulated"
-    assert spec_of(emulated).worker_script == WORKER_TASK
 
 
 @pytest.mark.parametrize("value", [0, -1, "ten", True, None])

@@ -596,7 +596,8 @@ def test_shutdown_finds_what_an_interrupted_earlier_attempt_left(
     )
     sdk.worker_pool_client.provision_worker_pool(usage, ProvisionedWorkerPoolProperties())
     sdk.close()
-    assert len(cluster_leaks(emulator_client, names.cluster)) == 3
+    # The work requirement, two pools, their compute requirements and the head's instance.
+    assert len(cluster_leaks(emulator_client, names.cluster)) == 6
     backend.shutdown()
     backend.shutdown()
     assert cluster_leaks(emulator_client, names.cluster) == []

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -15,7 +16,10 @@ from yellowdog_client.common.json import Json
 from yellowdog_client.model import (
     ApiKey,
     AutoShutdown,
+    ComputeRequirementStatus,
     ComputeRequirementTemplateUsage,
+    ComputeSourceStatus,
+    InstanceSearch,
     Node,
     NodeSearch,
     NodeStatus,
@@ -44,8 +48,11 @@ from yellowdog_client.platform_client import PlatformClient
 
 from raydog_backends.yellowdog import YellowDogComputeBackend
 from raydog_backends.yellowdog_emulator import Emulator, EmulatorClient, EmulatorConfig
+from raydog_backends.yellowdog_emulator.processes import SETUP_FINISHED_VARIABLE
 from raydog_backends.yellowdog_emulator.runner import EmulatedTaskRunner
+from raydog_core import config as raydog_config
 from raydog_core import plugins
+from tests.conftest import memory_cluster_config
 
 pytest.register_assert_rewrite("tests.yellowdog_fixtures")
 from tests.yellowdog_fixtures import (  # noqa: E402
@@ -70,13 +77,22 @@ def sdk(url: str, key_id: str = KEY_ID, secret: str = SECRET) -> PlatformClient:
 
 
 @pytest.fixture
+def emulator() -> Iterator[Emulator]:
+    """Every platform fact, strict (the shared fixture is lenient where the backend lags)."""
+    with running_emulator(strict=True) as running:
+        yield running
+
+
+@pytest.fixture
 def client(emulator: Emulator) -> Iterator[PlatformClient]:
     platform = sdk(emulator.url)
     yield platform
     platform.close()
 
 
-def requirement(name: str, tag: str = "pool-tag", **group: object) -> WorkRequirement:
+def requirement(
+    name: str, tag: str = "pool-tag", disable_preallocation: bool = True, **group: object
+) -> WorkRequirement:
     return WorkRequirement(
         namespace=NAMESPACE,
         name=name,
@@ -85,7 +101,10 @@ def requirement(name: str, tag: str = "pool-tag", **group: object) -> WorkRequir
             TaskGroup(
                 name="group_1",
                 runSpecification=RunSpecification(
-                    taskTypes=["bash"], workerTags=[tag], namespaces=[NAMESPACE]
+                    taskTypes=["bash"],
+                    workerTags=[tag],
+                    namespaces=[NAMESPACE],
+                    disablePreallocation=disable_preallocation,
                 ),
                 **group,  # type: ignore[arg-type]
             )
@@ -111,6 +130,13 @@ def provision(
     pool = client.worker_pool_client.provision_worker_pool(usage, properties)
     assert pool.id is not None
     return pool.id
+
+
+def public_addresses(client: PlatformClient, pool_id: str) -> set[str | None]:
+    """Where the platform publishes them now: the instances of the pool's compute requirement."""
+    pool = client.worker_pool_client.get_worker_pool_by_id(pool_id)
+    search = InstanceSearch(computeRequirementId=pool.computeRequirementId)  # type: ignore[attr-defined]
+    return {i.publicIpAddress for i in client.compute_client.get_instances(search).list_all()}
 
 
 def first_group(made: WorkRequirement) -> str:
@@ -189,7 +215,7 @@ def test_pools_boot_nodes_that_take_matching_tasks(client: PlatformClient) -> No
     nodes = client.worker_pool_client.get_nodes(NodeSearch(workerPoolId=pool_id)).list_all()
     assert len(nodes) == 2
     ips = {n.details.privateIpAddress for n in nodes if n.details}
-    assert len(ips) == 2 and all(n.details and n.details.publicIpAddress for n in nodes)
+    assert len(ips) == 2 and all(n.details and n.details.publicIpAddress is None for n in nodes)
     executed_on = {client.work_client.get_task_by_id(i).nodeId for i in ids if i}
     assert executed_on == {n.id for n in nodes}
     by_tag = client.worker_pool_client.get_nodes(NodeSearch(workerTag="pool-tag")).list_all()
@@ -252,7 +278,7 @@ def test_cancelling_a_work_requirement_aborts_its_tasks(client: PlatformClient) 
 
 
 def test_pools_resize_and_shut_down(client: PlatformClient) -> None:
-    pool_id = provision(client, "resized", 1)
+    pool_id = provision(client, "resized", 1, maxNodes=3)
     wait_until(
         lambda: (
             len(client.worker_pool_client.get_nodes(NodeSearch(workerPoolId=pool_id)).list_all())
@@ -268,7 +294,7 @@ def test_pools_resize_and_shut_down(client: PlatformClient) -> None:
     client.worker_pool_client.shutdown_worker_pool_by_id(pool_id)
     pool = client.worker_pool_client.get_worker_pool_by_id(pool_id)
     assert pool.status is not None and pool.status.finished
-    assert client.worker_pool_client.get_nodes(running).list_all() == []
+    wait_until(lambda: client.worker_pool_client.get_nodes(running).list_all() == [], "no node")
     live = WorkerPoolSearch(
         namespaces=[NAMESPACE], statuses=[s for s in WorkerPoolStatus if not s.finished]
     )
@@ -313,7 +339,7 @@ def test_large_bodies_arrive_gzipped(emulator: Emulator, client: PlatformClient)
 
 def test_only_the_configured_key_and_templates_are_accepted() -> None:
     config = EmulatorConfig(api_key=f"{KEY_ID}:{SECRET}", templates=[TEMPLATE])
-    with running_emulator(config) as emulator:
+    with running_emulator(config, strict=True) as emulator:
         wrong = sdk(emulator.url, secret="not-the-secret")
         with pytest.raises(NotAuthorisedException):
             wrong.work_client.get_work_requirement_by_name(NAMESPACE, "x")
@@ -354,8 +380,11 @@ def test_inspection_lists_live_objects(emulator: Emulator, client: PlatformClien
     pool_id = provision(client, "inspected-pool", 1)
     assert [r["name"] for r in control.live_work_requirements()] == ["inspected"]
     assert [p["id"] for p in control.live_pools()] == [pool_id]
-    assert len(control.leaks()) == 2
+    wait_until(lambda: len(control.live_nodes()) == 1, "the node")
+    kinds = [" ".join(leak.split()[:2]) for leak in control.leaks()]
+    assert kinds == ["work requirement", "worker pool", "compute requirement", "instance of"]
     client.work_client.cancel_work_requirement_by_id(made.id, True)  # type: ignore[arg-type]
+    wait_until(lambda: control.state()["nodes"][0]["status"] == "RUNNING", "registration")
     client.worker_pool_client.shutdown_worker_pool_by_id(pool_id)
     wait_until(lambda: control.leaks() == [], "nothing live")
     control.reset()
@@ -364,7 +393,7 @@ def test_inspection_lists_live_objects(emulator: Emulator, client: PlatformClien
 
 def test_task_scripts_run_as_processes_with_their_environment(tmp_path: Path) -> None:
     config = EmulatorConfig(run_tasks=True, work_dir=str(tmp_path / "work"), stop_grace_seconds=2)
-    with running_emulator(config) as emulator:
+    with running_emulator(config, strict=True) as emulator:
         client = sdk(emulator.url)
         made = client.work_client.add_work_requirement(requirement("processes"))
         group_id = first_group(made)
@@ -419,7 +448,7 @@ def test_runs_as_a_module_and_stops_on_sigterm(module: str) -> None:
 
 def test_loopback_addresses_are_distinct_and_given_back(tmp_path: Path) -> None:
     config = EmulatorConfig(loopback_ips=True, public_ip="127.0.0.1", work_dir=str(tmp_path))
-    with running_emulator(config) as emulator:
+    with running_emulator(config, strict=True) as emulator:
         client = sdk(emulator.url)
         pool_id = provision(client, "loopback-pool", 3)
         search = NodeSearch(workerPoolId=pool_id, statuses=[NodeStatus.RUNNING])
@@ -431,8 +460,9 @@ def test_loopback_addresses_are_distinct_and_given_back(tmp_path: Path) -> None:
         nodes = running()
         private = {n.details.privateIpAddress for n in nodes if n.details}
         assert len(private) == 3 and all(ip and ip.startswith("127.") for ip in private)
-        assert {n.details.publicIpAddress for n in nodes if n.details} == {"127.0.0.1"}
+        assert public_addresses(client, pool_id) == {"127.0.0.1"}
         client.worker_pool_client.shutdown_worker_pool_by_id(pool_id)
+        wait_until(lambda: running() == [], "the nodes to stop")
         assert not (tmp_path / "leases").exists() or not any((tmp_path / "leases").iterdir())
         client.close()
 
@@ -462,3 +492,244 @@ def test_the_emulated_plugin_runs_the_heads_commands_on_this_machine(yd_env: str
         use_internal_ip=False,
     )
     assert isinstance(runner, EmulatedTaskRunner) and runner.emulator.url == yd_env
+
+
+# --- the platform's facts (../shared/YELLOWDOG.md), each shown through the real SDK -----------
+
+
+def node_of(client: PlatformClient, task_id: str) -> Node:
+    node_id = client.work_client.get_task_by_id(task_id).nodeId
+    assert node_id is not None
+    return client.worker_pool_client.get_node_by_id(node_id)
+
+
+def test_a_nodes_public_address_is_its_instances_only(client: PlatformClient) -> None:
+    """yellowdog-ray 54e2599: ``Node.details.publicIpAddress`` is absent; the instance has it."""
+    pool_id = provision(client, "addressed", 2, maxNodes=2)
+    search = NodeSearch(workerPoolId=pool_id, statuses=[NodeStatus.RUNNING])
+    nodes = wait_until(
+        lambda: (
+            (found := client.worker_pool_client.get_nodes(search).list_all())
+            and len(found) == 2
+            and found
+        ),
+        "two nodes",
+    )
+    pool = client.worker_pool_client.get_worker_pool_by_id(pool_id)
+    requirement_id = pool.computeRequirementId  # type: ignore[attr-defined]
+    requirement = client.compute_client.get_compute_requirement_by_id(requirement_id)
+    assert (
+        requirement.status is ComputeRequirementStatus.RUNNING and requirement.name == "addressed"
+    )
+    instances = client.compute_client.get_instances(
+        InstanceSearch(computeRequirementId=requirement_id)
+    ).list_all()
+    by_id = {i.id.instanceId: i for i in instances if i.id}
+    for node in nodes:
+        assert node.details is not None and node.details.publicIpAddress is None
+        instance = by_id[node.details.instanceId]  # type: ignore[index]
+        assert instance.privateIpAddress == node.details.privateIpAddress
+        assert instance.publicIpAddress and instance.publicIpAddress != instance.privateIpAddress
+
+
+def test_pool_sizes_are_limited_by_max_nodes(client: PlatformClient) -> None:
+    """Every YellowDog client sets maxNodes (yellowdog-ray, yellowdog-cli); 10,000 at most."""
+    pools = client.worker_pool_client
+    limited = provision(client, "limited", 1, maxNodes=2)
+    pools.resize_worker_pool_by_id(limited, 2)
+    with pytest.raises(InvalidRequestException, match="cannot grow to 3 nodes: its maxNodes is 2"):
+        pools.resize_worker_pool_by_id(limited, 3)
+    # Without maxNodes the platform imposes a limit of its own: here, the initial size.
+    unset = provision(client, "unset", 1)
+    with pytest.raises(InvalidRequestException, match="pool without maxNodes is 1"):
+        pools.resize_worker_pool_by_id(unset, 2)
+    with pytest.raises(InvalidRequestException, match=r"outside 1\.\.10,000"):
+        provision(client, "too-big", 1, maxNodes=10_001)
+    with pytest.raises(InvalidRequestException, match="above maxNodes 2"):
+        provision(client, "too-many", 3, maxNodes=2)
+
+
+def test_tasks_queue_on_busy_nodes_unless_preallocation_is_disabled(
+    client: PlatformClient,
+) -> None:
+    """``RunSpecification.disablePreallocation`` (SDK 13.1): without it, a task can be queued on
+    a node that runs a never-ending task, and never start there."""
+    pool_id = provision(client, "queues", 1, maxNodes=2)
+    queues = first_group(
+        client.work_client.add_work_requirement(requirement("queues", disable_preallocation=False))
+    )
+    waits = first_group(client.work_client.add_work_requirement(requirement("waits")))
+    (first,) = client.work_client.add_tasks_to_task_group_by_id(queues, [bash("x")])
+    assert first.id
+    wait_until(lambda: task_status(client, first.id) is TaskStatus.EXECUTING, "the first task")  # type: ignore[arg-type]
+    (patient,) = client.work_client.add_tasks_to_task_group_by_id(waits, [bash("x")])
+    (queued,) = client.work_client.add_tasks_to_task_group_by_id(queues, [bash("x")])
+    assert patient.id and queued.id
+    wait_until(lambda: task_status(client, queued.id) is TaskStatus.ALLOCATED, "pre-allocation")  # type: ignore[arg-type]
+    busy = node_of(client, first.id).id
+    assert node_of(client, queued.id).id == busy
+    assert task_status(client, patient.id) is TaskStatus.READY
+    client.worker_pool_client.resize_worker_pool_by_id(pool_id, 2)
+    wait_until(lambda: task_status(client, patient.id) is TaskStatus.EXECUTING, "a new node")  # type: ignore[arg-type]
+    assert node_of(client, patient.id).id != busy
+    time.sleep(0.3)
+    assert task_status(client, queued.id) is TaskStatus.ALLOCATED, "it waits behind the first"
+    client.work_client.cancel_task_by_id(first.id, True)
+    wait_until(lambda: task_status(client, queued.id) is TaskStatus.EXECUTING, "its turn")  # type: ignore[arg-type]
+
+
+def test_a_pool_shutdown_takes_time_and_leaves_booting_nodes_to_the_compute_requirement(
+    emulator: Emulator, client: PlatformClient
+) -> None:
+    """yellowdog-ray 0794285: a pool shutdown is not immediate, and a node whose agent never
+    registered is stopped only by terminating the pool's compute requirement."""
+    control = EmulatorClient(emulator.url)
+    emulator.platform.config.node_shutdown_delay = 0.5
+    pool_id = provision(client, "shuts", 1, maxNodes=2)
+    running = NodeSearch(workerPoolId=pool_id, statuses=[NodeStatus.RUNNING])
+    wait_until(lambda: client.worker_pool_client.get_nodes(running).list_all(), "a node")
+    control.settings(boot_delay=3600)  # the second node's agent never registers
+    client.worker_pool_client.resize_worker_pool_by_id(pool_id, 2)
+    wait_until(lambda: len(control.state()["nodes"]) == 2, "a booting node")
+    client.worker_pool_client.shutdown_worker_pool_by_id(pool_id)
+    assert (
+        client.worker_pool_client.get_worker_pool_by_id(pool_id).status is WorkerPoolStatus.SHUTDOWN
+    )
+    assert len(client.worker_pool_client.get_nodes(running).list_all()) == 1, "still running"
+    wait_until(lambda: not client.worker_pool_client.get_nodes(running).list_all(), "the node")
+    time.sleep(0.2)
+    (left,) = control.live_compute_requirements()
+    assert [i["live"] for i in left["instances"]] == [False, True]
+    assert [leak.split()[:2] for leak in control.leaks()] == [
+        ["compute", "requirement"],
+        ["instance", "of"],
+    ]
+    client.compute_client.terminate_compute_requirement_by_id(left["id"])
+    assert control.leaks() == []
+    pool = client.worker_pool_client.get_worker_pool_by_id(pool_id)
+    assert pool.status is WorkerPoolStatus.TERMINATED
+
+
+def test_a_work_requirement_holds_at_most_1000_task_groups(client: PlatformClient) -> None:
+    """``WorkRequirement.TASK_GROUPS_MAX`` (SDK model)."""
+    groups = [
+        TaskGroup(name=f"g{n}", runSpecification=RunSpecification(taskTypes=["bash"]))
+        for n in range(WorkRequirement.TASK_GROUPS_MAX)
+    ]
+    made = client.work_client.add_work_requirement(
+        WorkRequirement(namespace=NAMESPACE, name="full", taskGroups=groups)
+    )
+    assert len(made.taskGroups or []) == 1000
+    made.taskGroups = [
+        *(made.taskGroups or []),
+        TaskGroup(name="one-more", runSpecification=RunSpecification(taskTypes=["bash"])),
+    ]
+    with pytest.raises(InvalidRequestException, match="at most 1000"):
+        client.work_client.update_work_requirement(made)
+
+
+def test_a_reply_lost_after_the_request_applied_makes_a_retried_add_twice(
+    emulator: Emulator,
+) -> None:
+    """The SDK retries POSTs on 429/5xx (``platform_client.py``, ``full_jitter_retry.py``): a
+    batch whose reply was lost is added again; only its tasks' names tell the two apart."""
+    retrying = PlatformClient.create(
+        ServicesSchema(
+            defaultUrl=emulator.url,
+            retry=RetryProperties(
+                maxAttempts=2,
+                initialInterval=timedelta(milliseconds=10),
+                maxInterval=timedelta(milliseconds=10),
+            ),
+        ),
+        ApiKey(KEY_ID, SECRET),
+    )
+    made = retrying.work_client.add_work_requirement(requirement("retried"))
+    EmulatorClient(emulator.url).fail(
+        r"/work/taskGroups/[^/]+/tasks$", 503, method="POST", nth=1, after_apply=True
+    )
+    batch = [Task(taskType="bash", taskData="x", name="node-1")]
+    added = retrying.work_client.add_tasks_to_task_group_by_id(first_group(made), batch)
+    assert len(added) == 1
+    tasks = retrying.work_client.get_tasks(TaskSearch(workRequirementId=made.id)).list_all()
+    assert [t.name for t in tasks] == ["node-1", "node-1"]
+    retrying.close()
+
+
+def test_a_provisioning_failure_ends_the_pool_without_nodes(
+    emulator: Emulator, client: PlatformClient
+) -> None:
+    """Quota, wrong template or image: the reason is on the compute requirement's source; the
+    pool ends without a node and its tasks stay READY."""
+    control = EmulatorClient(emulator.url)
+    control.fail_provisioning("quota exceeded for instance type emulated", template_id=TEMPLATE)
+    made = client.work_client.add_work_requirement(requirement("unprovisioned"))
+    (task,) = client.work_client.add_tasks_to_task_group_by_id(first_group(made), [bash("x")])
+    pool_id = provision(client, "unprovisioned", 1, maxNodes=1)
+    pool = wait_until(
+        lambda: (
+            (found := client.worker_pool_client.get_worker_pool_by_id(pool_id)).status
+            is WorkerPoolStatus.TERMINATED
+            and found
+        ),
+        "the pool to end",
+    )
+    compute = client.compute_client.get_compute_requirement_by_id(pool.computeRequirementId)  # type: ignore[attr-defined]
+    assert compute.status is ComputeRequirementStatus.TERMINATED
+    (source,) = compute.provisionStrategy.sources or []
+    assert source.status is ComputeSourceStatus.ERRORED
+    assert source.statusMessage == "quota exceeded for instance type emulated"
+    assert client.worker_pool_client.get_nodes(NodeSearch(workerPoolId=pool_id)).list_all() == []
+    assert task_status(client, task.id) is TaskStatus.READY  # type: ignore[arg-type]
+
+
+def test_a_node_can_be_missing_from_one_search(emulator: Emulator, client: PlatformClient) -> None:
+    """An inconsistent search result: the node is there, one search does not list it."""
+    pool_id = provision(client, "glitches", 2, maxNodes=2)
+    search = NodeSearch(workerPoolId=pool_id)
+
+    def listed() -> set[str | None]:
+        return {n.id for n in client.worker_pool_client.get_nodes(search).list_all()}
+
+    both = wait_until(lambda: (ids := listed()) and len(ids) == 2 and ids, "two nodes")
+    hidden = sorted(both)[0]
+    EmulatorClient(emulator.url).hide_node_from_searches(hidden)
+    assert listed() == both - {hidden}
+    assert client.worker_pool_client.get_node_by_id(hidden).status is NodeStatus.RUNNING  # type: ignore[arg-type]
+    assert listed() == both
+
+
+def test_a_task_can_start_before_its_nodes_setup_has_finished(tmp_path: Path) -> None:
+    """YellowDog agent installer README: the agent starts at once, before Python and Ray are
+    installed. A task that does not wait finds no ``ray``; one that waits for the setup's
+    marker (``$RAYDOG_SETUP_FINISHED``) does."""
+    config = EmulatorConfig(
+        run_tasks=True, loopback_ips=True, work_dir=str(tmp_path), setup_delay=1.5
+    )
+    with running_emulator(config, strict=True) as emulator:
+        client = sdk(emulator.url)
+        made = client.work_client.add_work_requirement(requirement("sets-up"))
+        provision(client, "sets-up", 2, maxNodes=2)
+        hasty = bash("#!/bin/bash\ncommand -v ray\n")
+        patient = bash(
+            '#!/bin/bash\nuntil [ -e "$RAYDOG_SETUP_FINISHED" ]; do sleep 0.1; done\n'
+            "command -v ray\n"
+        )
+        first, second = client.work_client.add_tasks_to_task_group_by_id(
+            first_group(made), [hasty, patient]
+        )
+        wait_until(lambda: task_status(client, first.id) is TaskStatus.FAILED, "no ray")  # type: ignore[arg-type]
+        wait_until(lambda: task_status(client, second.id) is TaskStatus.COMPLETED, "ray")  # type: ignore[arg-type]
+        client.close()
+
+
+def test_the_emulated_plugins_tasks_wait_for_their_nodes_setup() -> None:
+    """The emulator emulates a node's setup (see ``processes``), so the core puts its wait for
+    the setup's marker in front of the emulated plugin's task scripts, as for ``yellowdog``."""
+    config = memory_cluster_config(ray_worker_node_task_script="#!/bin/bash\nray start\n")
+    config["provider"]["compute"] = {"type": "yellowdog-emulated", "cluster_namespace": NAMESPACE}
+    for node_type in config["available_node_types"].values():
+        node_type["node_config"] = {"compute_requirement_template": TEMPLATE}
+    parsed = raydog_config.parse(config)
+    spec = parsed.cluster_spec(parsed.tag_store.build(parsed.cluster_name))
+    assert SETUP_FINISHED_VARIABLE in spec.worker_script.split("ray start")[0]

@@ -37,9 +37,25 @@ SLEEP_SCRIPT = "#!/bin/bash\nsleep infinity\n"
 START_TIMEOUT = 20.0
 
 
+BACKEND_TODAY: dict[str, bool] = {
+    "lenient_node_public_ip": True,
+    "lenient_unlimited_pools": True,
+    "lenient_no_preallocation": True,
+    "lenient_pool_shutdown": True,
+}
+"""Platform facts the emulator reproduces (docs/emulator.md) that the backend does not handle
+yet (issue 9 item 2): its tests run with these lenient until it does; remove each as it lands."""
+
+
 @contextlib.contextmanager
-def running_emulator(config: EmulatorConfig | None = None) -> Iterator[Emulator]:
-    """An emulator served by threads of this process; stopped (with its task processes) after."""
+def running_emulator(
+    config: EmulatorConfig | None = None, *, strict: bool = False
+) -> Iterator[Emulator]:
+    """An emulator served by threads of this process; stopped (with its task processes) after.
+    ``strict``: every platform fact, none of ``BACKEND_TODAY``'s leniency."""
+    config = config or EmulatorConfig()
+    if not strict:
+        config.update(BACKEND_TODAY)
     emulator = Emulator(config).start()
     try:
         yield emulator

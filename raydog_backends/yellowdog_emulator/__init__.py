@@ -5,7 +5,8 @@ Run ``python -m raydog_backends.yellowdog_emulator --port PORT`` and point ``YD_
 """
 
 from raydog_backends.yellowdog_emulator.client import EmulatorClient
-from raydog_backends.yellowdog_emulator.platform import EmulatorConfig, Platform
+from raydog_backends.yellowdog_emulator.platform import Platform
+from raydog_backends.yellowdog_emulator.records import EmulatorConfig
 from raydog_backends.yellowdog_emulator.server import Emulator, Fault
 
 __all__ = ["Emulator", "EmulatorClient", "EmulatorConfig", "Fault", "Platform"]

@@ -10,10 +10,15 @@ import logging
 import signal
 import sys
 import threading
+from dataclasses import fields
 from types import FrameType
 
-from raydog_backends.yellowdog_emulator.platform import EmulatorConfig
+from raydog_backends.yellowdog_emulator.records import EmulatorConfig
 from raydog_backends.yellowdog_emulator.server import Emulator
+
+LENIENT = sorted(
+    f.name.removeprefix("lenient_") for f in fields(EmulatorConfig) if f.name.startswith("lenient_")
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -35,6 +40,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--boot-delay", type=float, default=defaults.boot_delay)
     parser.add_argument("--task-start-delay", type=float, default=defaults.task_start_delay)
     parser.add_argument(
+        "--setup-delay",
+        type=float,
+        default=defaults.setup_delay,
+        help="seconds a node's setup takes after its agent registered (tasks may start before)",
+    )
+    parser.add_argument(
+        "--node-shutdown-delay",
+        type=float,
+        default=defaults.node_shutdown_delay,
+        help="seconds a shut-down pool's registered nodes keep running",
+    )
+    parser.add_argument(
+        "--lenient",
+        action="append",
+        default=[],
+        choices=LENIENT,
+        help="turn a platform fact off, for clients that do not handle it yet (repeatable)",
+    )
+    parser.add_argument(
         "--time-scale",
         type=float,
         default=defaults.time_scale,
@@ -54,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
         provision_delay=args.provision_delay,
         boot_delay=args.boot_delay,
         task_start_delay=args.task_start_delay,
+        setup_delay=args.setup_delay,
+        node_shutdown_delay=args.node_shutdown_delay,
         time_scale=args.time_scale,
         run_tasks=args.run_tasks,
         work_dir=args.work_dir,
@@ -62,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         loopback_ips=args.loopback_ips,
         public_ip=args.public_ip,
     )
+    config.update({f"lenient_{name}": True for name in args.lenient})
     stop = threading.Event()
 
     def request_stop(signum: int, frame: FrameType | None) -> None:

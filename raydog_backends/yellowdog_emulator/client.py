@@ -55,14 +55,29 @@ class EmulatorClient:
     def live_nodes(self) -> list[dict[str, Any]]:
         return [n for n in self.state()["nodes"] if n["live"]]
 
+    def live_compute_requirements(self) -> list[dict[str, Any]]:
+        return [c for c in self.state()["compute_requirements"] if c["live"]]
+
     def leaks(self) -> list[str]:
-        """What would still cost money: unfinished work requirements and live worker pools."""
+        """What would still cost money: unfinished work requirements, live worker pools, compute
+        requirements not terminated and their live instances (the third word names each)."""
         state = self.state()
-        return [
-            f"work requirement {r['name']} ({r['status']})"
-            for r in state["work_requirements"]
-            if r["live"]
-        ] + [f"worker pool {p['name']} ({p['status']})" for p in state["pools"] if p["live"]]
+        computes = state["compute_requirements"]
+        return (
+            [
+                f"work requirement {r['name']} ({r['status']})"
+                for r in state["work_requirements"]
+                if r["live"]
+            ]
+            + [f"worker pool {p['name']} ({p['status']})" for p in state["pools"] if p["live"]]
+            + [f"compute requirement {c['name']} ({c['status']})" for c in computes if c["live"]]
+            + [
+                f"instance of {c['name']} {i['id']} ({i['status']})"
+                for c in computes
+                for i in c["instances"]
+                if i["live"]
+            ]
+        )
 
     # --- changing --------------------------------------------------------------------------
 
@@ -75,10 +90,18 @@ class EmulatorClient:
         nth: int | None = None,
         times: int | None = None,
         latency: float = 0.0,
+        after_apply: bool = False,
     ) -> None:
         """Fail API calls whose path matches the regex ``path``: only the ``nth`` one (counting
-        from 1) if given, else every one (or the first ``times``)."""
-        body: dict[str, Any] = {"path": path, "status": status, "latency": latency}
+        from 1) if given, else every one (or the first ``times``). ``after_apply``: the request
+        is served first (its change made) and only its reply fails, as when a reply is lost; a
+        client that retries (the SDK retries POSTs on 429 and 5xx) then sends it twice."""
+        body: dict[str, Any] = {
+            "path": path,
+            "status": status,
+            "latency": latency,
+            "after_apply": after_apply,
+        }
         if method is not None:
             body["method"] = method
         if nth is not None:
@@ -114,6 +137,20 @@ class EmulatorClient:
     def fail_task(self, task_id: str) -> None:
         self._call("POST", f"tasks/{task_id}/fail", {})
 
+    def fail_provisioning(self, reason: str, template_id: str | None = None) -> None:
+        """From now on, pools provisioned from ``template_id`` (None: any template) get no
+        instance: quota exhausted, wrong image... Each such pool's compute requirement ends
+        TERMINATED, its source ERRORED with ``reason`` as ``statusMessage``; the pool ends
+        TERMINATED without a node; tasks for it stay READY. Until :meth:`reset`."""
+        self._call("POST", "provisioning-failures", {"template_id": template_id, "reason": reason})
+
+    def hide_node_from_searches(self, node_id: str | None = None, times: int = 1) -> None:
+        """The next ``times`` node searches that would list ``node_id`` (None: any node; the
+        first one listed) leave it out, as an inconsistent search result does. Looking the node
+        up by id still finds it."""
+        self._call("POST", "node-search-glitches", {"node_id": node_id, "times": times})
+
     def reset(self) -> None:
-        """Forget every object, fault and request; stop every task process."""
+        """Forget every object, fault, provisioning failure and request; stop every task
+        process."""
         self._call("POST", "reset", {})

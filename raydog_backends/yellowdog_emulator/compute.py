@@ -3,7 +3,9 @@ the head run on this machine, for clusters whose nodes are the emulator's task p
 
 An emulated node (``--run-tasks --loopback-ips``) is a process session here, with no SSH server,
 so Ray's SSH runner has nothing to reach. Everything else is the production backend unchanged,
-which is what the emulator exists to test; the production plugin knows nothing of this one.
+which is what the emulator exists to test; the production plugin knows nothing of this one. Its
+task scripts wait for the node's setup, as on YellowDog: the emulator emulates the setup, and
+its agent takes tasks before the setup has finished (see ``processes``).
 """
 
 from __future__ import annotations
@@ -22,8 +24,6 @@ if TYPE_CHECKING:
 
 class EmulatedYellowDogComputeBackend(YellowDogComputeBackend):
     """``compute: yellowdog-emulated``: the same options as ``yellowdog``."""
-
-    runs_node_setup = False  # an emulated node has no setup phase: its task runs at once
 
     def command_runner(
         self,

@@ -19,7 +19,7 @@ from raydog_backends.process_nodes.processes import NodeProcess
 from raydog_backends.process_nodes.runner import NodeHere, ThisMachineCommandRunner
 from raydog_backends.process_nodes.shims import DETACH_VARIABLE
 from raydog_backends.yellowdog_emulator.client import EmulatorClient
-from raydog_backends.yellowdog_emulator.platform import ENVIRONMENT_FILE, NODE_FILE
+from raydog_backends.yellowdog_emulator.processes import ENVIRONMENT_FILE, NODE_FILE
 
 STATE_TIMEOUT_SECONDS = 10.0
 

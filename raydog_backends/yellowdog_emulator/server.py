@@ -22,7 +22,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from yellowdog_client.common.json import Json
 from yellowdog_client.model import Task, WorkRequirement
 
-from raydog_backends.yellowdog_emulator.platform import ApiError, EmulatorConfig, Platform, Query
+from raydog_backends.yellowdog_emulator.platform import Platform
+from raydog_backends.yellowdog_emulator.records import ApiError, EmulatorConfig, Query
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +46,9 @@ class Fault:
     times: int | None = 1
     """How many calls fail after the skipped ones; None: every one."""
     latency: float = 0.0
+    after_apply: bool = False
+    """Serve the request (its change is made), then fail its reply: what a client sees when a
+    reply is lost; the SDK retries POSTs too on 429 and 5xx (``platform_client.py``)."""
     seen: int = 0
 
     def applies(self, method: str, path: str) -> bool:
@@ -74,6 +78,7 @@ class Fault:
             skip=skip,
             times=None if times is None else int(times),
             latency=float(body.get("latency", 0.0)),
+            after_apply=bool(body.get("after_apply", False)),
         )
 
 
@@ -121,19 +126,22 @@ class Api:
         body: Any,
         fired: list[Fault],
     ) -> tuple[int, Any]:
-        if fired:
-            status = fired[0].status
-            return status, _error(
-                ApiError(status, "failure injected by the emulator", _kind(status))
-            )
+        injected = [f for f in fired if not f.after_apply]
+        if injected:
+            return _injected(injected[0].status)
         expected = self.platform.config.api_key
         if not key_id or not secret or (expected is not None and f"{key_id}:{secret}" != expected):
             return 401, _error(ApiError(401, "unknown API key", "NotAuthorisedException"))
+        status, payload = self._serve(method, path, query, body)
+        return _injected(fired[0].status) if fired else (status, payload)
+
+    def _serve(self, method: str, path: str, query: Query, body: Any) -> tuple[int, Any]:
         for route_method, pattern, handler in ROUTES:
             match = pattern.fullmatch(path)
             if route_method == method and match:
                 try:
-                    return 200, _dump(handler(self.platform, match.groupdict(), query, body))
+                    with self.platform.lock:
+                        return 200, _dump(handler(self.platform, match.groupdict(), query, body))
                 except ApiError as exc:
                     return exc.status, _error(exc)
                 except (KeyError, TypeError, ValueError) as exc:
@@ -162,6 +170,10 @@ def _key(authorization: str) -> tuple[str | None, str | None]:
         return None, None
     key_id, _, secret = authorization[len(AUTH_PREFIX) :].partition(":")
     return key_id or None, secret or None
+
+
+def _injected(status: int) -> tuple[int, Any]:
+    return status, _error(ApiError(status, "failure injected by the emulator", _kind(status)))
 
 
 def _kind(status: int) -> str:
@@ -198,32 +210,32 @@ ID = r"(?P<id>[^/]+)"
 
 @_route("POST", r"/work/requirements")
 def _add_work_requirement(p: Platform, m: dict[str, str], q: Query, body: Any) -> Any:
-    return p.add_work_requirement(Json.load(body, WorkRequirement))
+    return p.work.add_work_requirement(Json.load(body, WorkRequirement))
 
 
 @_route("PUT", r"/work/requirements")
 def _update_work_requirement(p: Platform, m: dict[str, str], q: Query, body: Any) -> Any:
-    return p.update_work_requirement(Json.load(body, WorkRequirement))
+    return p.work.update_work_requirement(Json.load(body, WorkRequirement))
 
 
 @_route("GET", r"/work/requirements")
 def _find_work_requirements(p: Platform, m: dict[str, str], q: Query, body: Any) -> Any:
-    return p.find_work_requirements(q)
+    return p.work.find_work_requirements(q)
 
 
 @_route("GET", rf"/work/requirements/{ID}")
 def _get_work_requirement(p: Platform, m: dict[str, str], q: Query, body: Any) -> Any:
-    return p.get_work_requirement(m["id"])
+    return p.work.get_work_requirement(m["id"])
 
 
 @_route("PUT", rf"/work/requirements/{ID}/transition/(?P<status>[A-Z_]+)")
 def _transition(p: Platform, m: dict[str, str], q: Query, body: Any) -> Any:
-    return p.transition_work_requirement(m["id"], m["status"], _flag(q, "abort"))
+    return p.work.transition_work_requirement(m["id"], m["status"], _flag(q, "abort"))
 
 
 @_route("GET", r"/work/namespaces/(?P<ns>[^/]+)/requirements/(?P<name>[^/]+)")
 def _get_work_requirement_by_name(p: Platform, m: dict[str, str], q: Query, body: Any) -> Any:
-    return p.get_work_requirement_by_name(m["ns"], m["name"])
+    return p.work.get_work_requirement_by_name(m["ns"], m["name"])
 
 
 @_route(
@@ -232,77 +244,97 @@ def _get_work_requirement_by_name(p: Platform, m: dict[str, str], q: Query, body
 )
 def _add_tasks_by_name(p: Platform, m: dict[str, str], q: Query, body: Any) -> Any:
     tasks = [Json.load(item, Task) for item in body]
-    return p.add_tasks_by_name(m["ns"], m["name"], m["group"], tasks)
+    return p.work.add_tasks_by_name(m["ns"], m["name"], m["group"], tasks)
 
 
 @_route("POST", rf"/work/taskGroups/{ID}/tasks")
 def _add_tasks(p: Platform, m: dict[str, str], q: Query, body: Any) -> Any:
-    return p.add_tasks(m["id"], [Json.load(item, Task) for item in body])
+    return p.work.add_tasks(m["id"], [Json.load(item, Task) for item in body])
 
 
 @_route("GET", r"/work/tasks")
 def _find_tasks(p: Platform, m: dict[str, str], q: Query, body: Any) -> Any:
-    return p.find_tasks(q)
+    return p.work.find_tasks(q)
 
 
 @_route("GET", rf"/work/tasks/{ID}")
 def _get_task(p: Platform, m: dict[str, str], q: Query, body: Any) -> Any:
-    return p.get_task(m["id"])
+    return p.work.get_task(m["id"])
 
 
 @_route("PUT", rf"/work/tasks/{ID}/cancel")
 def _cancel_task(p: Platform, m: dict[str, str], q: Query, body: Any) -> Any:
-    return p.cancel_task(m["id"], _flag(q, "abort"))
+    return p.work.cancel_task(m["id"], _flag(q, "abort"))
 
 
 @_route("POST", r"/workerPools/provisioned/template")
 def _provision(p: Platform, m: dict[str, str], q: Query, body: Any) -> Any:
-    return p.provision_pool(body)
+    return p.pools.provision_pool(body)
 
 
 @_route("PUT", rf"/workerPools/provisioned/{ID}")
 def _resize(p: Platform, m: dict[str, str], q: Query, body: Any) -> Any:
-    return p.resize_pool(m["id"], int((q.get("size") or [""])[0]))
+    return p.pools.resize_pool(m["id"], int((q.get("size") or [""])[0]))
 
 
 @_route("GET", r"/workerPools/nodes")
 def _find_nodes(p: Platform, m: dict[str, str], q: Query, body: Any) -> Any:
-    return p.find_nodes(q)
+    return p.nodes.find_nodes(q)
 
 
 @_route("GET", rf"/workerPools/nodes/{ID}")
 def _get_node(p: Platform, m: dict[str, str], q: Query, body: Any) -> Any:
-    return p.get_node(m["id"])
+    return p.nodes.get_node(m["id"])
 
 
 @_route("DELETE", rf"/workerPools/nodes/{ID}")
 def _shutdown_node(p: Platform, m: dict[str, str], q: Query, body: Any) -> Any:
-    return p.shutdown_node(m["id"])
+    return p.nodes.shutdown_node(m["id"])
 
 
 @_route("GET", rf"/workerPools/workers/{ID}/node")
 def _node_of_worker(p: Platform, m: dict[str, str], q: Query, body: Any) -> Any:
-    return p.node_of_worker(m["id"])
+    return p.nodes.node_of_worker(m["id"])
 
 
 @_route("GET", r"/workerPools/?")
 def _find_pools(p: Platform, m: dict[str, str], q: Query, body: Any) -> Any:
-    return p.find_pools(q)
+    return p.pools.find_pools(q)
 
 
 @_route("GET", rf"/workerPools/{ID}")
 def _get_pool(p: Platform, m: dict[str, str], q: Query, body: Any) -> Any:
-    return p.get_pool(m["id"])
+    return p.pools.get_pool(m["id"])
 
 
 @_route("GET", r"/workerPools/(?P<ns>[^/]+)/(?P<name>[^/]+)")
 def _get_pool_by_name(p: Platform, m: dict[str, str], q: Query, body: Any) -> Any:
-    return p.get_pool_by_name(m["ns"], m["name"])
+    return p.pools.get_pool_by_name(m["ns"], m["name"])
 
 
 @_route("DELETE", rf"/workerPools/{ID}")
 def _shutdown_pool(p: Platform, m: dict[str, str], q: Query, body: Any) -> Any:
-    return p.shutdown_pool(m["id"])
+    return p.pools.shutdown_pool(m["id"])
+
+
+@_route("GET", rf"/compute/requirements/{ID}")
+def _get_compute_requirement(p: Platform, m: dict[str, str], q: Query, body: Any) -> Any:
+    return p.compute.get(m["id"])
+
+
+@_route("GET", r"/compute/namespaces/(?P<ns>[^/]+)/requirements/(?P<name>[^/]+)")
+def _get_compute_requirement_by_name(p: Platform, m: dict[str, str], q: Query, body: Any) -> Any:
+    return p.compute.get_by_name(m["ns"], m["name"])
+
+
+@_route("PUT", rf"/compute/requirements/{ID}/transition/(?P<status>[A-Z_]+)")
+def _transition_compute_requirement(p: Platform, m: dict[str, str], q: Query, body: Any) -> Any:
+    return p.compute.transition(m["id"], m["status"])
+
+
+@_route("GET", r"/compute/instances")
+def _search_instances(p: Platform, m: dict[str, str], q: Query, body: Any) -> Any:
+    return p.compute.search_instances(q)
 
 
 class _RequestHandler(BaseHTTPRequestHandler):
@@ -385,18 +417,34 @@ def _control(
             api.clear_requests()
             platform.reset()
             return 200, {}
-        fail_tasks = (body or {}).get("fail_tasks")
-        if method == "POST" and (match := re.fullmatch(r"/emulator/nodes/([^/]+)/lose", path)):
-            return 200, Json.dump(platform.lose_node(match[1], fail_tasks))
-        if method == "POST" and (match := re.fullmatch(r"/emulator/tasks/([^/]+)/lose-node", path)):
-            return 200, Json.dump(platform.lose_node_of_task(match[1], fail_tasks))
-        if method == "POST" and (match := re.fullmatch(r"/emulator/tasks/([^/]+)/fail", path)):
-            return 200, Json.dump(platform.fail_task(match[1]))
+        if method == "POST":
+            with platform.lock:
+                changed = _change(platform, path, body or {})
+            if changed is not None:
+                return 200, changed
     except ApiError as exc:
         return exc.status, _error(exc)
     except (KeyError, TypeError, ValueError) as exc:
         return 400, _error(ApiError(400, f"malformed request: {exc}"))
     return 404, _error(ApiError(404, f"no such emulator endpoint: {method} {path}"))
+
+
+def _change(platform: Platform, path: str, body: Mapping[str, Any]) -> Any:
+    """What ``/emulator/`` POSTs do to the platform; None for an unknown path."""
+    fail_tasks = body.get("fail_tasks")
+    if match := re.fullmatch(r"/emulator/nodes/([^/]+)/lose", path):
+        return Json.dump(platform.nodes.lose_node(match[1], fail_tasks))
+    if match := re.fullmatch(r"/emulator/tasks/([^/]+)/lose-node", path):
+        return Json.dump(platform.nodes.lose_node_of_task(match[1], fail_tasks))
+    if match := re.fullmatch(r"/emulator/tasks/([^/]+)/fail", path):
+        return Json.dump(platform.work.fail_task(match[1]))
+    if path == "/emulator/provisioning-failures":
+        platform.compute.fail_provisioning(body.get("template_id"), str(body["reason"]))
+        return {}
+    if path == "/emulator/node-search-glitches":
+        platform.nodes.hide_from_searches(body.get("node_id"), int(body.get("times", 1)))
+        return {}
+    return None
 
 
 class _Server(ThreadingHTTPServer):

@@ -33,10 +33,16 @@ from yellowdog_client.model import TaskStatus
 from raydog_backends.process_nodes.addresses import free_port, listening_sockets
 from raydog_backends.process_nodes.processes import NodeProcess
 from raydog_backends.yellowdog_emulator import EmulatorClient
-from raydog_backends.yellowdog_emulator.platform import ENVIRONMENT_FILE, NODE_FILE
+from raydog_backends.yellowdog_emulator.processes import ENVIRONMENT_FILE, NODE_FILE
 from raydog_core.interfaces import NodeInfo, NodeState
 from tests.e2e.lifecycle import REPO, LifecycleResult, RayCluster, ran_on, run_lifecycle
-from tests.yellowdog_fixtures import KEY_ID, SECRET, EmulatorProcess, start_emulator_process
+from tests.yellowdog_fixtures import (
+    BACKEND_TODAY,
+    KEY_ID,
+    SECRET,
+    EmulatorProcess,
+    start_emulator_process,
+)
 
 pytestmark = [
     pytest.mark.e2e,
@@ -150,6 +156,9 @@ def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmulatorProce
             str(work_dir),
             "--time-scale",
             TIME_SCALE,
+            # Platform facts the backend does not handle yet (issue 9 item 2); remove each as
+            # it does (tests/yellowdog_fixtures.BACKEND_TODAY).
+            *(f"--lenient={name.removeprefix('lenient_')}" for name in BACKEND_TODAY),
         )
     try:
         yield process

@@ -1,0 +1,74 @@
+"""The ``/compute/`` API: compute requirements (one per provisioned pool) and their instances.
+
+Where a node's public address is found since the platform stopped filling
+``Node.details.publicIpAddress``: the instance whose ``id.instanceId`` is the node's
+``details.instanceId``, among ``compute_client.get_instances(InstanceSearch(
+computeRequirementId=pool.computeRequirementId))`` (yellowdog-ray commit 54e2599).
+"""
+
+from __future__ import annotations
+
+from yellowdog_client.model import ComputeRequirement, ComputeRequirementStatus, Instance, Slice
+
+from raydog_backends.yellowdog_emulator.pools import Pools
+from raydog_backends.yellowdog_emulator.records import (
+    Account,
+    ApiError,
+    ComputeRecord,
+    Query,
+    many,
+    one,
+    page,
+)
+
+
+class Compute:
+    """Compute requirements and instances. Callers hold ``account.lock``."""
+
+    def __init__(self, account: Account, pools: Pools) -> None:
+        self.account = account
+        self.pools = pools
+
+    def get(self, requirement_id: str) -> ComputeRequirement:
+        return self._record(requirement_id).requirement
+
+    def get_by_name(self, namespace: str, name: str) -> ComputeRequirement:
+        matching = [
+            c.requirement
+            for c in self.account.computes.values()
+            if c.requirement.namespace == namespace and c.requirement.name == name
+        ]
+        if not matching:
+            raise ApiError(404, f"no compute requirement {namespace}/{name}")
+        return matching[-1]
+
+    def transition(self, requirement_id: str, status: str) -> ComputeRequirement:
+        """``terminate_compute_requirement_by_id``: every instance stops at once, booting ones
+        included (yellowdog-cli README: ``--terminate`` "immediately terminate")."""
+        compute = self._record(requirement_id)
+        if status != ComputeRequirementStatus.TERMINATED.value:
+            raise ApiError(400, f"the emulator only terminates compute requirements, not {status}")
+        if compute.requirement.status is not ComputeRequirementStatus.TERMINATED:
+            self.pools.terminate(compute)
+        return compute.requirement
+
+    def search_instances(self, query: Query) -> Slice[Instance]:
+        requirement_id, statuses = one(query, "computeRequirementId"), many(query, "statuses")
+        found = [
+            instance
+            for compute in self.account.computes.values()
+            if requirement_id is None or compute.id == requirement_id
+            for instance in compute.instances.values()
+            if statuses is None or str(instance.status) in statuses
+        ]
+        return page(found, query, self.account.config.slice_size)
+
+    def fail_provisioning(self, template_id: str | None, reason: str) -> None:
+        """From now on, provisioning from ``template_id`` (None: any template) fails."""
+        self.account.provisioning_failures[template_id] = reason
+
+    def _record(self, requirement_id: str) -> ComputeRecord:
+        found = self.account.computes.get(requirement_id)
+        if found is None:
+            raise ApiError(404, f"no compute requirement {requirement_id}")
+        return found
