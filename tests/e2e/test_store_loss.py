@@ -6,7 +6,8 @@ would: Ray must find the head up to date (its launch config hash comes from the 
 record), so the same head and workers keep running. Two ways to lose the store:
 
 - unreachable: the supervisor and its valkey-server are killed (nothing restarts them);
-- empty: the server (kept without persistence) is killed, and its supervisor restarts it empty.
+- empty: the server (kept without persistence) is killed, and its supervisor restarts it empty;
+  the providers (the client's and the head's autoscaler's) fill it again from what they know.
 
     .venv/bin/python -m pytest -m e2e tests/e2e/test_store_loss.py -s
 """
@@ -25,8 +26,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from ray.autoscaler.tags import TAG_RAY_LAUNCH_CONFIG
 
-from raydog_core.interfaces import NodeInfo, NodeState
+from raydog_backends.keyvalue import ValkeyTagStore
+from raydog_core.interfaces import Endpoint, NodeInfo, NodeState
 from tests.e2e.lifecycle import LocalCluster
 
 pytestmark = [
@@ -152,7 +155,7 @@ def test_ray_up_while_the_store_is_unreachable_keeps_the_whole_cluster(
 
 
 def test_a_store_that_comes_back_empty_replaces_no_node(
-    make_cluster: Callable[[bool], KeptWorkersCluster],
+    make_cluster: Callable[[bool], KeptWorkersCluster], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cluster = make_cluster(False)
     nodes = cluster.up_with_workers()
@@ -179,3 +182,11 @@ def test_a_store_that_comes_back_empty_replaces_no_node(
     time.sleep(15)
     assert sorted(cluster.nodes()) == ids
     assert cluster.alive(ids) == ids
+    # The providers sent back what they knew: every node's launch config is in the store again.
+    monkeypatch.setenv("RAYDOG_HOME", str(cluster.home))  # the cluster's password
+    store = ValkeyTagStore(cluster.cluster_name, port=cluster.tag_port)
+    store.connect(Endpoint("127.0.0.1", cluster.tag_port))
+    stored = store.load_all()
+    store.close()
+    assert sorted(stored) == ids
+    assert all(tags.get(TAG_RAY_LAUNCH_CONFIG) for tags in stored.values()), stored
