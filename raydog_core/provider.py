@@ -284,7 +284,7 @@ class RayDogNodeProvider(NodeProvider):
         """
         with self._refresh_lock:
             started = time.monotonic()
-            self.tags.refresh()
+            fresh = self.tags.refresh()
             tags = self.tags.node_ids()
             described = {info.node_id: info for info in self.compute.describe()}
             with self._lock:
@@ -306,7 +306,8 @@ class RayDogNodeProvider(NodeProvider):
                 gone = sorted(vanished - kept)
             if gone and reconcile:
                 self._reconcile(gone)
-            if not self.tags.connected:
+            if not fresh and self.tags.waiting_for_location:
+                # The head's address may be known from this describe: try the store once more.
                 self.tags.refresh()
         if self.raydog_config.on_head and not self._versions_reported:
             self._report_versions()

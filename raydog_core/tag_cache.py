@@ -85,6 +85,11 @@ class TagCache:
     def connected(self) -> bool:
         return self._connected
 
+    @property
+    def waiting_for_location(self) -> bool:
+        """The last try found no store to connect to yet (``locate`` raised NotReady)."""
+        return self._waiting_for_location
+
     # --- reads: memory only ------------------------------------------------------------------
 
     def get(self, node_id: str) -> Tags:
@@ -367,6 +372,7 @@ class TagCache:
             self._note_problem(str(exc))
             return False
         self._connected = True
+        self._waiting_for_location = False
         if self._last_problem is not None:
             logger.info("RayDog: tag store reachable again")
         self._last_problem = None

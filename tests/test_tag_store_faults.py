@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -14,13 +16,15 @@ from typing import Any
 import pytest
 from ray.autoscaler.tags import TAG_RAY_LAUNCH_CONFIG, TAG_RAY_NODE_STATUS
 
+from raydog_backends.keyvalue import ValkeyTagStore
 from raydog_backends.keyvalue.store import PASSWORD_SECRET
 from raydog_core import config as raydog_config
 from raydog_core import state
+from raydog_core.interfaces import Endpoint
 from raydog_core.provider import RayDogNodeProvider
 from tests.conftest import memory_cluster_config
 from tests.ray_helpers import head_tags, worker_tags
-from tests.servers import KeyValueServer, redis_server_binary, valkey_server_binary
+from tests.servers import DelayProxy, KeyValueServer, redis_server_binary, valkey_server_binary
 
 pytestmark = pytest.mark.servers
 
@@ -203,3 +207,31 @@ def test_a_tick_reads_only_the_nodes_that_changed(
     assert hashes_read_by_a_tick() == 7
     assert provider.node_tags(nodes[0])["k"] == "v"
     assert hashes_read_by_a_tick() == 0
+
+
+@pytest.mark.timeout(120)
+def test_a_process_that_ends_right_after_a_write_still_sends_it(server: KeyValueServer) -> None:
+    """`ray up` ends soon after its last write, without closing the provider: writes return at
+    once, so the process's exit sends what is held."""
+    cluster = f"exit-{uuid.uuid4().hex[:8]}"
+    state.write_secret(cluster, PASSWORD_SECRET, PASSWORD)
+    code = (
+        "from raydog_backends.keyvalue import ValkeyTagStore\n"
+        "from raydog_core.interfaces import Endpoint\n"
+        "from raydog_core.tag_cache import TagCache\n"
+        "store = ValkeyTagStore({cluster!r})\n"
+        "cache = TagCache(store, lambda: Endpoint('127.0.0.1', {port}))\n"
+        "cache.update({{'head': {{'ray-node-status': 'up-to-date'}}}})\n"
+    )
+    with DelayProxy(server.port, latency=0.5) as slow:  # longer than the process takes to end
+        subprocess.run(
+            [sys.executable, "-c", code.format(cluster=cluster, port=slow.port)],
+            check=True,
+            timeout=60,
+        )
+    reader = ValkeyTagStore(cluster, port=server.port)
+    reader.connect(Endpoint("127.0.0.1", server.port))
+    try:
+        assert reader.load_all() == {"head": {"ray-node-status": "up-to-date"}}
+    finally:
+        reader.close()
