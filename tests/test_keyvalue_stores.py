@@ -468,3 +468,26 @@ def test_head_server_command_starts_the_server_from_a_shell(
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(shell.pid, signal.SIGTERM)
+
+
+@pytest.mark.servers
+def test_a_reader_older_than_the_oldest_tombstone_kept_gets_a_full_reload(
+    server: KeyValueServer, store_class: type[KeyValueTagStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tombstones are bounded: past the limit the oldest go, and a reader that could have
+    missed one of them reloads everything instead of keeping a deleted node."""
+    monkeypatch.setattr("raydog_backends.keyvalue.store.TOMBSTONES", 4)
+    store = head_store(store_class, f"tombstones-{uuid.uuid4().hex}", server.port)
+    try:
+        store.update({f"n{i}": {"i": str(i)} for i in range(10)})
+        old = store.changes_since(None).token
+        store.delete(["n0"])
+        recent = store.changes_since(old).token
+        for i in range(1, 5):
+            store.delete([f"n{i}"])
+        behind = store.changes_since(old)
+        assert behind.full and set(behind.updated) == {f"n{i}" for i in range(5, 10)}
+        kept = store.changes_since(recent)
+        assert not kept.full and set(kept.deleted) == {"n1", "n2", "n3", "n4"}
+    finally:
+        store.close()

@@ -283,3 +283,24 @@ def test_compute_contract_fails_a_broken_backend(pytester: pytest.Pytester, flaw
     pytester.makepyfile(test_broken=BACKEND_TEMPLATE.format(override=BROKEN_BACKENDS[flaw]))
     result = pytester.runpytest_inprocess("-q", "-p", "no:cacheprovider")
     assert result.parseoutcomes().get("failed", 0) >= 1, f"a backend that {flaw} passed"
+
+
+def test_the_memory_store_bounds_its_tombstones(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As the valkey and redis stores do: past the limit the oldest tombstones go, and a reader
+    that could have missed one reloads everything."""
+    monkeypatch.setattr("raydog_backends.memory.tag_store.TOMBSTONES", 4)
+    store = MemoryTagStore("tombstones")
+    store.connect(None)
+    try:
+        store.update({f"n{i}": {"i": str(i)} for i in range(10)})
+        old = store.changes_since(None).token
+        store.delete(["n0"])
+        recent = store.changes_since(old).token
+        for i in range(1, 5):
+            store.delete([f"n{i}"])
+        behind = store.changes_since(old)
+        assert behind.full and set(behind.updated) == {f"n{i}" for i in range(5, 10)}
+        kept = store.changes_since(recent)
+        assert not kept.full and set(kept.deleted) == {"n1", "n2", "n3", "n4"}
+    finally:
+        MemoryTagStore.forget("tombstones")
