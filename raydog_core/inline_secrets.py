@@ -24,6 +24,9 @@ WHY = (
 _SECRET_NAME = re.compile(r"password|passwd|secret|token|api_?key|credential", re.IGNORECASE)
 _REFERENCE_SUFFIXES = ("_env", "_file", "_path", "_id")
 _URL_WITH_USERINFO = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]*://[^\s/@'\"]*:[^\s/@'\"]*@")
+_SECRET_QUERY = re.compile(
+    r"://\S*[?&](?:password|passwd|secret|token|api_?key)=(?!\$)[^&\s'\"]", re.IGNORECASE
+)
 # Provider keys that are RayDog's own copies (``_raydog``) or Ray's (``auth``): not user options.
 _SKIPPED = frozenset({"_raydog", "_raydog_on_head", "auth"})
 
@@ -70,6 +73,12 @@ def _inline_secret(key: str, value: Any) -> str | None:
                 "and give the password by reference: the name of an environment variable that "
                 "holds it (for the valkey and redis tag stores: `password_env: NAME`)"
             )
+    if _SECRET_QUERY.search(value):
+        return (
+            f"holds a URL with a secret in its query; {WHY}. Write the URL without it and give "
+            "the secret by reference: the name of an environment variable that holds it (for "
+            "the valkey and redis tag stores: `password_env: NAME`)"
+        )
     if _SECRET_NAME.search(key) and not key.lower().endswith(_REFERENCE_SUFFIXES):
         return (
             f"is a secret given inline; {WHY}. Give it by reference instead: put it in an "

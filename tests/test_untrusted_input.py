@@ -101,6 +101,11 @@ SECRET = "s3cr3t-Pa55word"
             {"type": "valkey", "url": f"redis://default:{SECRET}@127.0.0.1:6379/0"},
             "provider.tag_store.url",
         ),
+        (
+            "tag_store",
+            {"type": "valkey", "url": f"redis://127.0.0.1:6379/0?password={SECRET}"},
+            "provider.tag_store.url",
+        ),
         ("compute", {"type": "memory", "api_token": SECRET}, "provider.compute.api_token"),
         (
             "ray_worker_node_task_script",
@@ -108,7 +113,7 @@ SECRET = "s3cr3t-Pa55word"
             "provider.ray_worker_node_task_script",
         ),
     ],
-    ids=["tag store url", "secret-named option", "url in a script"],
+    ids=["tag store url", "password in a url's query", "secret-named option", "url in a script"],
 )
 def test_a_secret_inline_is_refused_with_what_to_write_instead(
     tmp_path: Path, key: str, value: Any, named: str
