@@ -1,7 +1,9 @@
 """Finding plugins by name (stevedore entry points) and checking their options.
 
-Only the plugin a config names is imported; a plugin whose own dependencies are missing
-answers with what to install.
+Only the plugin a config names is imported (stevedore's ``DriverManager``); listing reads the
+entry points' metadata without importing any. A plugin whose own dependencies are missing
+answers with what to install. Like stevedore, a process sees the plugins installed when it first
+looked: one installed meanwhile is found by the next ``ray`` or ``raydog`` command.
 """
 
 from __future__ import annotations
@@ -61,9 +63,6 @@ def load(kind: Kind, name: str, key_path: str) -> type:
     if name not in plugins:
         raise ConfigError(key_path, f"no {kind} plugin named {name!r}", sorted(plugins))
     info = plugins[name]
-    # stevedore keeps the entry points it saw per process; look again, as installed() just did,
-    # so a plugin installed since (or on a changed sys.path) is found by both.
-    driver.DriverManager.ENTRY_POINT_CACHE.pop(GROUPS[kind], None)
     try:
         manager: driver.DriverManager = driver.DriverManager(
             GROUPS[kind], name, invoke_on_load=False

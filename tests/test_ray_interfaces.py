@@ -1,0 +1,116 @@
+"""The parts of Ray's private modules RayDog uses, pinned: when Ray changes one, this says which
+and what RayDog uses it for, before a user meets the change as a traceback or a wrong behaviour.
+
+The list, with why no public interface serves, is in docs/architecture.md ("Ray's private
+modules"); each test here is one row of it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+
+def attribute(module: str, name: str, used_for: str) -> Any:
+    """``module.name``, or a failure saying what RayDog lost."""
+    try:
+        found = importlib.import_module(module)
+    except ImportError as exc:
+        pytest.fail(f"Ray no longer has {module} ({exc}); RayDog uses it for {used_for}")
+    if not hasattr(found, name):
+        pytest.fail(f"Ray's {module} no longer has {name}; RayDog uses it for {used_for}")
+    return getattr(found, name)
+
+
+def accepts(function: Callable[..., Any], *names: str, used_for: str) -> None:
+    """``function`` still takes the parameters RayDog passes, by these names."""
+    parameters = inspect.signature(function).parameters
+    missing = [n for n in names if n not in parameters]
+    assert not missing, (
+        f"Ray's {function.__qualname__} no longer takes {missing} (it takes {list(parameters)}); "
+        f"RayDog calls it for {used_for}"
+    )
+
+
+def test_cli_logger_prints_progress_and_runner_errors() -> None:
+    used_for = "progress lines during `ray up` and the local command runner's messages"
+    cli_logger = attribute("ray.autoscaler._private.cli_logger", "cli_logger", used_for)
+    for method in ("print", "error"):
+        assert callable(getattr(cli_logger, method, None)), f"cli_logger.{method}: {used_for}"
+    assert isinstance(cli_logger.verbosity, int), f"cli_logger.verbosity: {used_for}"
+
+
+def test_the_local_command_runner_fails_as_rays_ssh_runner_does() -> None:
+    used_for = "a local node's command runner raising what Ray's updater handles"
+    error = attribute(
+        "ray.autoscaler._private.subprocess_output_util", "ProcessRunnerError", used_for
+    )
+    accepts(error.__init__, "msg", "msg_type", "code", "command", used_for=used_for)
+    raised = error("Command failed", "ssh_command_failed", code=3, command="x")
+    assert (raised.msg_type, raised.code) == ("ssh_command_failed", 3), used_for
+    for module, name in (
+        ("ray.autoscaler._private.subprocess_output_util", "does_allow_interactive"),
+        ("ray.autoscaler._private.command_runner", "is_using_login_shells"),
+    ):
+        function = attribute(module, name, used_for)
+        assert isinstance(function(), bool), f"{module}.{name}() no longer answers a bool"
+
+
+def test_ray_stop_names_rays_processes_raylet_first_gcs_last() -> None:
+    used_for = "`ray stop` on a local node: the same processes as Ray's, in Ray's order"
+    processes = attribute("ray.autoscaler._private.constants", "RAY_PROCESSES", used_for)
+    assert all(len(entry) == 2 and isinstance(entry[1], bool) for entry in processes), used_for
+    assert "raylet" in processes[0][0] and "gcs_server" in processes[-1][0], used_for
+
+
+def test_the_simulation_drives_rays_own_autoscaler() -> None:
+    used_for = "`raydog simulate`: Ray's StandardAutoscaler, fed load as raylets would"
+    autoscaler = attribute("ray.autoscaler._private.autoscaler", "StandardAutoscaler", used_for)
+    accepts(
+        autoscaler.__init__,
+        "config_reader",
+        "load_metrics",
+        "gcs_client",
+        "update_interval_s",
+        used_for=used_for,
+    )
+    assert callable(getattr(autoscaler, "update", None)), used_for
+    metrics = attribute("ray.autoscaler._private.load_metrics", "LoadMetrics", used_for)
+    accepts(
+        metrics.update,
+        "ip",
+        "node_id",
+        "static_resources",
+        "dynamic_resources",
+        "node_idle_duration_s",
+        used_for=used_for,
+    )
+    assert hasattr(metrics(), "waiting_bundles"), used_for
+    loader = attribute("ray.autoscaler._private.providers", "_get_node_provider", used_for)
+    accepts(loader, "provider_config", "cluster_name", "use_cache", used_for=used_for)
+
+
+def test_config_checks_are_rays_own() -> None:
+    used_for = "`raydog validate` and the simulation: Ray's own fill-in and schema check"
+    for name in ("prepare_config", "validate_config"):
+        accepts(
+            attribute("ray.autoscaler._private.util", name, used_for), "config", used_for=used_for
+        )
+
+
+def test_a_ray_node_reports_the_cloud_instance_id_it_was_started_with(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Autoscaler v2 matches Ray nodes to launched nodes by this variable (RayDog exports it)."""
+    used_for = "autoscaler v2: RAY_CLOUD_INSTANCE_ID names the node RayDog launched"
+    instance_id = attribute("ray._private.services", "get_node_instance_id", used_for)
+    monkeypatch.setenv("RAY_CLOUD_INSTANCE_ID", "node-7")
+    assert instance_id() == "node-7", used_for
+    adapter = attribute(
+        "ray.autoscaler.v2.instance_manager.node_provider", "NodeProviderAdapter", used_for
+    )
+    accepts(adapter.__init__, "v1_provider", "config_reader", used_for=used_for)
