@@ -18,7 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.e2e.lifecycle import LocalCluster, run_lifecycle
+from raydog_backends.local.testing import LocalCluster
+from raydog_core.testing.lifecycle import run_lifecycle
 
 
 def main() -> int:

@@ -156,3 +156,22 @@ def test_the_yellowdog_plugin_needs_no_local_process_machinery() -> None:
         if m.startswith("raydog_backends.") and plugin_home(m) != "raydog_backends.yellowdog"
     )
     assert foreign == []
+
+
+def test_benchmarks_import_nothing_from_the_tests() -> None:
+    """What benchmarks share with tests lives in the package (``raydog_core.testing``, a
+    backend's ``testing`` module), so a benchmark runs without the test suite."""
+    found = {}
+    for path in sorted((ROOT / "benchmarks").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = (
+                [alias.name for alias in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
+            found[path.name] = found.get(path.name, []) + [
+                n for n in names if n == "tests" or n.startswith("tests.")
+            ]
+    assert {name: imports for name, imports in found.items() if imports} == {}

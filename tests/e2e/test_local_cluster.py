@@ -15,7 +15,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.e2e.lifecycle import LifecycleResult, LocalCluster, ran_on, run_lifecycle
+from raydog_backends.local.testing import LocalCluster
+from raydog_core.testing.lifecycle import LifecycleResult, ran_on, run_lifecycle
 
 pytestmark = [
     pytest.mark.e2e,

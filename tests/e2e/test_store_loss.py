@@ -29,8 +29,8 @@ import yaml
 from ray.autoscaler.tags import TAG_RAY_LAUNCH_CONFIG
 
 from raydog_backends.keyvalue import ValkeyTagStore
+from raydog_backends.local.testing import LocalCluster
 from raydog_core.interfaces import Endpoint, NodeInfo, NodeState
-from tests.e2e.lifecycle import LocalCluster
 
 pytestmark = [
     pytest.mark.e2e,

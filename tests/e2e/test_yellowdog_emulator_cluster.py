@@ -35,7 +35,7 @@ from raydog_backends.process_nodes.processes import NodeProcess
 from raydog_backends.yellowdog_emulator import EmulatorClient
 from raydog_backends.yellowdog_emulator.processes import ENVIRONMENT_FILE, NODE_FILE
 from raydog_core.interfaces import NodeInfo, NodeState
-from tests.e2e.lifecycle import REPO, LifecycleResult, RayCluster, ran_on, run_lifecycle
+from raydog_core.testing.lifecycle import LifecycleResult, RayCluster, ran_on, run_lifecycle
 from tests.yellowdog_fixtures import (
     BACKEND_TODAY,
     KEY_ID,
@@ -49,6 +49,7 @@ pytestmark = [
     pytest.mark.skipif(not sys.platform.startswith("linux"), reason="local task processes"),
 ]
 
+REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "yellowdog" / "emulator"
 TIME_SCALE = "0.05"
 """The backend's idle node (1 min) and pool (10 min) shutdowns become 3 s and 30 s."""
