@@ -681,6 +681,9 @@ def test_a_provisioning_failure_ends_the_pool_without_nodes(
     assert source.statusMessage == "quota exceeded for instance type emulated"
     assert client.worker_pool_client.get_nodes(NodeSearch(workerPoolId=pool_id)).list_all() == []
     assert task_status(client, task.id) is TaskStatus.READY  # type: ignore[arg-type]
+    control.clear_faults()
+    provision(client, "provisioned", 1, maxNodes=1)
+    wait_until(lambda: task_status(client, task.id) is TaskStatus.EXECUTING, "a node at last")  # type: ignore[arg-type]
 
 
 def test_a_node_can_be_missing_from_one_search(emulator: Emulator, client: PlatformClient) -> None:

@@ -118,6 +118,7 @@ class EmulatorClient:
         self._call("POST", "faults", body)
 
     def clear_faults(self) -> None:
+        """No more injected failures, provisioning failures or node search glitches."""
         self._call("DELETE", "faults")
 
     def clear_requests(self) -> None:
@@ -141,7 +142,7 @@ class EmulatorClient:
         """From now on, pools provisioned from ``template_id`` (None: any template) get no
         instance: quota exhausted, wrong image... Each such pool's compute requirement ends
         TERMINATED, its source ERRORED with ``reason`` as ``statusMessage``; the pool ends
-        TERMINATED without a node; tasks for it stay READY. Until :meth:`reset`."""
+        TERMINATED without a node; tasks for it stay READY. Until :meth:`clear_faults`."""
         self._call("POST", "provisioning-failures", {"template_id": template_id, "reason": reason})
 
     def hide_node_from_searches(self, node_id: str | None = None, times: int = 1) -> None:

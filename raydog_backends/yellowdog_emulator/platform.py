@@ -67,6 +67,12 @@ class Platform:
         with self.lock:
             return snapshot(self.account)
 
+    def clear_faults(self) -> None:
+        """No more provisioning failures or node search glitches."""
+        with self.lock:
+            self.account.provisioning_failures.clear()
+            self.nodes.hidden.clear()
+
     def reset(self) -> None:
         """Forget everything; stop every task process."""
         with self.lock:
@@ -76,8 +82,8 @@ class Platform:
             for node in self.account.nodes.values():
                 if node.alive:
                     self.nodes.end(node, NodeStatus.TERMINATED, "emulator reset")
-            self.nodes.hidden.clear()
             self.account.clear()
+        self.clear_faults()
         self.stop_processes()
 
     def close(self) -> None:

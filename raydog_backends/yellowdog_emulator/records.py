@@ -243,7 +243,6 @@ class Account:
     """Template id (None: any) -> why provisioning from it fails (quota, image...)."""
 
     def clear(self) -> None:
-        self.provisioning_failures.clear()
         for mapping in (
             self.requirements,
             self.groups,

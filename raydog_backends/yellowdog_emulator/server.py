@@ -1,8 +1,9 @@
 """The emulator over HTTP: the REST subset of YellowDog that RayDog uses, plus ``/emulator/``.
 
 The API paths and JSON are the SDK's own (``PlatformClient.create(ServicesSchema(defaultUrl=URL),
-ApiKey(id, secret))`` talks to it unchanged). ``/emulator/`` is for tests and users: inspect every
-object and every request served, inject faults and latency, lose nodes, fail tasks.
+ApiKey(id, secret))`` talks to it unchanged; ``routes`` lists them). ``/emulator/`` is for tests
+and users: inspect every object and every request served, inject faults and latency, lose nodes,
+fail tasks, fail provisioning, make a node search miss a node.
 """
 
 from __future__ import annotations
@@ -13,23 +14,22 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from yellowdog_client.common.json import Json
-from yellowdog_client.model import Task, WorkRequirement
 
 from raydog_backends.yellowdog_emulator.platform import Platform
 from raydog_backends.yellowdog_emulator.records import ApiError, EmulatorConfig, Query
+from raydog_backends.yellowdog_emulator.routes import ROUTES
 
 logger = logging.getLogger(__name__)
 
 TICK_SECONDS = 0.02
 AUTH_PREFIX = "yd-key "
-Handler = Callable[[Platform, dict[str, str], Query, Any], Any]
 
 
 @dataclass
@@ -192,151 +192,6 @@ def _dump(value: Any) -> Any:
     return Json.dump(value)
 
 
-def _flag(query: Query, key: str) -> bool:
-    return (query.get(key) or ["false"])[0].lower() == "true"
-
-
-def _route(method: str, pattern: str) -> Callable[[Handler], Handler]:
-    def register(handler: Handler) -> Handler:
-        ROUTES.append((method, re.compile(pattern), handler))
-        return handler
-
-    return register
-
-
-ROUTES: list[tuple[str, re.Pattern[str], Handler]] = []
-ID = r"(?P<id>[^/]+)"
-
-
-@_route("POST", r"/work/requirements")
-def _add_work_requirement(p: Platform, m: dict[str, str], q: Query, body: Any) -> Any:
-    return p.work.add_work_requirement(Json.load(body, WorkRequirement))
-
-
-@_route("PUT", r"/work/requirements")
-def _update_work_requirement(p: Platform, m: dict[str, str], q: Query, body: Any) -> Any:
-    return p.work.update_work_requirement(Json.load(body, WorkRequirement))
-
-
-@_route("GET", r"/work/requirements")
-def _find_work_requirements(p: Platform, m: dict[str, str], q: Query, body: Any) -> Any:
-    return p.work.find_work_requirements(q)
-
-
-@_route("GET", rf"/work/requirements/{ID}")
-def _get_work_requirement(p: Platform, m: dict[str, str], q: Query, body: Any) -> Any:
-    return p.work.get_work_requirement(m["id"])
-
-
-@_route("PUT", rf"/work/requirements/{ID}/transition/(?P<status>[A-Z_]+)")
-def _transition(p: Platform, m: dict[str, str], q: Query, body: Any) -> Any:
-    return p.work.transition_work_requirement(m["id"], m["status"], _flag(q, "abort"))
-
-
-@_route("GET", r"/work/namespaces/(?P<ns>[^/]+)/requirements/(?P<name>[^/]+)")
-def _get_work_requirement_by_name(p: Platform, m: dict[str, str], q: Query, body: Any) -> Any:
-    return p.work.get_work_requirement_by_name(m["ns"], m["name"])
-
-
-@_route(
-    "POST",
-    r"/work/namespaces/(?P<ns>[^/]+)/requirements/(?P<name>[^/]+)/taskGroups/(?P<group>[^/]+)/tasks",
-)
-def _add_tasks_by_name(p: Platform, m: dict[str, str], q: Query, body: Any) -> Any:
-    tasks = [Json.load(item, Task) for item in body]
-    return p.work.add_tasks_by_name(m["ns"], m["name"], m["group"], tasks)
-
-
-@_route("POST", rf"/work/taskGroups/{ID}/tasks")
-def _add_tasks(p: Platform, m: dict[str, str], q: Query, body: Any) -> Any:
-    return p.work.add_tasks(m["id"], [Json.load(item, Task) for item in body])
-
-
-@_route("GET", r"/work/tasks")
-def _find_tasks(p: Platform, m: dict[str, str], q: Query, body: Any) -> Any:
-    return p.work.find_tasks(q)
-
-
-@_route("GET", rf"/work/tasks/{ID}")
-def _get_task(p: Platform, m: dict[str, str], q: Query, body: Any) -> Any:
-    return p.work.get_task(m["id"])
-
-
-@_route("PUT", rf"/work/tasks/{ID}/cancel")
-def _cancel_task(p: Platform, m: dict[str, str], q: Query, body: Any) -> Any:
-    return p.work.cancel_task(m["id"], _flag(q, "abort"))
-
-
-@_route("POST", r"/workerPools/provisioned/template")
-def _provision(p: Platform, m: dict[str, str], q: Query, body: Any) -> Any:
-    return p.pools.provision_pool(body)
-
-
-@_route("PUT", rf"/workerPools/provisioned/{ID}")
-def _resize(p: Platform, m: dict[str, str], q: Query, body: Any) -> Any:
-    return p.pools.resize_pool(m["id"], int((q.get("size") or [""])[0]))
-
-
-@_route("GET", r"/workerPools/nodes")
-def _find_nodes(p: Platform, m: dict[str, str], q: Query, body: Any) -> Any:
-    return p.nodes.find_nodes(q)
-
-
-@_route("GET", rf"/workerPools/nodes/{ID}")
-def _get_node(p: Platform, m: dict[str, str], q: Query, body: Any) -> Any:
-    return p.nodes.get_node(m["id"])
-
-
-@_route("DELETE", rf"/workerPools/nodes/{ID}")
-def _shutdown_node(p: Platform, m: dict[str, str], q: Query, body: Any) -> Any:
-    return p.nodes.shutdown_node(m["id"])
-
-
-@_route("GET", rf"/workerPools/workers/{ID}/node")
-def _node_of_worker(p: Platform, m: dict[str, str], q: Query, body: Any) -> Any:
-    return p.nodes.node_of_worker(m["id"])
-
-
-@_route("GET", r"/workerPools/?")
-def _find_pools(p: Platform, m: dict[str, str], q: Query, body: Any) -> Any:
-    return p.pools.find_pools(q)
-
-
-@_route("GET", rf"/workerPools/{ID}")
-def _get_pool(p: Platform, m: dict[str, str], q: Query, body: Any) -> Any:
-    return p.pools.get_pool(m["id"])
-
-
-@_route("GET", r"/workerPools/(?P<ns>[^/]+)/(?P<name>[^/]+)")
-def _get_pool_by_name(p: Platform, m: dict[str, str], q: Query, body: Any) -> Any:
-    return p.pools.get_pool_by_name(m["ns"], m["name"])
-
-
-@_route("DELETE", rf"/workerPools/{ID}")
-def _shutdown_pool(p: Platform, m: dict[str, str], q: Query, body: Any) -> Any:
-    return p.pools.shutdown_pool(m["id"])
-
-
-@_route("GET", rf"/compute/requirements/{ID}")
-def _get_compute_requirement(p: Platform, m: dict[str, str], q: Query, body: Any) -> Any:
-    return p.compute.get(m["id"])
-
-
-@_route("GET", r"/compute/namespaces/(?P<ns>[^/]+)/requirements/(?P<name>[^/]+)")
-def _get_compute_requirement_by_name(p: Platform, m: dict[str, str], q: Query, body: Any) -> Any:
-    return p.compute.get_by_name(m["ns"], m["name"])
-
-
-@_route("PUT", rf"/compute/requirements/{ID}/transition/(?P<status>[A-Z_]+)")
-def _transition_compute_requirement(p: Platform, m: dict[str, str], q: Query, body: Any) -> Any:
-    return p.compute.transition(m["id"], m["status"])
-
-
-@_route("GET", r"/compute/instances")
-def _search_instances(p: Platform, m: dict[str, str], q: Query, body: Any) -> Any:
-    return p.compute.search_instances(q)
-
-
 class _RequestHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: _Server
@@ -407,6 +262,7 @@ def _control(
             return 200, {}
         if (method, path) == ("DELETE", "/emulator/faults"):
             api.clear_faults()
+            platform.clear_faults()
             return 200, {}
         if (method, path) == ("POST", "/emulator/settings"):
             with platform.lock:
