@@ -632,8 +632,11 @@ def test_loopback_addresses_are_distinct_and_skip_bound_ones(tmp_path: Path) -> 
         assert taken in bound_addresses()
         second = addresses.allocate(owners[1])
     assert len({first, second, taken}) == 3
+    assert addresses.holder(first) == owners[0].absolute()
     addresses.release(first, owners[0])
+    assert addresses.holder(first) is None
     assert addresses.allocate(owners[2]) == first
+    assert addresses.holder(first) == owners[2].absolute()
     owners[1].rmdir()  # a node that vanished without releasing: its lease is stale
     assert {addresses.allocate(owners[0]), addresses.allocate(owners[3])} == {taken, second}
 

@@ -78,14 +78,22 @@ class LocalCluster(RayCluster):
                 found.append(f"processes of {record.node_id}: {members}")
             if Path(record.tmp_dir).exists():
                 found.append(f"temp folder of {record.node_id}: {record.tmp_dir}")
+        # An address given back may already be leased to a node of another cluster on this
+        # machine (tests run side by side): what listens there is that node's.
+        ours = {self.node_dir(record) for record in self.seen.values()}
         addresses = {record.ip for record in self.seen.values()}
         ports = {port for record in self.seen.values() for port in record.ports.values()}
         for address, port in sorted(listening_sockets()):
+            if self.observer.addresses.holder(address) not in (None, *ours):
+                continue
             if address in addresses or port in ports:
                 found.append(f"listening socket {address}:{port}")
         if self.observer.folder.root.exists():
             found.append(f"cluster folder {self.observer.folder.root}")
         return found
+
+    def node_dir(self, record: NodeRecord) -> Path:
+        return self.observer.folder.node_dir(record.node_id).absolute()
 
     def destroy(self) -> None:
         """Stop whatever a failed run left (a clean run leaves nothing to stop)."""

@@ -90,6 +90,11 @@ class LoopbackAddresses:
             if Path(os.readlink(lease)) == owner.absolute():
                 lease.unlink()
 
+    def holder(self, ip: str) -> Path | None:
+        """Who holds ``ip`` now (the owner path it was leased to), if anyone."""
+        lease = self.lease_dir / ip
+        return Path(os.readlink(lease)) if self._held(lease) else None
+
     def _candidates(self) -> Iterator[str]:
         for number in range(self.FIRST, self.LAST + 1):
             if number & 0xFF not in (0, 255):
