@@ -227,7 +227,8 @@ class Pools:
 
     def _provisions(self, pool: PoolRecord, compute: ComputeRecord) -> bool:
         """Whether instances can be had from the template; if not, the pool and its compute
-        requirement end without nodes, the reason on the requirement's source."""
+        requirement end without nodes, the reason on the requirement's source (SDK model:
+        ``ComputeSource.status``/``statusMessage``; ``WorkerPoolStatus.TERMINATED``)."""
         failures = self.account.provisioning_failures
         reason = failures.get(pool.usage.templateId, failures.get(None))
         if reason is None:
