@@ -15,6 +15,7 @@ import logging
 import threading
 import time
 from collections.abc import Collection, Mapping
+from sys import intern
 from types import ModuleType
 from typing import Any
 
@@ -286,7 +287,8 @@ class RayDogNodeProvider(NodeProvider):
             started = time.monotonic()
             fresh = self.tags.refresh()
             tags = self.tags.node_ids()
-            described = {info.node_id: info for info in self.compute.describe()}
+            # Interned, as the tag cache's are: Ray's lookups then match by identity.
+            described = {intern(info.node_id): info for info in self.compute.describe()}
             with self._lock:
                 previous = self._nodes
                 kept = set()
