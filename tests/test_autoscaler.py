@@ -99,3 +99,9 @@ def test_a_store_that_comes_back_empty_replaces_no_worker(
     assert after.terminations() == []
     assert after.launches() == []
     assert sorted(sim.provider.non_terminated_nodes({"ray-node-type": "worker"})) == workers
+    # And the provider sent back what the store lost: every node's tags are there again.
+    reader = MemoryTagStore(sim.cluster_name)
+    reader.connect(None)
+    stored = reader.load_all()
+    assert set(workers) <= set(stored)
+    assert all(stored[worker].get("ray-launch-config") for worker in workers)
