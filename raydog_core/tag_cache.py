@@ -169,7 +169,8 @@ class TagCache:
             return self._all_sent()
 
     def close(self, timeout: float = CLOSE_TIMEOUT) -> None:
-        """Send what is held (waiting at most ``timeout`` seconds), then disconnect."""
+        """Send what is held (waiting at most ``timeout`` seconds), then disconnect: now, or
+        when the sender's call in progress on a silent store ends (it does, then)."""
         if self.unsent():
             self.flush(timeout)
         with self._cond:
@@ -177,8 +178,11 @@ class TagCache:
             if stop is not None:
                 stop.set()
             self._cond.notify_all()
-        with self._io_lock:
-            self._disconnect()
+        if self._io_lock.acquire(timeout=1.0):
+            try:
+                self._disconnect()
+            finally:
+                self._io_lock.release()
 
     def _all_sent(self) -> bool:
         return not self._pending_updates and not self._pending_deletes and not self._in_flight
@@ -408,6 +412,8 @@ def _serve(cache_ref: weakref.ref[TagCache], stop: threading.Event) -> None:
         with cache._cond:
             work = cache._next_work(stop)
         if work is None:
+            with cache._io_lock:
+                cache._disconnect()
             return
         cache._work_once(*work)
         del cache
