@@ -114,3 +114,21 @@ def test_a_ray_node_reports_the_cloud_instance_id_it_was_started_with(
         "ray.autoscaler.v2.instance_manager.node_provider", "NodeProviderAdapter", used_for
     )
     accepts(adapter.__init__, "v1_provider", "config_reader", used_for=used_for)
+
+
+def test_v2_launches_through_create_node() -> None:
+    """v2's adapter calls ``create_node_with_resources_and_labels``; RayDog implements
+    ``create_node``, which Ray's default of the former calls (a public module, private habit)."""
+    from ray.autoscaler.node_provider import NodeProvider
+
+    calls = []
+
+    class Recording(NodeProvider):
+        def create_node(self, node_config: dict, tags: dict, count: int) -> None:
+            calls.append((node_config, tags, count))
+
+    Recording({}, "pin").create_node_with_resources_and_labels({"a": 1}, {"t": "v"}, 2, {}, {})
+    assert calls == [({"a": 1}, {"t": "v"}, 2)], (
+        "Ray's NodeProvider.create_node_with_resources_and_labels no longer calls create_node; "
+        "autoscaler v2 launches RayDog's nodes through it"
+    )
