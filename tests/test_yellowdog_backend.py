@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import stat
 import threading
+import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +17,13 @@ import pytest
 from yellowdog_client.model import (
     ApiKey,
     ComputeRequirementTemplateUsage,
+    InstanceSearch,
     ProvisionedWorkerPoolProperties,
     RetryProperties,
     ServicesSchema,
+    TaskSearch,
+    WorkerPoolSearch,
+    WorkRequirementSearch,
 )
 from yellowdog_client.platform_client import PlatformClient
 
@@ -29,7 +35,6 @@ from raydog_core import state
 from raydog_core.errors import BackendError, ConfigError
 from raydog_core.interfaces import ClusterSpec, ComputeBackend, LaunchRequest, NodeInfo, NodeState
 from raydog_core.testing import ComputeBackendContract
-from raydog_core.testing.compute_contract import MakeBackend
 
 pytest.register_assert_rewrite("tests.yellowdog_fixtures")
 from tests.yellowdog_fixtures import (  # noqa: E402
@@ -43,12 +48,14 @@ from tests.yellowdog_fixtures import (  # noqa: E402
     make_spec,
     node_config,
     running_emulator,
+    sdk_client,
     wait_until,
 )
 
 pytest_plugins = ["tests.yellowdog_fixtures"]
 
 HEAD = LaunchRequest("head", 1, True)
+FINISHED_TASK = {"COMPLETED", "FAILED", "CANCELLED", "ABORTED", "DISCARDED"}
 
 
 def workers(count: int, node_type: str = "cpu") -> LaunchRequest:
@@ -61,6 +68,16 @@ def described(backend: ComputeBackend) -> dict[str, NodeInfo]:
 
 def live(backend: ComputeBackend) -> dict[str, NodeInfo]:
     return {n: i for n, i in described(backend).items() if i.state is not NodeState.TERMINATED}
+
+
+def with_max_workers(spec: ClusterSpec, **max_workers: int) -> ClusterSpec:
+    types = {
+        name: dataclasses.replace(
+            node_type, max_workers=max_workers.get(name, node_type.max_workers)
+        )
+        for name, node_type in spec.node_types.items()
+    }
+    return dataclasses.replace(spec, node_types=types)
 
 
 def running(backend: ComputeBackend, node_ids: list[str]) -> bool:
@@ -98,30 +115,6 @@ class TestYellowDogBackendContract(ComputeBackendContract):
     @pytest.fixture
     def lose_node(self, emulator_client: EmulatorClient) -> Callable[[str], None]:
         return emulator_client.lose_node_of_task
-
-    @pytest.mark.xfail(
-        strict=True, reason="YellowDog's describe() acts until its pure describe lands (issue 13)"
-    )
-    def test_describe_reports_and_asking_twice_answers_the_same(
-        self,
-        backend_for: MakeBackend,
-        spec: ClusterSpec,
-        node_config: Mapping[str, Any],
-        lose_node: Callable[[str], None] | None,
-    ) -> None:
-        super().test_describe_reports_and_asking_twice_answers_the_same(
-            backend_for, spec, node_config, lose_node
-        )
-
-    @pytest.mark.xfail(
-        strict=True, reason="YellowDog keeps the launch config on its task once ydb's part lands"
-    )
-    def test_each_node_keeps_the_launch_config_it_was_launched_with(
-        self, backend_for: MakeBackend, spec: ClusterSpec, node_config: Mapping[str, Any]
-    ) -> None:
-        super().test_each_node_keeps_the_launch_config_it_was_launched_with(
-            backend_for, spec, node_config
-        )
 
 
 # --- configuration -----------------------------------------------------------------------
@@ -163,6 +156,17 @@ def test_option_errors_name_the_option(options: dict[str, Any], key: str) -> Non
     with pytest.raises(ConfigError) as caught:
         YellowDogComputeBackend(make_spec(), **options)
     assert caught.value.key_path == key
+
+
+def test_more_workers_than_a_pool_may_hold_is_a_config_error_naming_the_key() -> None:
+    """YellowDog allows 10,000 nodes per pool (the head's pool holds its type's workers too)."""
+    assert YellowDogComputeBackend(make_spec(max_workers=9_999))
+    with pytest.raises(ConfigError, match="at most 10000 per pool") as caught:
+        YellowDogComputeBackend(make_spec(max_workers=10_000))
+    assert caught.value.key_path == "available_node_types.head.max_workers"
+    with pytest.raises(ConfigError) as caught:
+        YellowDogComputeBackend(with_max_workers(make_spec(), head=0, cpu=10_001))
+    assert caught.value.key_path == "available_node_types.cpu.max_workers"
 
 
 def test_names_are_lower_case_deterministic_and_traceable() -> None:
@@ -219,7 +223,8 @@ def test_the_core_accepts_yellowdog_ray_flat_keys_and_reports_node_config_paths(
     config["available_node_types"]["cpu"]["node_config"] = node_config(images_id="img")
     _, _, compute = raydog_config.build_plugins(raydog_config.parse(config))
     assert isinstance(compute, YellowDogComputeBackend)
-    assert (compute.namespace, compute.tag, compute.lifetime.total_seconds()) == (
+    options = compute.options
+    assert (options.namespace, options.tag, options.lifetime.total_seconds()) == (
         "flat-keys",
         "flat-tag",
         7200,
@@ -378,6 +383,146 @@ def test_pools_and_task_groups_follow_the_config(
     assert all(p["name"].startswith("config-check_") for p in pools.values())
 
 
+def test_pools_set_max_nodes_and_task_groups_never_queue_tasks_on_busy_nodes(
+    backends: Callable[..., YellowDogComputeBackend], emulator: Emulator
+) -> None:
+    """maxNodes explicit (1 for the head, max_workers for workers: yellowdog-ray and the CLI
+    always set it); disablePreallocation on every group (a Ray task never ends, so a task
+    queued behind one would never start)."""
+    backend = backends(with_max_workers(make_spec(), head=0, cpu=7))
+    backend.launch(HEAD)
+    backend.launch(workers(2))
+    sdk = sdk_client(emulator.url)
+    try:
+        (requirement,) = sdk.work_client.get_work_requirements(
+            WorkRequirementSearch(namespaces=[NAMESPACE])
+        ).list_all()
+        full = sdk.work_client.get_work_requirement_by_id(requirement.id)
+        assert {g.runSpecification.disablePreallocation for g in full.taskGroups} == {True}
+        pools = sdk.worker_pool_client.get_worker_pools(
+            WorkerPoolSearch(namespaces=[NAMESPACE])
+        ).list_all()
+        max_nodes = {
+            pool.name.split("_")[2]: sdk.worker_pool_client.get_worker_pool_by_id(
+                pool.id
+            ).properties.maxNodes
+            for pool in pools
+        }
+    finally:
+        sdk.close()
+    assert max_nodes == {"head": 1, "cpu": 7}
+
+
+def test_a_full_pool_is_not_grown_past_max_nodes_and_a_replacement_takes_the_freed_node(
+    backends: Callable[..., YellowDogComputeBackend], emulator_client: EmulatorClient
+) -> None:
+    """Ray replaces a worker before the old one's node has shut down: the pool stays within
+    maxNodes (the platform refuses more) and the new task runs on the freed node."""
+    backend = backends(with_max_workers(make_spec(), head=0, cpu=2))
+    backend.launch(HEAD)
+    old, kept = backend.launch(workers(2))
+    wait_until(lambda: running(backend, [old, kept]), "workers to run")
+    backend.terminate([old])
+    (new,) = backend.launch(workers(1))
+    wait_until(lambda: running(backend, [new, kept]), "the replacement to run")
+    (pool,) = [p for p in emulator_client.live_pools() if "_cpu_" in p["name"]]
+    assert pool["target"] == 2
+
+
+def test_every_task_is_named_after_its_cluster_node_type_and_launch(
+    backends: Callable[..., YellowDogComputeBackend], emulator: Emulator
+) -> None:
+    """Names make a task traceable on the platform, and let a retried launch recognise it; the
+    task's tag keeps Ray's launch config, which describe() reports."""
+    spec = make_spec("Named.Cluster")
+    backend = backends(spec)
+    (head,) = backend.launch(LaunchRequest("head", 1, True, launch_config="hash-h"))
+    first = backend.launch(LaunchRequest("cpu", 2, False, launch_config="hash-1"))
+    second = backend.launch(LaunchRequest("cpu", 1, False, launch_config="hash-2"))
+    sdk = sdk_client(emulator.url)
+    try:
+        (requirement,) = sdk.work_client.get_work_requirements(
+            WorkRequirementSearch(namespaces=[NAMESPACE])
+        ).list_all()
+        tasks = {
+            task.id: task
+            for task in sdk.work_client.get_tasks(
+                TaskSearch(workRequirementId=requirement.id)
+            ).list_all()
+        }
+    finally:
+        sdk.close()
+    names = {task_id: tasks[task_id].name.split("_") for task_id in [head, *first, *second]}
+    assert {parts[0] for parts in names.values()} == {"named-cluster"}
+    assert [names[t][1] for t in (head, *first, *second)] == ["head", "cpu", "cpu", "cpu"]
+    launches = [names[t][2] for t in (head, first[0], first[1], second[0])]
+    assert launches[1] == launches[2] and len({launches[0], launches[1], launches[3]}) == 3
+    assert len({tasks[t].name for t in tasks}) == len(tasks) == 4
+    assert [tasks[t].tag for t in (head, *first, *second)] == [
+        "hash-h",
+        "hash-1",
+        "hash-1",
+        "hash-2",
+    ]
+    nodes = described(backends(spec))
+    assert [nodes[t].launch_config for t in (head, *first, *second)] == [
+        "hash-h",
+        "hash-1",
+        "hash-1",
+        "hash-2",
+    ]
+
+
+def test_the_head_public_address_comes_from_its_instance(
+    backends: Callable[..., YellowDogComputeBackend], emulator: Emulator
+) -> None:
+    """The platform no longer fills Node.details.publicIpAddress (yellowdog-ray 54e2599): the
+    public address is the instance's, from the compute API."""
+    backend = backends()
+    (head,) = backend.launch(HEAD)
+    info = described(backends(backend.spec))[head]
+    sdk = sdk_client(emulator.url)
+    try:
+        pools = sdk.worker_pool_client.get_worker_pools(
+            WorkerPoolSearch(namespaces=[NAMESPACE])
+        ).list_all()
+        (pool,) = [sdk.worker_pool_client.get_worker_pool_by_id(p.id) for p in pools]
+        (instance,) = sdk.compute_client.get_instances(
+            InstanceSearch(computeRequirementId=pool.computeRequirementId)
+        ).list_all()
+    finally:
+        sdk.close()
+    assert info.external_ip == instance.publicIpAddress
+    assert info.internal_ip == instance.privateIpAddress != info.external_ip
+
+
+def test_shutdown_terminates_every_compute_requirement_as_well(
+    backends: Callable[..., YellowDogComputeBackend], emulator: Emulator
+) -> None:
+    """A pool shutdown is not immediate and cannot reach a node whose agent never registered:
+    the compute requirement is terminated too (yellowdog-ray 0794285)."""
+    spec = make_spec()
+    backend = backends(spec)
+    backend.launch(HEAD)
+    backend.launch(workers(2))
+    backend.shutdown()
+    sdk = sdk_client(emulator.url)
+    try:
+        pools = sdk.worker_pool_client.get_worker_pools(
+            WorkerPoolSearch(namespaces=[NAMESPACE])
+        ).list_all()
+        requirements = [
+            sdk.compute_client.get_compute_requirement_by_id(
+                sdk.worker_pool_client.get_worker_pool_by_id(pool.id).computeRequirementId
+            )
+            for pool in pools
+        ]
+    finally:
+        sdk.close()
+    assert len(requirements) == 2
+    assert {str(r.status) for r in requirements} <= {"TERMINATING", "TERMINATED"}
+
+
 def test_tasks_know_their_node_id_and_workers_know_the_head(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
@@ -446,10 +591,29 @@ def test_describe_is_one_search_once_addresses_are_known(
     assert len({n.internal_ip for n in nodes.values()}) == 6
 
 
+def test_learning_the_addresses_of_many_new_workers_costs_as_much_as_of_one(
+    backends: Callable[..., YellowDogComputeBackend], emulator_client: EmulatorClient
+) -> None:
+    """Addresses are learned per pool (one node search, one instance search), not per node."""
+    spec = make_spec()
+    starter = backends(spec)
+    starter.launch(HEAD)
+    costs = {}
+    for count in (1, 10):
+        started = starter.launch(workers(count))
+        wait_until(lambda started=started: running(starter, started), "workers to run")
+        fresh = backends(spec, node_recheck_seconds=3600)
+        before = emulator_client.request_count()
+        nodes = described(fresh)
+        costs[count] = emulator_client.request_count() - before
+        assert all(nodes[w].internal_ip and nodes[w].external_ip for w in started)
+    assert costs[1] == costs[10], costs
+
+
 # --- nodes that go away ----------------------------------------------------------------------
 
 
-def test_a_failed_or_cancelled_task_is_a_terminated_node(
+def test_a_failed_or_cancelled_task_is_a_terminated_node_until_terminated(
     backends: Callable[..., YellowDogComputeBackend], emulator: Emulator
 ) -> None:
     backend = backends()
@@ -465,12 +629,15 @@ def test_a_failed_or_cancelled_task_is_a_terminated_node(
     sdk.close()
     nodes = described(backend)
     assert nodes[failing].state is nodes[cancelled].state is NodeState.TERMINATED
-    assert "task ended" in nodes[failing].detail
+    assert "task ended: FAILED" in nodes[failing].detail
+    assert "task ended: CANCELLED" in nodes[cancelled].detail
     assert nodes[kept].state is NodeState.RUNNING
-    assert set(described(backend)) == {head, kept}, "an ended node is reported once"
+    assert described(backend) == nodes, "describe reports; asking twice gives the same answer"
+    backend.terminate([failing, cancelled, "ydid:task:e0000d:unknown"])
+    assert set(described(backend)) == {head, kept}, "terminated: no longer reported"
 
 
-def test_a_lost_node_is_noticed_even_while_its_task_looks_alive(
+def test_a_lost_node_is_reported_until_terminated_and_its_task_cancelled_then(
     backends: Callable[..., YellowDogComputeBackend], emulator_client: EmulatorClient
 ) -> None:
     backend = backends(node_recheck_seconds=0.2)
@@ -479,17 +646,90 @@ def test_a_lost_node_is_noticed_even_while_its_task_looks_alive(
     wait_until(lambda: running(backend, [lost, kept]), "workers to run")
     emulator_client.lose_node_of_task(lost, fail_tasks=False)
     gone = wait_until(
-        lambda: (
-            (node := described(backend).get(lost)) is None
-            or (node if node.state is NodeState.TERMINATED else None)
-        ),
+        lambda: (node := described(backend)[lost]).state is NodeState.TERMINATED and node,
         "the lost node to be reported",
     )
-    if isinstance(gone, NodeInfo):
-        assert "lost" in gone.detail
+    assert "lost" in gone.detail.lower()
+    assert described(backend)[lost] == gone, "describe reports; asking twice gives the same answer"
+
+    def status_of(task: str) -> str:
+        return {t["id"]: t["status"] for t in emulator_client.state()["tasks"]}[task]
+
+    assert status_of(lost) == "EXECUTING", "describe must not act"
+    backend.terminate([lost])
+    assert status_of(lost) == "CANCELLED", "its task must not come back as a stray Ray node"
+    assert set(live(backend)) >= {kept} and lost not in described(backend)
+
+
+def test_a_node_missing_from_one_node_search_is_not_declared_gone(
+    backends: Callable[..., YellowDogComputeBackend], emulator_client: EmulatorClient
+) -> None:
+    """Search results can be momentarily incomplete: a node is lost only on the platform's
+    word about that node (today's describe would cancel the head here)."""
+    backend = backends(node_recheck_seconds=0.01)
+    (head,) = backend.launch(HEAD)
+    started = backend.launch(workers(2))
+    wait_until(lambda: running(backend, [head, *started]), "the cluster to run")
+    node_of = {t["id"]: t["node_id"] for t in emulator_client.state()["tasks"]}
+    for task in (head, started[0]):
+        emulator_client.hide_node_from_searches(node_of[task], times=1)
+        time.sleep(0.02)
+        assert running(backend, [head, *started]), "a node missing from one search"
     statuses = {t["id"]: t["status"] for t in emulator_client.state()["tasks"]}
-    assert statuses[lost] == "CANCELLED", "its task must not come back as a stray Ray node"
-    assert kept in live(backend)
+    assert {statuses[t] for t in (head, *started)} == {"EXECUTING"}
+
+
+@pytest.mark.parametrize("attempts", [1, 3])
+def test_a_launch_whose_reply_was_lost_is_neither_duplicated_nor_orphaned(
+    backends: Callable[..., YellowDogComputeBackend],
+    emulator_client: EmulatorClient,
+    attempts: int,
+) -> None:
+    """The tasks are added, their reply fails: with the SDK's retry (attempts=3) a nameless
+    add would be sent twice; without it (attempts=1), the launch would fail and leave them."""
+    backend = backends(api_max_attempts=attempts)
+    (head,) = backend.launch(HEAD)
+    emulator_client.fail(r"/tasks$", 503, method="POST", nth=1, after_apply=True)
+    started = backend.launch(workers(3))
+    emulator_client.clear_faults()
+    assert len(set(started)) == 3
+    statuses = {t["id"]: t["status"] for t in emulator_client.state()["tasks"]}
+    live_tasks = {t for t, status in statuses.items() if status not in FINISHED_TASK}
+    assert live_tasks == {head, *started}
+    wait_until(lambda: running(backend, started), "the workers to run")
+
+
+def test_a_provisioning_failure_ends_the_waiting_nodes_with_the_reason_ray_sees(
+    yd_env: str, emulator_client: EmulatorClient
+) -> None:
+    from raydog_backends.memory.tag_store import MemoryTagStore
+    from tests.ray_helpers import head_tags, worker_tags
+
+    name = f"provision-{uuid.uuid4().hex[:6]}"
+    provider = provider_on_yellowdog(name, node_recheck_seconds=0.05)
+    try:
+        (head,) = provider.create_node(node_config(), head_tags(), 1)
+        emulator_client.fail_provisioning("vCPU quota exceeded in eu-west-2")
+        started = list(provider.create_node(node_config(), worker_tags(), 2))
+        assert set(provider.non_terminated_nodes({})) == {head, *started}
+
+        def reasons() -> dict[str, str]:
+            """What `raydog status` shows: the backend's report, nothing acted on."""
+            return {n.node_id: n.detail for n in provider.compute.describe() if n.detail}
+
+        shown = wait_until(
+            lambda: (
+                found if all("quota" in (found := reasons()).get(w, "") for w in started) else {}
+            ),
+            "the workers to end with the reason",
+        )
+        assert all("vCPU quota exceeded in eu-west-2" in shown[w] for w in started), shown
+        assert provider.non_terminated_nodes({}) == [head], "Ray sees them gone"
+        statuses = {t["id"]: t["status"] for t in emulator_client.state()["tasks"]}
+        assert {statuses[w] for w in started} == {"CANCELLED"}, "the provider's tick ended them"
+    finally:
+        provider.close()
+        MemoryTagStore.forget(name)
 
 
 # --- failures of the head launch --------------------------------------------------------------
@@ -526,22 +766,20 @@ def test_a_head_whose_task_fails_is_cleaned_up(
 # --- scaling again, attaching, shutting down ------------------------------------------------
 
 
-def test_scaling_up_after_every_worker_finished_uses_a_new_task_group(
+def test_scaling_up_again_reuses_the_task_group(
     backends: Callable[..., YellowDogComputeBackend], emulator_client: EmulatorClient
 ) -> None:
+    """A work requirement holds at most 1,000 task groups: one per node type, reused."""
     backend = backends()
     backend.launch(HEAD)
-    first = backend.launch(workers(2))
-    backend.terminate(first)
-
-    def worker_groups() -> list[dict[str, Any]]:
-        (requirement,) = emulator_client.live_work_requirements()
-        return [g for g in requirement["task_groups"] if g["tag"] == "ray-worker"]
-
-    wait_until(lambda: worker_groups()[0]["status"] == "COMPLETED", "the group to complete")
+    for _ in range(3):
+        started = backend.launch(workers(2))
+        wait_until(lambda started=started: running(backend, started), "workers to run")
+        backend.terminate(started)
     again = backend.launch(workers(2))
     wait_until(lambda: running(backend, again), "new workers to run")
-    assert [g["status"] for g in worker_groups()] == ["COMPLETED", "RUNNING"]
+    (requirement,) = emulator_client.live_work_requirements()
+    assert len(requirement["task_groups"]) == 2
 
 
 def test_a_pool_that_shut_itself_down_is_provisioned_again(
@@ -634,16 +872,11 @@ def test_concurrent_launches_share_one_group_and_one_pool(
 # --- through the RayDog node provider, as Ray drives it -------------------------------------
 
 
-def test_the_node_provider_runs_a_cluster_on_yellowdog(
-    yd_env: str, emulator_client: EmulatorClient
-) -> None:
-    from ray.autoscaler.tags import NODE_KIND_HEAD, TAG_RAY_NODE_KIND
-
-    from raydog_backends.memory.tag_store import MemoryTagStore
+def provider_on_yellowdog(name: str, **options: Any) -> Any:
+    """RayDogNodeProvider as Ray loads it, on yellowdog (the emulator) and the memory store."""
     from tests.conftest import memory_cluster_config
-    from tests.ray_helpers import head_tags, load_provider, worker_tags
+    from tests.ray_helpers import load_provider
 
-    name = f"provider-{uuid.uuid4().hex[:6]}"
     config = memory_cluster_config(
         name,
         compute="yellowdog",
@@ -651,10 +884,23 @@ def test_the_node_provider_runs_a_cluster_on_yellowdog(
         api_max_attempts=1,
         ray_head_node_task_script=SLEEP_SCRIPT,
         ray_worker_node_task_script=SLEEP_SCRIPT,
+        **options,
     )
     for node_type in config["available_node_types"].values():
         node_type["node_config"] = node_config()
-    provider = load_provider(config)
+    return load_provider(config)
+
+
+def test_the_node_provider_runs_a_cluster_on_yellowdog(
+    yd_env: str, emulator_client: EmulatorClient
+) -> None:
+    from ray.autoscaler.tags import NODE_KIND_HEAD, TAG_RAY_NODE_KIND
+
+    from raydog_backends.memory.tag_store import MemoryTagStore
+    from tests.ray_helpers import head_tags, worker_tags
+
+    name = f"provider-{uuid.uuid4().hex[:6]}"
+    provider = provider_on_yellowdog(name)
     try:
         (head,) = provider.create_node(node_config(), head_tags(), 1)
         assert provider.non_terminated_nodes({TAG_RAY_NODE_KIND: NODE_KIND_HEAD}) == [head]
@@ -683,8 +929,6 @@ def test_the_node_provider_runs_a_cluster_on_yellowdog(
 def test_the_head_pool_userdata_gains_the_tag_store_install(
     backends: Callable[..., YellowDogComputeBackend], emulator_client: EmulatorClient
 ) -> None:
-    import dataclasses
-
     from raydog_backends.keyvalue import ValkeyTagStore
 
     head_config = node_config(userdata="#!/bin/bash\necho base\n")

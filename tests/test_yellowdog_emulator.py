@@ -78,8 +78,8 @@ def sdk(url: str, key_id: str = KEY_ID, secret: str = SECRET) -> PlatformClient:
 
 @pytest.fixture
 def emulator() -> Iterator[Emulator]:
-    """Every platform fact, strict (the shared fixture is lenient where the backend lags)."""
-    with running_emulator(strict=True) as running:
+    """Every platform fact, strict."""
+    with running_emulator() as running:
         yield running
 
 
@@ -339,7 +339,7 @@ def test_large_bodies_arrive_gzipped(emulator: Emulator, client: PlatformClient)
 
 def test_only_the_configured_key_and_templates_are_accepted() -> None:
     config = EmulatorConfig(api_key=f"{KEY_ID}:{SECRET}", templates=[TEMPLATE])
-    with running_emulator(config, strict=True) as emulator:
+    with running_emulator(config) as emulator:
         wrong = sdk(emulator.url, secret="not-the-secret")
         with pytest.raises(NotAuthorisedException):
             wrong.work_client.get_work_requirement_by_name(NAMESPACE, "x")
@@ -393,7 +393,7 @@ def test_inspection_lists_live_objects(emulator: Emulator, client: PlatformClien
 
 def test_task_scripts_run_as_processes_with_their_environment(tmp_path: Path) -> None:
     config = EmulatorConfig(run_tasks=True, work_dir=str(tmp_path / "work"), stop_grace_seconds=2)
-    with running_emulator(config, strict=True) as emulator:
+    with running_emulator(config) as emulator:
         client = sdk(emulator.url)
         made = client.work_client.add_work_requirement(requirement("processes"))
         group_id = first_group(made)
@@ -448,7 +448,7 @@ def test_runs_as_a_module_and_stops_on_sigterm(module: str) -> None:
 
 def test_loopback_addresses_are_distinct_and_given_back(tmp_path: Path) -> None:
     config = EmulatorConfig(loopback_ips=True, public_ip="127.0.0.1", work_dir=str(tmp_path))
-    with running_emulator(config, strict=True) as emulator:
+    with running_emulator(config) as emulator:
         client = sdk(emulator.url)
         pool_id = provision(client, "loopback-pool", 3)
         search = NodeSearch(workerPoolId=pool_id, statuses=[NodeStatus.RUNNING])
@@ -709,7 +709,7 @@ def test_a_task_can_start_before_its_nodes_setup_has_finished(tmp_path: Path) ->
     config = EmulatorConfig(
         run_tasks=True, loopback_ips=True, work_dir=str(tmp_path), setup_delay=1.5
     )
-    with running_emulator(config, strict=True) as emulator:
+    with running_emulator(config) as emulator:
         client = sdk(emulator.url)
         made = client.work_client.add_work_requirement(requirement("sets-up"))
         provision(client, "sets-up", 2, maxNodes=2)

@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from yellowdog_client.model import ApiKey, RetryProperties, ServicesSchema
+from yellowdog_client.platform_client import PlatformClient
 
 from raydog_backends.yellowdog import YellowDogComputeBackend
 from raydog_backends.yellowdog_emulator import Emulator, EmulatorClient, EmulatorConfig
@@ -37,25 +39,10 @@ SLEEP_SCRIPT = "#!/bin/bash\nsleep infinity\n"
 START_TIMEOUT = 20.0
 
 
-BACKEND_TODAY: dict[str, bool] = {
-    "lenient_node_public_ip": True,
-    "lenient_unlimited_pools": True,
-    "lenient_no_preallocation": True,
-    "lenient_pool_shutdown": True,
-}
-"""Platform facts the emulator reproduces (docs/emulator.md) that the backend does not handle
-yet (issue 9 item 2): its tests run with these lenient until it does; remove each as it lands."""
-
-
 @contextlib.contextmanager
-def running_emulator(
-    config: EmulatorConfig | None = None, *, strict: bool = False
-) -> Iterator[Emulator]:
-    """An emulator served by threads of this process; stopped (with its task processes) after.
-    ``strict``: every platform fact, none of ``BACKEND_TODAY``'s leniency."""
-    config = config or EmulatorConfig()
-    if not strict:
-        config.update(BACKEND_TODAY)
+def running_emulator(config: EmulatorConfig | None = None) -> Iterator[Emulator]:
+    """An emulator served by threads of this process, with every platform fact the emulator
+    reproduces; stopped (with its task processes) after."""
     emulator = Emulator(config).start()
     try:
         yield emulator
@@ -121,14 +108,17 @@ def make_spec(
     types: Mapping[str, Mapping[str, Any]] | None = None,
     head_script: str = SLEEP_SCRIPT,
     worker_script: str = SLEEP_SCRIPT,
+    max_workers: int = 100,
 ) -> ClusterSpec:
-    """A cluster with a ``head`` type and a ``cpu`` worker type (or the ``types`` given)."""
+    """A cluster with a ``head`` type and a ``cpu`` worker type (or the ``types`` given), each
+    with ``max_workers`` (the head type's too, as Ray allows)."""
     configs = types or {"head": node_config(), "cpu": node_config()}
     return ClusterSpec(
         cluster_name=cluster_name or f"yd-{uuid.uuid4().hex[:8]}",
         head_node_type=next(iter(configs)),
         node_types={
-            name: NodeTypeSpec(name, config, {"CPU": 1}, 0, 100) for name, config in configs.items()
+            name: NodeTypeSpec(name, config, {"CPU": 1}, 0, max_workers)
+            for name, config in configs.items()
         },
         head_script=head_script,
         worker_script=worker_script,
@@ -139,6 +129,12 @@ def make_backend(spec: ClusterSpec, **options: Any) -> YellowDogComputeBackend:
     """The backend as tests use it: no SDK retries (a failure is seen at once), test namespace."""
     settings: dict[str, Any] = {"cluster_namespace": NAMESPACE, "api_max_attempts": 1, **options}
     return YellowDogComputeBackend(spec, **settings)
+
+
+def sdk_client(url: str) -> PlatformClient:
+    """The real SDK, as a user would look at the platform: no retries; close it after."""
+    schema = ServicesSchema(defaultUrl=url, retry=RetryProperties(maxAttempts=0))
+    return PlatformClient.create(schema, ApiKey(KEY_ID, SECRET))
 
 
 def wait_until(check: Callable[[], T], what: str, timeout: float = 30.0) -> T:

@@ -9,15 +9,21 @@ Slugs never contain ``_``, which is kept as the separator of the parts of a name
     worker pool         <cluster>_<generation>_<node type>_<pool stamp>
     worker tag          <cluster>_<generation>_<node type>
     task group          <node type>_<number>
+    task                <cluster>_<node type>_<launch>_<index>
+
 
 The generation is a stamp taken when the cluster's work requirement is made, so a cluster that is
 brought down and up again gets fresh names (YellowDog keeps finished objects under their names),
 and every object made for a cluster, even by an interrupted ``ray up``, is found by its name.
+A task's launch is random, drawn once per launch request, so the tasks of a request whose reply
+was lost are recognised by their names (the node type check below keeps every task name within
+the 60 characters allowed, as pool names are).
 """
 
 from __future__ import annotations
 
 import re
+import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -46,6 +52,11 @@ def slug(text: str) -> str | None:
     """``text`` as a name part (``Ray.Head_1`` -> ``ray-head-1``), or None if it cannot be one."""
     mapped = _TO_HYPHEN.sub("-", text.lower())
     return mapped if _SLUG.match(mapped) else None
+
+
+def launch_id() -> str:
+    """7 random base-36 characters: one launch request's tasks, told from every other's."""
+    return "".join(secrets.choice(_DIGITS) for _ in range(STAMP_LENGTH))
 
 
 def stamp(now: float | None = None) -> str:
@@ -136,3 +147,13 @@ class ClusterNames:
 
     def task_group(self, node_type: str, number: int) -> str:
         return f"{self.node_types[node_type]}{SEPARATOR}{number}"
+
+    def task(self, node_type: str, launch: str, index: int) -> str:
+        return SEPARATOR.join((self.cluster, self.node_types[node_type], launch, str(index)))
+
+    def launch_of(self, task_name: str | None) -> str | None:
+        """The launch that named one of this cluster's tasks; None for other names."""
+        parts = (task_name or "").split(SEPARATOR)
+        if len(parts) == 4 and parts[0] == self.cluster and _STAMP.match(parts[2]):
+            return parts[2]
+        return None

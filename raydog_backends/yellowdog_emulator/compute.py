@@ -10,12 +10,11 @@ its agent takes tasks before the setup has finished (see ``processes``).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from raydog_backends.yellowdog import YellowDogComputeBackend, credentials
+from raydog_backends.yellowdog import YellowDogComputeBackend
 from raydog_backends.yellowdog_emulator.runner import EmulatedTaskRunner
 
 if TYPE_CHECKING:
@@ -36,7 +35,7 @@ class EmulatedYellowDogComputeBackend(YellowDogComputeBackend):
         use_internal_ip: bool,
     ) -> CommandRunnerInterface:
         """Ray's commands run in the node's task folder, with its environment (see ``runner``)."""
-        url = credentials.load(self.spec.cluster_name, os.environ, self.api_url).url
+        url = self.api.credentials().url
         return EmulatedTaskRunner(
             url, node_id, process_runner=process_runner, log_prefix=log_prefix
         )

@@ -36,13 +36,7 @@ from raydog_backends.yellowdog_emulator import EmulatorClient
 from raydog_backends.yellowdog_emulator.processes import ENVIRONMENT_FILE, NODE_FILE
 from raydog_core.interfaces import NodeInfo, NodeState
 from raydog_core.testing.lifecycle import LifecycleResult, RayCluster, ran_on, run_lifecycle
-from tests.yellowdog_fixtures import (
-    BACKEND_TODAY,
-    KEY_ID,
-    SECRET,
-    EmulatorProcess,
-    start_emulator_process,
-)
+from tests.yellowdog_fixtures import KEY_ID, SECRET, EmulatorProcess, start_emulator_process
 
 pytestmark = [
     pytest.mark.e2e,
@@ -102,7 +96,7 @@ class EmulatedCluster(RayCluster):
                 "RAY_HEAD_IP" not in environment,
                 NodeState.RUNNING if running else NodeState.PENDING,
                 node.get("private_ip"),
-                node.get("public_ip"),
+                node.get("instance_public_ip"),  # the platform gives it on the instance
                 task["status"],
             )
         return found
@@ -157,9 +151,6 @@ def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmulatorProce
             str(work_dir),
             "--time-scale",
             TIME_SCALE,
-            # Platform facts the backend does not handle yet (issue 9 item 2); remove each as
-            # it does (tests/yellowdog_fixtures.BACKEND_TODAY).
-            *(f"--lenient={name.removeprefix('lenient_')}" for name in BACKEND_TODAY),
         )
     try:
         yield process

@@ -1,0 +1,425 @@
+"""Launching Ray nodes as YellowDog tasks, and undoing a launch that failed half way.
+
+Each launch request names its tasks ``<cluster>_<node type>_<launch>_<index>`` and keeps Ray's
+launch config hash in each task's tag. The tasks go in one request that the SDK does not retry:
+the backend retries it itself, and after a failed attempt looks its names up first, so a request
+that was applied but whose reply was lost is recognised, never sent twice, never left behind.
+
+Task groups are made once per node type and reused (they do not finish when their tasks have),
+so a long-lived cluster stays far below the 1,000 groups a work requirement may hold
+(``WorkRequirement.TASK_GROUPS_MAX``). Every group sets ``disablePreallocation``: a Ray node's
+task never ends, so a task pre-allocated to a busy node's local queue would never start
+(``RunSpecification.disablePreallocation``, SDK 13.1).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from yellowdog_client.model import (
+    RunSpecification,
+    Task,
+    TaskGroup,
+    TaskSearch,
+    TaskStatus,
+    WorkRequirement,
+)
+
+from raydog_backends.yellowdog.addresses import Address, Addresses
+from raydog_backends.yellowdog.api import API_ERRORS, Api, all_items, call, is_refusal, reason
+from raydog_backends.yellowdog.api import task_errors as errors_of
+from raydog_backends.yellowdog.cluster import (
+    HEAD_GROUP_TAG,
+    WORKER_GROUP_TAG,
+    Cluster,
+    Clusters,
+    Group,
+)
+from raydog_backends.yellowdog.names import launch_id, stamp
+from raydog_backends.yellowdog.options import Options
+from raydog_backends.yellowdog.pools import CapacityChange, Pools
+from raydog_core.errors import BackendError
+from raydog_core.interfaces import ClusterSpec
+from raydog_core.progress import report
+
+logger = logging.getLogger(__name__)
+
+TASK_TYPE = "bash"
+TASK_SCRIPT_FILE = "taskdata.txt"
+"""The YellowDog agent writes a bash task's data to this file; the task's argument names it."""
+LIVE_TASK = [s for s in TaskStatus if not s.finished]
+PROGRESS_SECONDS = 30.0
+MAX_POLL_SECONDS = 5.0
+
+
+class Launcher:
+    """Launches heads and workers; one launch at a time per backend."""
+
+    def __init__(
+        self,
+        spec: ClusterSpec,
+        options: Options,
+        api: Api,
+        clusters: Clusters,
+        pools: Pools,
+        addresses: Addresses,
+        shutdown_everything: Callable[[], tuple[list[str], list[str]]],
+    ) -> None:
+        self.spec = spec
+        self.options = options
+        self.api = api
+        self.clusters = clusters
+        self.pools = pools
+        self.addresses = addresses
+        self.shutdown_everything = shutdown_everything
+        self.lock = threading.RLock()
+        """Held for a whole launch (and a shutdown): one at a time."""
+        self._heads_lock = threading.Lock()
+        self._head_addresses: dict[str, Address] = {}
+        """Work requirement id -> its head's addresses; taken without the launch lock, so
+        that a describe may record them while a launch runs."""
+
+    def head(self, node_type: str, launch_config: str) -> list[str]:
+        """The head's task, once it runs and its addresses are known; on any failure, what
+        this launch made is undone."""
+        deadline = time.monotonic() + self.options.build_timeout.total_seconds()
+        creating = False
+        cluster: Cluster | None = None
+        capacity: CapacityChange | None = None
+        launch = launch_id()
+        try:
+            with self.lock:
+                cluster = self.clusters.attach(refresh=True)
+                if cluster is None:
+                    creating = True  # before the call: an interrupted request may still succeed
+                    cluster = self._create_cluster(node_type)
+                group = self._open_group(cluster, node_type, head=True)
+                if creating:  # a new generation has no pool yet
+                    capacity = self.pools.provision(cluster, node_type, 1)
+                else:
+                    capacity = self.pools.add_capacity(cluster, node_type, 1)
+                (task_id,) = self._add_tasks(cluster, group, 1, launch, launch_config, None)
+            address = self._wait_until_running(task_id, cluster, node_type, deadline)
+            self.remember_head(cluster.id, address)
+            return [task_id]
+        except BaseException as exc:
+            cleaned = self._undo_head(cluster, creating, capacity)
+            if isinstance(exc, BackendError):
+                raise BackendError(
+                    exc.action, exc.resource, exc.reason, (*exc.cleaned_up, *cleaned)
+                ) from exc
+            if isinstance(exc, Exception):
+                raise BackendError(
+                    "launch", f"the head node of {self.clusters.what()}", reason(exc), cleaned
+                ) from exc
+            raise
+
+    def workers(self, node_type: str, count: int, launch_config: str) -> list[str]:
+        """``count`` worker tasks, returned at once; on failure the pool is sized back."""
+        launch = launch_id()
+        with self.lock:
+            cluster = self.clusters.attach(refresh=True)
+            if cluster is None:
+                raise BackendError(
+                    "launch",
+                    f"{count} {node_type!r} node(s) of {self.clusters.what()}",
+                    "the cluster has no running work requirement: launch the head first",
+                )
+            head_ip = self._head_private_ip(cluster)
+            group = self._open_group(cluster, node_type, head=False)
+            capacity = self.pools.add_capacity(cluster, node_type, count)
+            try:
+                try:
+                    return self._add_tasks(cluster, group, count, launch, launch_config, head_ip)
+                except BackendError:
+                    reopened = self._reopened(group)
+                    if reopened is None:
+                        raise
+                    return self._add_tasks(cluster, reopened, count, launch, launch_config, head_ip)
+            except BaseException as exc:
+                cleaned = self._cancel_launch(cluster, launch) + self.pools.undo(capacity)
+                if isinstance(exc, BackendError):
+                    raise BackendError(exc.action, exc.resource, exc.reason, cleaned) from exc
+                raise
+
+    # --- the work requirement and its task groups ------------------------------------------
+
+    def _create_cluster(self, head_type: str) -> Cluster:
+        generation = stamp()
+        name = self.options.names.work_requirement(generation)
+        requirement = WorkRequirement(
+            namespace=self.options.namespace,
+            name=name,
+            tag=self.options.tag,
+            taskGroups=[self._task_group(generation, head_type, 1, head=True)],
+        )
+        made = call(
+            "create",
+            f"work requirement {name}",
+            lambda: self.api.sdk.work_client.add_work_requirement(requirement),
+        )
+        logger.info("YellowDog: created work requirement %s for %s", name, self.clusters.what())
+        return self.clusters.remember(made)
+
+    def _task_group(self, generation: str, node_type: str, number: int, head: bool) -> TaskGroup:
+        return TaskGroup(
+            name=self.options.names.task_group(node_type, number),
+            tag=HEAD_GROUP_TAG if head else WORKER_GROUP_TAG,
+            runSpecification=RunSpecification(
+                taskTypes=[TASK_TYPE],
+                workerTags=[self.options.names.worker_tag(generation, node_type)],
+                namespaces=[self.options.namespace],
+                taskTimeout=self.options.lifetime,
+                maximumTaskRetries=0,
+                disablePreallocation=True,
+            ),
+            finishIfAllTasksFinished=False,
+            finishIfAnyTaskFailed=False,
+        )
+
+    def _open_group(self, cluster: Cluster, node_type: str, head: bool) -> Group:
+        """The node type's task group; a new one only if the old one finished (it does not
+        finish by itself, but the platform may end it, e.g. at the cluster's lifetime)."""
+        for group in cluster.groups.values():
+            if group.node_type == node_type and group.is_head == head and group.is_open:
+                return group
+        requirement = copy.copy(cluster.work_requirement)  # the cache keeps no unsent group
+        groups = list(requirement.taskGroups or [])
+        if len(groups) >= WorkRequirement.TASK_GROUPS_MAX:
+            raise BackendError(
+                "add task group",
+                f"to work requirement {requirement.name}",
+                f"it holds {len(groups)} task groups, the most YellowDog allows",
+            )
+        new_group = self._task_group(cluster.generation, node_type, len(groups) + 1, head)
+        requirement.taskGroups = [*groups, new_group]
+        updated = call(
+            "add task group",
+            f"{new_group.name} to work requirement {requirement.name}",
+            lambda: self.api.sdk.work_client.update_work_requirement(requirement),
+        )
+        cluster = self.clusters.remember(updated)
+        for made in updated.taskGroups or []:
+            if made.name == new_group.name and made.id in cluster.groups:
+                return cluster.groups[made.id]
+        raise BackendError(
+            "add task group", new_group.name, "YellowDog did not return the new task group"
+        )
+
+    def _reopened(self, group: Group) -> Group | None:
+        """After a failed add: a new group if this one finished meanwhile, else None."""
+        cluster = self.clusters.attach(refresh=True)
+        if cluster is not None:
+            current = cluster.groups.get(group.id)
+            if current is not None and not current.is_open:
+                return self._open_group(cluster, group.node_type, group.is_head)
+        return None
+
+    # --- tasks -----------------------------------------------------------------------------
+
+    def _add_tasks(
+        self,
+        cluster: Cluster,
+        group: Group,
+        count: int,
+        launch: str,
+        launch_config: str,
+        head_ip: str | None,
+    ) -> list[str]:
+        """Add the launch's tasks exactly once (see the module docstring); their ids."""
+        environment = {
+            "RAYDOG_CLUSTER_NAME": self.spec.cluster_name,
+            "RAYDOG_NODE_TYPE": group.node_type,
+        }
+        if head_ip is not None:
+            environment["RAY_HEAD_IP"] = head_ip
+        script = _task_script(self.spec.head_script if group.is_head else self.spec.worker_script)
+        names = [self.options.names.task(group.node_type, launch, i) for i in range(count)]
+        what = f"{count} {group.node_type!r} task(s) to task group {group.id}"
+        failure = ""
+        for _ in range(self.api.max_attempts):
+            found = self._named(cluster, launch, group.id) if failure else {}
+            missing = [
+                Task(
+                    name=name,
+                    tag=launch_config or None,
+                    taskType=TASK_TYPE,
+                    taskData=script,
+                    arguments=[TASK_SCRIPT_FILE],
+                    environment=dict(environment),
+                )
+                for name in names
+                if name not in found
+            ]
+            try:
+                if missing:
+                    made = self.api.once.work_client.add_tasks_to_task_group_by_id(
+                        group.id, missing
+                    )
+                    found.update({t.name: t.id for t in made if t.name and t.id})
+            except API_ERRORS as exc:
+                if is_refusal(exc):
+                    raise BackendError("add", what, reason(exc)) from exc
+                failure = reason(exc)
+                continue
+            if all(name in found for name in names):
+                return [found[name] for name in names]
+            failure = f"YellowDog returned {len(found)} of {count} named tasks"
+        found = self._named(cluster, launch, group.id)
+        if all(name in found for name in names):
+            return [found[name] for name in names]  # the last attempt was applied after all
+        raise BackendError("add", what, failure)
+
+    def _named(self, cluster: Cluster, launch: str, group_id: str | None) -> dict[str, str]:
+        """The live tasks this launch made (name -> id), found by their names."""
+        search = TaskSearch(workRequirementId=cluster.id, taskGroupId=group_id, statuses=LIVE_TASK)
+        tasks = call(
+            "find",
+            f"the tasks of launch {launch}",
+            lambda: all_items(self.api.sdk.work_client.get_tasks(search)),
+        )
+        return {
+            task.name: task.id
+            for task in tasks
+            if task.name and task.id and self.options.names.launch_of(task.name) == launch
+        }
+
+    def _wait_until_running(
+        self, task_id: str, cluster: Cluster, node_type: str, deadline: float
+    ) -> Address:
+        """Poll the head's task (backing off) until it executes on a node whose addresses are
+        known; fail early if its pool can never start it.
+
+        A status line goes to Ray's CLI output when the task's status changes, and every
+        ``PROGRESS_SECONDS`` while it does not, so `ray up` shows the instance booting.
+        """
+        delay = 0.1
+        started = checked = time.monotonic()
+        shown: tuple[object, float] = (None, started)
+        what = f"the head node of {self.clusters.what()}"
+        timeout = self.options.build_timeout.total_seconds()
+        report("waiting for %s (task %s; up to %g minutes)", what, task_id, timeout / 60)
+        while True:
+            task = call(
+                "read",
+                f"head task {task_id}",
+                lambda: self.api.sdk.work_client.get_task_by_id(task_id),
+            )
+            status = task.status
+            if status is not None and (status.finished or status is TaskStatus.UPLOADING):
+                raise BackendError("launch", what, f"its task is {status}{errors_of(task)}")
+            if status is TaskStatus.EXECUTING:
+                address = self.addresses.of_task(task, public=True)
+                if address is not None and address.private:
+                    report("the head node runs at %s", address.public or address.private)
+                    return address
+            now = time.monotonic()
+            if status is not TaskStatus.EXECUTING and now - checked >= min(
+                self.options.node_recheck_seconds, PROGRESS_SECONDS
+            ):
+                checked = now
+                unable = self.pools.why_unable(cluster.generation, node_type)
+                if unable is not None:
+                    raise BackendError("launch", what, unable)
+            if status != shown[0] or now - shown[1] >= PROGRESS_SECONDS:
+                report("head task %s after %.0f s", status, now - started)
+                shown = (status, now)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise BackendError(
+                    "launch",
+                    what,
+                    f"not running after {timeout / 60:g} minutes "
+                    f"(head_node_build_timeout_minutes); its task is {status}",
+                )
+            time.sleep(min(delay, remaining))
+            delay = min(delay * 2, MAX_POLL_SECONDS)
+
+    def _head_private_ip(self, cluster: Cluster) -> str:
+        with self._heads_lock:
+            known = self._head_addresses.get(cluster.id)
+        if known is not None and known.private:
+            return known.private
+        head_groups = [g.id for g in cluster.groups.values() if g.is_head]
+        for group_id in reversed(head_groups):
+            search = TaskSearch(
+                workRequirementId=cluster.id, taskGroupId=group_id, statuses=[TaskStatus.EXECUTING]
+            )
+            tasks = call(
+                "find",
+                f"the head node of {self.clusters.what()}",
+                lambda search=search: all_items(self.api.sdk.work_client.get_tasks(search)),  # type: ignore[misc]
+            )
+            for task in tasks:
+                address = self.addresses.of_task(task, public=False)
+                if address is not None and address.private:
+                    self.remember_head(cluster.id, address)
+                    return address.private
+        raise BackendError(
+            "launch", f"workers of {self.clusters.what()}", "the head node is not running"
+        )
+
+    def remember_head(self, cluster_id: str, address: Address) -> None:
+        with self._heads_lock:
+            self._head_addresses[cluster_id] = address
+
+    def forget(self) -> None:
+        with self._heads_lock:
+            self._head_addresses.clear()
+
+    # --- undoing ---------------------------------------------------------------------------
+
+    def _undo_head(
+        self, cluster: Cluster | None, creating: bool, capacity: CapacityChange | None
+    ) -> list[str]:
+        """Leave nothing billable that this launch made; never raises an API error."""
+        if creating:
+            cleaned, failures = self.shutdown_everything()
+            for failure in failures:
+                logger.warning("YellowDog: cleaning up after a failed head launch: %s", failure)
+            return cleaned
+        cleaned = []
+        if cluster is not None:
+            cleaned += self._cancel_head_tasks(cluster)
+        if capacity is not None:
+            cleaned += self.pools.undo(capacity)
+        return cleaned
+
+    def _cancel_head_tasks(self, cluster: Cluster) -> list[str]:
+        """Cancel every unfinished head task, including one whose creation was interrupted."""
+        cancelled = []
+        for group in cluster.groups.values():
+            if group.is_head:
+                search = TaskSearch(
+                    workRequirementId=cluster.id, taskGroupId=group.id, statuses=LIVE_TASK
+                )
+                cancelled += self._cancel(search, "head task", lambda task: True)
+        return cancelled
+
+    def _cancel_launch(self, cluster: Cluster, launch: str) -> list[str]:
+        """Cancel the tasks of a failed worker launch that were made after all."""
+        search = TaskSearch(workRequirementId=cluster.id, statuses=LIVE_TASK)
+        names = self.options.names
+        return self._cancel(search, "task", lambda task: names.launch_of(task.name) == launch)
+
+    def _cancel(self, search: TaskSearch, kind: str, chosen: Callable[[Task], bool]) -> list[str]:
+        cancelled = []
+        try:
+            for task in all_items(self.api.sdk.work_client.get_tasks(search)):
+                if task.id is not None and chosen(task):
+                    self.api.sdk.work_client.cancel_task_by_id(task.id, True)
+                    cancelled.append(f"{kind} {task.id}")
+        except API_ERRORS as exc:
+            logger.warning("YellowDog: could not cancel %ss: %s", kind, reason(exc))
+        return cancelled
+
+
+def _task_script(script: str) -> str:
+    """The node's script, told its Ray node id: its task's id, which only the agent knows."""
+    lines = script.splitlines(keepends=True)
+    shebang = lines.pop(0) if lines and lines[0].startswith("#!") else "#!/usr/bin/env bash\n"
+    return f'{shebang}export RAYDOG_NODE_ID="$YD_TASK_ID"\n{"".join(lines)}'

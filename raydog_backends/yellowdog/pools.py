@@ -1,0 +1,264 @@
+"""The cluster's worker pools: one per node type and generation, grown for each launch.
+
+A pool is provisioned from its node type's compute requirement template with ``maxNodes`` set
+(yellowdog-ray and the YellowDog CLI always set it: the platform's own default is not to be
+relied on) and resized for later launches, never beyond ``maxNodes``: a task that finds no free
+node waits for one (tasks are not queued on busy nodes: see ``launch.py``). Ending a pool means
+shutting it down *and* terminating its compute requirement, as yellowdog-ray does (commit
+0794285): a pool shutdown is not immediate, and a node whose agent never registered cannot be
+told to stop.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from yellowdog_client.model import (
+    AutoShutdown,
+    ComputeRequirementStatus,
+    ComputeRequirementTemplateUsage,
+    NodeWorkerTarget,
+    ProvisionedWorkerPool,
+    ProvisionedWorkerPoolProperties,
+)
+
+from raydog_backends.yellowdog.api import API_ERRORS, Api, call, is_refusal, reason
+from raydog_backends.yellowdog.cluster import LIVE_POOL, Cluster, Clusters
+from raydog_backends.yellowdog.names import stamp
+from raydog_backends.yellowdog.options import Options
+from raydog_core.errors import BackendError
+
+logger = logging.getLogger(__name__)
+
+ENDED_REQUIREMENT = {ComputeRequirementStatus.TERMINATING, ComputeRequirementStatus.TERMINATED}
+
+
+@dataclass(frozen=True)
+class CapacityChange:
+    """What launching did to a pool, so that a failed launch can undo it."""
+
+    pool_id: str
+    pool_name: str
+    provisioned: bool
+    previous_size: int
+
+
+class Pools:
+    """Provisions, grows, shrinks back and ends the cluster's pools; thread-safe."""
+
+    def __init__(self, api: Api, clusters: Clusters, options: Options, head_setup: str) -> None:
+        self.api = api
+        self.clusters = clusters
+        self.options = options
+        self.head_setup = head_setup
+        self._lock = threading.Lock()
+        self._ids: dict[tuple[str, str], str] = {}
+        """(generation, node type) -> the id of its newest pool."""
+
+    def add_capacity(self, cluster: Cluster, node_type: str, count: int) -> CapacityChange:
+        """Room for ``count`` more nodes: a new pool, or the live one resized (up to maxNodes)."""
+        pool = self.live(cluster, node_type)
+        if pool is None:
+            return self.provision(cluster, node_type, count)
+        assert pool.id is not None and pool.name is not None
+        pool_id = pool.id
+        previous = pool.expectedNodeCount or 0
+        change = CapacityChange(pool_id, pool.name, False, previous)
+        size = min(previous + count, self.options.node_types[node_type].max_nodes)
+        if size == previous:
+            return change
+        try:
+            call(
+                "resize",
+                f"worker pool {pool.name}",
+                lambda: self.api.sdk.worker_pool_client.resize_worker_pool_by_id(pool_id, size),
+            )
+        except BaseException:
+            self.undo(change)  # the resize may have happened, its answer lost
+            raise
+        return change
+
+    def provision(self, cluster: Cluster, node_type: str, count: int) -> CapacityChange:
+        config = self.options.node_types[node_type]
+        name = self.options.names.pool(cluster.generation, node_type, stamp())
+        usage = ComputeRequirementTemplateUsage(
+            templateId=config.template,
+            requirementName=name,
+            requirementNamespace=self.options.namespace,
+            requirementTag=self.options.tag,
+            targetInstanceCount=min(count, config.max_nodes),
+            imagesId=config.images_id,
+            userData=self._userdata(node_type, config.userdata),
+            instanceTags={
+                "raydog-cluster": self.options.names.cluster,
+                "raydog-node-type": self.options.names.node_types[node_type],
+            },
+        )
+        properties = ProvisionedWorkerPoolProperties(
+            createNodeWorkers=NodeWorkerTarget.per_node(1),
+            minNodes=0,
+            maxNodes=config.max_nodes,
+            nodeBootTimeout=self.options.build_timeout,
+            idleNodeShutdown=AutoShutdown(enabled=True, timeout=self.options.idle_node_shutdown),
+            idlePoolShutdown=AutoShutdown(enabled=True, timeout=self.options.idle_pool_shutdown),
+            workerTag=self.options.names.worker_tag(cluster.generation, node_type),
+            metricsEnabled=config.metrics_enabled,
+        )
+        try:
+            pool = call(
+                "provision",
+                f"worker pool {name}",
+                lambda: self.api.sdk.worker_pool_client.provision_worker_pool(usage, properties),
+            )
+        except BaseException:
+            self.end_named(name)  # the pool may exist, its answer lost
+            raise
+        assert pool.id is not None
+        logger.info("YellowDog: provisioned worker pool %s (%d node(s))", name, count)
+        with self._lock:
+            self._ids[(cluster.generation, node_type)] = pool.id
+        return CapacityChange(pool.id, name, True, 0)
+
+    def _userdata(self, node_type: str, userdata: str | None) -> str | None:
+        """The node type's userdata; the head's gains the tag store server's install."""
+        if node_type != self.options.head_node_type or not self.head_setup:
+            return userdata
+        return "\n".join(part for part in (userdata or "#!/bin/bash", self.head_setup) if part)
+
+    def live(self, cluster: Cluster, node_type: str) -> ProvisionedWorkerPool | None:
+        """This generation's live pool for a node type, read now; None if there is none. A
+        remembered pool that has ended is looked for again: another process may have
+        provisioned its successor."""
+        for fresh in (False, True):
+            pool_id = self.newest(cluster.generation, node_type, LIVE_POOL, fresh)
+            if pool_id is None:
+                return None
+            pool = self.clusters.pool(pool_id, refresh=True)
+            if pool.status is None or not pool.status.finished:
+                return pool
+            self._forget(cluster.generation, node_type)
+        return None
+
+    def newest(
+        self, generation: str, node_type: str, statuses: Any = None, fresh: bool = False
+    ) -> str | None:
+        """The id of a node type's newest pool in this generation: remembered (unless
+        ``fresh``), else found."""
+        key = (generation, node_type)
+        with self._lock:
+            known = self._ids.get(key)
+        if known is not None and not fresh:
+            return known
+        candidates = sorted(
+            (summary.name or "", summary.id)
+            for summary in self.clusters.pools(statuses)
+            if self.options.names.parse_pool(summary.name) == key
+        )
+        if not candidates:
+            return None
+        with self._lock:
+            self._ids[key] = candidates[-1][1]
+        return candidates[-1][1]
+
+    def _forget(self, generation: str, node_type: str) -> None:
+        with self._lock:
+            self._ids.pop((generation, node_type), None)
+
+    def why_unable(self, generation: str, node_type: str) -> str | None:
+        """Why a node type's pool will never start a waiting task, or None while it may: the
+        pool ended before a node booted, or its compute requirement ended (a provisioning
+        failure: quota, template, image), with the platform's reason when it gives one."""
+        pool_id = self.newest(generation, node_type, fresh=True)
+        if pool_id is None:
+            return f"no worker pool of node type {node_type!r} exists"
+        pool = self.clusters.pool(pool_id, refresh=True)
+        requirement_id = pool.computeRequirementId
+        requirement = None
+        if requirement_id is not None:
+            requirement = call(
+                "read",
+                f"compute requirement of worker pool {pool.name}",
+                lambda: self.api.sdk.compute_client.get_compute_requirement_by_id(requirement_id),
+            )
+        failed = requirement.status if requirement is not None else None
+        ended = pool.status is not None and pool.status.finished
+        if failed not in ENDED_REQUIREMENT and not ended:
+            return None
+        self._forget(generation, node_type)
+        strategy = requirement.provisionStrategy if requirement is not None else None
+        sources = (strategy.sources if strategy is not None else None) or []
+        messages = [str(s.statusMessage) for s in sources if getattr(s, "statusMessage", None)]
+        why = f": {'; '.join(messages)}" if messages else ""
+        if failed in ENDED_REQUIREMENT:
+            return (
+                f"YellowDog could not provision worker pool {pool.name} (its compute requirement "
+                f"is {failed}){why}; check the template, image and quota"
+            )
+        return f"worker pool {pool.name} is {pool.status} and never started this node{why}"
+
+    def undo(self, change: CapacityChange) -> list[str]:
+        """Take back what a failed launch did to a pool; never raises an API error."""
+        if change.provisioned:
+            with self._lock:
+                self._ids = {k: p for k, p in self._ids.items() if p != change.pool_id}
+            cleaned, failures = self.end(change.pool_id, change.pool_name, live=True)
+            for failure in failures:
+                logger.warning("YellowDog: %s (its idle shutdown will end it)", failure)
+            return cleaned
+        try:
+            self.api.sdk.worker_pool_client.resize_worker_pool_by_id(
+                change.pool_id, change.previous_size
+            )
+            return [f"worker pool {change.pool_name} resized back to {change.previous_size}"]
+        except API_ERRORS as exc:
+            logger.warning(
+                "YellowDog: could not undo the change to worker pool %s: %s (its idle "
+                "node shutdown will remove unused nodes)",
+                change.pool_name,
+                reason(exc),
+            )
+            return []
+
+    def end(self, pool_id: str, name: str, live: bool) -> tuple[list[str], list[str]]:
+        """Shut a pool down (if ``live``) and terminate its compute requirement: what was
+        ended, and what failed. Already ended is not a failure."""
+        cleaned: list[str] = []
+        failures: list[str] = []
+        client = self.api.sdk
+        if live:
+            try:
+                client.worker_pool_client.shutdown_worker_pool_by_id(pool_id)
+                cleaned.append(f"worker pool {name}")
+            except API_ERRORS as exc:
+                if not is_refusal(exc):
+                    failures.append(f"shut down worker pool {name}: {reason(exc)}")
+        try:
+            requirement_id = self.clusters.pool(pool_id).computeRequirementId
+            if requirement_id is not None:
+                client.compute_client.terminate_compute_requirement_by_id(requirement_id)
+                cleaned.append(f"compute requirement {name}")
+        except BackendError as exc:
+            failures.append(f"terminate the compute requirement of worker pool {name}: {exc}")
+        except API_ERRORS as exc:
+            if not is_refusal(exc):
+                failures.append(f"terminate the compute requirement {name}: {reason(exc)}")
+        return cleaned, failures
+
+    def end_named(self, name: str) -> None:
+        """End a pool known only by name (a provisioning whose answer was lost)."""
+        try:
+            for summary in self.clusters.pools(LIVE_POOL):
+                if summary.name == name and summary.id is not None:
+                    _, failures = self.end(summary.id, name, live=True)
+                    logger.info("YellowDog: ended worker pool %s after a failure", name)
+                    for failure in failures:
+                        logger.warning("YellowDog: %s", failure)
+        except (BackendError, *API_ERRORS) as exc:
+            logger.warning("YellowDog: could not look for worker pool %s: %s", name, exc)
+
+    def forget(self) -> None:
+        with self._lock:
+            self._ids.clear()
