@@ -1,12 +1,16 @@
-"""Every API call of ``ray up``'s head launch and of a worker scale-up failing in turn, and the
-same steps interrupted (KeyboardInterrupt from inside the HTTP call, before the request leaves and
-after its answer came back): afterwards YellowDog holds no running work requirement and no live
-worker pool. The head launch must clean up by itself; a scale-up is checked after ``ray down``.
+"""Every API call of ``ray up``'s head launch and of a worker scale-up failing in turn, applied
+but its reply lost (a 503 after the change was made), and interrupted (KeyboardInterrupt from
+inside the HTTP call, before the request leaves and after its answer came back): afterwards
+YellowDog holds nothing billable (no running work requirement, live worker pool, compute
+requirement or instance). The head launch must clean up by itself; a scale-up must leave no task
+Ray was not told of and no capacity without a task, and nothing after ``ray down``. Provisioning
+failures and inconsistent node searches get scenarios of their own.
 """
 
 from __future__ import annotations
 
 import re
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,12 +33,21 @@ from tests.yellowdog_fixtures import (  # noqa: E402
     make_backend,
     make_spec,
     node_config,
+    wait_until,
 )
 
 pytest_plugins = ["tests.yellowdog_fixtures"]
 
 HEAD = LaunchRequest("head", 1, True)
-Phase = Callable[[ClusterSpec], None]
+Phase = Callable[[ClusterSpec, list[str]], None]
+"""A step of the cluster's life; it appends the node ids it was given to the list."""
+KINDS = (
+    "failing",
+    "applied, reply lost",
+    "interrupted before the request",
+    "interrupted after the answer",
+)
+FINISHED_TASK = ("COMPLETED", "FAILED", "CANCELLED", "ABORTED", "DISCARDED")
 
 
 @dataclass
@@ -88,23 +101,24 @@ def route(path: str) -> str:
     return re.sub(r"ydid:[^/]+", "{id}", path)
 
 
-def head_launch(spec: ClusterSpec) -> None:
+def head_launch(spec: ClusterSpec, launched: list[str]) -> None:
     """What ``ray up`` asks of the backend on a new cluster: look, then launch the head."""
     backend = make_backend(spec)
     try:
         backend.describe()
-        backend.launch(HEAD)
+        launched += backend.launch(HEAD)
     finally:
         backend.close()
 
 
-def worker_scale_up(spec: ClusterSpec) -> None:
-    """The head's autoscaler (a fresh process): look, add 3 workers, then 2 more."""
+def worker_scale_up(spec: ClusterSpec, launched: list[str]) -> None:
+    """The head's autoscaler (a fresh process): look, add 3 workers, then 2 more, look."""
     backend = make_backend(spec)
     try:
         backend.describe()
-        backend.launch(LaunchRequest("cpu", 3, False))
-        backend.launch(LaunchRequest("cpu", 2, False))
+        launched += backend.launch(LaunchRequest("cpu", 3, False))
+        launched += backend.launch(LaunchRequest("cpu", 2, False))
+        backend.describe()
     finally:
         backend.close()
 
@@ -134,33 +148,35 @@ def close_provider(provider: Any, spec: ClusterSpec) -> None:
     MemoryTagStore.forget(spec.cluster_name)
 
 
-def ray_up_through_the_provider(spec: ClusterSpec) -> None:
+def ray_up_through_the_provider(spec: ClusterSpec, launched: list[str]) -> None:
     from tests.ray_helpers import head_tags
 
     provider = provider_for(spec)
     try:
         provider.non_terminated_nodes({})
-        provider.create_node(node_config(), head_tags(), 1)
+        launched += provider.create_node(node_config(), head_tags(), 1) or {}
     finally:
         close_provider(provider, spec)
 
 
-def scale_up_through_the_provider(spec: ClusterSpec) -> None:
+def scale_up_through_the_provider(spec: ClusterSpec, launched: list[str]) -> None:
     from tests.ray_helpers import worker_tags
 
     provider = provider_for(spec)
     try:
         provider.non_terminated_nodes({})
-        provider.create_node(node_config(), worker_tags(), 3)
-        provider.create_node(node_config(), worker_tags(), 2)
+        launched += provider.create_node(node_config(), worker_tags(), 3) or {}
+        launched += provider.create_node(node_config(), worker_tags(), 2) or {}
+        provider.non_terminated_nodes({})
     finally:
         close_provider(provider, spec)
 
 
-def start_head(spec: ClusterSpec) -> None:
+def start_head(spec: ClusterSpec) -> str:
     backend = make_backend(spec)
-    backend.launch(HEAD)
+    (head,) = backend.launch(HEAD)
     backend.close()
+    return head
 
 
 def ray_down(spec: ClusterSpec) -> None:
@@ -169,20 +185,22 @@ def ray_down(spec: ClusterSpec) -> None:
     backend.close()
 
 
-def stray_capacity(client: EmulatorClient, cluster: str) -> int:
-    """Nodes a cluster's live worker pools are asked for beyond its live tasks."""
+def live_tasks(client: EmulatorClient, cluster: str) -> set[str]:
     state = client.state()
-    pools = [p for p in state["pools"] if p["live"] and p["name"].startswith(f"{cluster}_")]
     requirements = {
         r["id"] for r in state["work_requirements"] if r["name"].startswith(f"{cluster}_")
     }
-    tasks = [
-        t
+    return {
+        t["id"]
         for t in state["tasks"]
-        if t["work_requirement_id"] in requirements
-        and t["status"] not in ("COMPLETED", "FAILED", "CANCELLED", "ABORTED", "DISCARDED")
-    ]
-    return sum(p["target"] for p in pools) - len(tasks)
+        if t["work_requirement_id"] in requirements and t["status"] not in FINISHED_TASK
+    }
+
+
+def stray_capacity(client: EmulatorClient, cluster: str) -> int:
+    """Nodes a cluster's live worker pools are asked for beyond its live tasks."""
+    pools = [p for p in client.live_pools() if p["name"].startswith(f"{cluster}_")]
+    return sum(p["target"] for p in pools) - len(live_tasks(client, cluster))
 
 
 class Scenarios:
@@ -190,18 +208,19 @@ class Scenarios:
         self.client = EmulatorClient(emulator.url)
         self.with_head = with_head
         self.phase = phase
+        self.head = ""
 
     def fresh_cluster(self) -> ClusterSpec:
         spec = make_spec(f"faults-{uuid.uuid4().hex[:8]}")
         if self.with_head:
-            start_head(spec)
+            self.head = start_head(spec)
         return spec
 
     def record(self) -> list[str]:
         """The phase's API calls, in order, when nothing goes wrong."""
         spec = self.fresh_cluster()
         before = self.client.request_count()
-        self.phase(spec)
+        self.phase(spec, [])
         calls = [f"{r['method']} {route(r['path'])}" for r in self.client.requests(before)]
         ray_down(spec)
         return calls
@@ -212,29 +231,50 @@ class Scenarios:
         cluster = slug(spec.cluster_name) or ""
         before = self.client.request_count()
         interrupt = Interrupt(step, after_answer=kind == "interrupted after the answer")
+        launched: list[str] = []
+        failed = True
         with pytest.MonkeyPatch.context() as patch:
-            if kind == "failing":
-                self.client.fail(".", 500, nth=step)
-            else:
+            if kind.startswith("interrupted"):
                 interrupt.install(patch)
+            else:
+                self.client.fail(".", 503, nth=step, after_apply=kind == "applied, reply lost")
             try:
-                self.phase(spec)
+                self.phase(spec, launched)
+                failed = False  # a fault the backend recovered from: nothing to clean up
             except (BackendError, NodeLaunchException, KeyboardInterrupt):
                 pass
             finally:
                 self.client.clear_faults()
-        if kind == "failing":
-            hit = any(r["status"] == 500 for r in self.client.requests(before))
-        else:
+        if kind.startswith("interrupted"):
             hit = interrupt.fired
+        else:
+            hit = any(r["status"] == 503 for r in self.client.requests(before))
+        return hit, self.leaks(spec, cluster, kind, launched, failed)
+
+    def leaks(
+        self, spec: ClusterSpec, cluster: str, kind: str, launched: list[str], failed: bool
+    ) -> list[str]:
         leaks = []
         if not self.with_head:
-            leaks += [f"after the failure: {leak}" for leak in cluster_leaks(self.client, cluster)]
-        elif kind == "failing" and (extra := stray_capacity(self.client, cluster)) > 0:
-            leaks.append(f"after the failure: {extra} node(s) asked for with no task")
+            if failed:
+                found = cluster_leaks(self.client, cluster)
+                leaks += [f"after the failure: {leak}" for leak in found]
+            elif not launched:
+                leaks.append("the head launch neither failed nor returned a node")
+        else:
+            if (
+                not kind.startswith("interrupted")
+                and (extra := stray_capacity(self.client, cluster)) > 0
+            ):
+                leaks.append(f"after the failure: {extra} node(s) asked for with no task")
+            unknown = live_tasks(self.client, cluster) - {self.head, *launched}
+            if unknown:
+                leaks.append(f"after the failure: {len(unknown)} task(s) Ray was not told of")
+            if self.head not in live_tasks(self.client, cluster):
+                leaks.append("after the failure: the head's task ended")
         ray_down(spec)
         leaks += [f"after ray down: {leak}" for leak in cluster_leaks(self.client, cluster)]
-        return hit, leaks
+        return leaks
 
 
 def run_matrix(
@@ -246,7 +286,7 @@ def run_matrix(
     scenarios = Scenarios(emulator, with_head, phase)
     matrix = Matrix(name, scenarios.record())
     assert matrix.calls, "the phase made no API call"
-    for kind in ("failing", "interrupted before the request", "interrupted after the answer"):
+    for kind in KINDS:
         for step in range(1, len(matrix.calls) + 1):
             hit, leaks = scenarios.run(step, kind)
             matrix.scenarios += 1
@@ -287,11 +327,71 @@ def test_a_scale_up_through_the_node_provider_leaves_nothing_after_ray_down(
 def test_the_matrix_catches_a_backend_that_does_not_clean_up(
     emulator: Emulator, yd_env: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from raydog_backends.yellowdog import YellowDogComputeBackend
+    from raydog_backends.yellowdog.launch import Launcher
 
-    monkeypatch.setattr(YellowDogComputeBackend, "_undo_head_launch", lambda self, *a: [])
+    monkeypatch.setattr(Launcher, "_undo_head", lambda self, *a: [])
     scenarios = Scenarios(emulator, False, head_launch)
     calls = scenarios.record()
     step = calls.index("POST /work/taskGroups/{id}/tasks") + 1
     hit, leaks = scenarios.run(step, "failing")
     assert hit and any(leak.startswith("after the failure: worker pool") for leak in leaks)
+
+
+def test_a_head_whose_pool_cannot_provision_fails_with_the_reason_and_leaves_nothing(
+    emulator: Emulator, yd_env: str
+) -> None:
+    client = EmulatorClient(emulator.url)
+    client.fail_provisioning("InsufficientInstanceCapacity in eu-west-2a")
+    spec = make_spec(f"faults-{uuid.uuid4().hex[:8]}")
+    backend = make_backend(spec, node_recheck_seconds=0.1)
+    with pytest.raises(BackendError, match="InsufficientInstanceCapacity") as failed:
+        backend.launch(HEAD)
+    backend.close()
+    assert any("work requirement" in item for item in failed.value.cleaned_up)
+    assert cluster_leaks(client, slug(spec.cluster_name) or "") == []
+
+
+def test_workers_whose_pool_cannot_provision_end_and_leave_nothing_after_ray_down(
+    emulator: Emulator, yd_env: str
+) -> None:
+    client = EmulatorClient(emulator.url)
+    spec = make_spec(f"faults-{uuid.uuid4().hex[:8]}")
+    head = start_head(spec)
+    client.fail_provisioning("image ydid:image:gone not found")
+    backend = make_backend(spec, node_recheck_seconds=0.05)
+    started = backend.launch(LaunchRequest("cpu", 3, False))
+    ended = wait_until(
+        lambda: [
+            n for n in backend.describe() if n.node_id in started and n.state.value == "terminated"
+        ],
+        "the workers to end",
+    )
+    assert len(ended) == 3 and all("image ydid:image:gone not found" in n.detail for n in ended)
+    backend.terminate(started)  # what the provider's tick does with nodes reported ended
+    assert {n.node_id for n in backend.describe()} == {head}
+    backend.close()
+    ray_down(spec)
+    assert cluster_leaks(client, slug(spec.cluster_name) or "") == []
+
+
+def test_inconsistent_node_searches_end_no_node_and_leave_nothing_after_ray_down(
+    emulator: Emulator, yd_env: str
+) -> None:
+    client = EmulatorClient(emulator.url)
+    spec = make_spec(f"faults-{uuid.uuid4().hex[:8]}")
+    head = start_head(spec)
+    backend = make_backend(spec, node_recheck_seconds=0.01)
+    started = backend.launch(LaunchRequest("cpu", 3, False))
+    wait_until(
+        lambda: sum(n.state.value == "running" for n in backend.describe()) == 4,
+        "the cluster to run",
+    )
+    client.hide_node_from_searches(None, times=10)
+    for _ in range(10):
+        time.sleep(0.02)  # each describe is due a node search
+        nodes = {n.node_id: n for n in backend.describe()}
+        assert {nodes[n].state.value for n in (head, *started)} == {"running"}
+    assert live_tasks(client, slug(spec.cluster_name) or "") == {head, *started}
+    backend.close()
+    ray_down(spec)
+    assert cluster_leaks(client, slug(spec.cluster_name) or "") == []
