@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import random
 import threading
 import time
 from collections.abc import Callable
@@ -241,8 +242,8 @@ class Launcher:
         names = [self.options.names.task(group.node_type, launch, i) for i in range(count)]
         what = f"{count} {group.node_type!r} task(s) to task group {group.id}"
         failure = ""
-        for _ in range(self.api.max_attempts):
-            found = self._named(cluster, launch, group.id) if failure else {}
+        for attempt in range(self.api.max_attempts):
+            found = self._named_after_failure(cluster, launch, group.id, attempt) if failure else {}
             missing = [
                 Task(
                     name=name,
@@ -269,10 +270,18 @@ class Launcher:
             if all(name in found for name in names):
                 return [found[name] for name in names]
             failure = f"YellowDog returned {len(found)} of {count} named tasks"
-        found = self._named(cluster, launch, group.id)
+        found = self._named_after_failure(cluster, launch, group.id, self.api.max_attempts)
         if all(name in found for name in names):
             return [found[name] for name in names]  # the last attempt was applied after all
         raise BackendError("add", what, failure)
+
+    def _named_after_failure(
+        self, cluster: Cluster, launch: str, group_id: str, attempt: int
+    ) -> dict[str, str]:
+        """``_named``, after a pause that grows with each attempt (with full jitter, as the
+        SDK's own retry waits): time for an applied request to show, and for a 429 to pass."""
+        time.sleep(random.random() * min(MAX_POLL_SECONDS, 0.5 * 2**attempt))
+        return self._named(cluster, launch, group_id)
 
     def _named(self, cluster: Cluster, launch: str, group_id: str | None) -> dict[str, str]:
         """The live tasks this launch made (name -> id), found by their names."""
