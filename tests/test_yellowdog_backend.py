@@ -732,6 +732,33 @@ def test_a_provisioning_failure_ends_the_waiting_nodes_with_the_reason_ray_sees(
         MemoryTagStore.forget(name)
 
 
+def test_workers_whose_pool_ended_before_they_booted_end_with_the_reason(
+    backends: Callable[..., YellowDogComputeBackend],
+    emulator: Emulator,
+    emulator_client: EmulatorClient,
+) -> None:
+    backend = backends(node_recheck_seconds=0.05)
+    (head,) = backend.launch(HEAD)
+    emulator_client.settings(boot_delay=3600)
+    started = backend.launch(workers(2))
+    (pool,) = [p for p in emulator_client.live_pools() if "_cpu_" in p["name"]]
+    sdk = sdk_client(emulator.url)
+    try:
+        sdk.worker_pool_client.shutdown_worker_pool_by_id(pool["id"])  # e.g. from the portal
+    finally:
+        sdk.close()
+
+    def ended() -> dict[str, NodeInfo]:
+        nodes = described(backend)
+        done = all(nodes[w].state is NodeState.TERMINATED for w in started)
+        return nodes if done else {}
+
+    nodes = wait_until(ended, "the workers to end")
+    assert all(f"worker pool {pool['name']} is SHUTDOWN" in nodes[w].detail for w in started)
+    assert nodes[head].state is NodeState.RUNNING
+    assert described(backend) == nodes, "asking twice gives the same answer"
+
+
 # --- failures of the head launch --------------------------------------------------------------
 
 

@@ -8,9 +8,9 @@ by id before anything is concluded (a search result can be momentarily incomplet
 Costs per tick: one task search. Besides, only when there is something to learn: one node search
 per node type with nodes whose addresses are new or due a liveness check (every
 ``node_recheck_seconds``), one instance search per pool with new public addresses, a read per
-task that left the search or node that left a node search, and a pool search and two reads per
-node type whose tasks have waited ``node_recheck_seconds`` for a node (has its pool ended? did
-it fail to provision?).
+task that left the search or node that left a node search, and two reads per node type whose
+tasks have waited ``node_recheck_seconds`` for a node (has its pool ended? did it fail to
+provision?), with a search of live pools when it has.
 """
 
 from __future__ import annotations

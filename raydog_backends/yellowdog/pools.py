@@ -170,10 +170,15 @@ class Pools:
     def why_unable(self, generation: str, node_type: str) -> str | None:
         """Why a node type's pool will never start a waiting task, or None while it may: the
         pool ended before a node booted, or its compute requirement ended (a provisioning
-        failure: quota, template, image), with the platform's reason when it gives one."""
-        pool_id = self.newest(generation, node_type, fresh=True)
+        failure: quota, template, image), with the platform's reason when it gives one.
+
+        Two reads while the pool is healthy; a search of live pools only when it is not known
+        or has ended (another process may have provisioned its successor)."""
+        pool_id = self.newest(generation, node_type, LIVE_POOL)
         if pool_id is None:
-            return f"no worker pool of node type {node_type!r} exists"
+            return (
+                f"no live worker pool of node type {node_type!r}: it ended before this node started"
+            )
         pool = self.clusters.pool(pool_id, refresh=True)
         requirement_id = pool.computeRequirementId
         requirement = None
@@ -187,7 +192,11 @@ class Pools:
         ended = pool.status is not None and pool.status.finished
         if failed not in ENDED_REQUIREMENT and not ended:
             return None
-        self._forget(generation, node_type)
+        successor = self.newest(generation, node_type, LIVE_POOL, fresh=True)
+        if successor is not None and successor != pool_id:
+            return None  # its tasks wait for the new pool's nodes
+        with self._lock:
+            self._ids[(generation, node_type)] = pool_id  # the same answer next time
         strategy = requirement.provisionStrategy if requirement is not None else None
         sources = (strategy.sources if strategy is not None else None) or []
         messages = [str(s.statusMessage) for s in sources if getattr(s, "statusMessage", None)]
