@@ -2,8 +2,7 @@
 
 Only the plugin a config names is imported (stevedore's ``DriverManager``); listing reads the
 entry points' metadata without importing any. A plugin whose own dependencies are missing
-answers with what to install. Like stevedore, a process sees the plugins installed when it first
-looked: one installed meanwhile is found by the next ``ray`` or ``raydog`` command.
+answers with what to install. Both see the plugins installed now, on the current ``sys.path``.
 """
 
 from __future__ import annotations
@@ -64,9 +63,7 @@ def load(kind: Kind, name: str, key_path: str) -> type:
         raise ConfigError(key_path, f"no {kind} plugin named {name!r}", sorted(plugins))
     info = plugins[name]
     try:
-        manager: driver.DriverManager = driver.DriverManager(
-            GROUPS[kind], name, invoke_on_load=False
-        )
+        manager = _InstalledNow(GROUPS[kind], name, invoke_on_load=False)
     except Exception as exc:  # stevedore wraps import failures in several types
         missing = _missing_module(exc)
         if missing is None:
@@ -82,6 +79,15 @@ def load(kind: Kind, name: str, key_path: str) -> type:
             key_path, f"{kind} plugin {name!r} ({info.target}) is not a {BASES[kind].__name__}"
         )
     return plugin
+
+
+class _InstalledNow(driver.DriverManager):
+    """stevedore's driver over the entry points installed now: stevedore's own list is the one
+    it saw first in this process, which misses a plugin installed (or a ``sys.path`` changed)
+    since. ``list_entry_points`` is its documented way to say where the entry points come from."""
+
+    def list_entry_points(self) -> list[metadata.EntryPoint]:
+        return list(metadata.entry_points(group=self.namespace))
 
 
 def _missing_module(exc: BaseException) -> str | None:
