@@ -248,9 +248,9 @@ class ComputeBackend(ABC):
         """Every node of the cluster in one batched round of calls. Nodes long gone may be
         left out; a node left out is terminated as far as the core is concerned.
 
-        Reports, never acts: asked twice, it answers the same. A node the platform lost stays
-        reported (``TERMINATED``, with a ``detail``) until ``terminate`` is called for it, which
-        the provider's tick does."""
+        Reports, never acts: asked twice, it answers the same. A node the platform lost is
+        reported the same way by every describe (``TERMINATED`` with a ``detail``, or left out)
+        until ``terminate`` is called for it, which the provider's tick does."""
 
     @abstractmethod
     def terminate(self, node_ids: Collection[str]) -> None:
