@@ -10,15 +10,10 @@ import logging
 import signal
 import sys
 import threading
-from dataclasses import fields
 from types import FrameType
 
 from raydog_backends.yellowdog_emulator.records import EmulatorConfig
 from raydog_backends.yellowdog_emulator.server import Emulator
-
-LENIENT = sorted(
-    f.name.removeprefix("lenient_") for f in fields(EmulatorConfig) if f.name.startswith("lenient_")
-)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -52,13 +47,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="seconds a shut-down pool's registered nodes keep running",
     )
     parser.add_argument(
-        "--lenient",
-        action="append",
-        default=[],
-        choices=LENIENT,
-        help="turn a platform fact off, for clients that do not handle it yet (repeatable)",
-    )
-    parser.add_argument(
         "--time-scale",
         type=float,
         default=defaults.time_scale,
@@ -88,7 +76,6 @@ def main(argv: list[str] | None = None) -> int:
         loopback_ips=args.loopback_ips,
         public_ip=args.public_ip,
     )
-    config.update({f"lenient_{name}": True for name in args.lenient})
     stop = threading.Event()
 
     def request_stop(signum: int, frame: FrameType | None) -> None:

@@ -192,7 +192,7 @@ class Nodes:
             privateIpAddress=node.private_ip,
             # Absent on the platform since about October 2025 (yellowdog-ray 54e2599): the
             # public address is the instance's, from the compute API.
-            publicIpAddress=node.public_ip if config.lenient_node_public_ip else None,
+            publicIpAddress=None,
             vcpus=1.0,
             ram=1.0,
             supportedTaskTypes=None,

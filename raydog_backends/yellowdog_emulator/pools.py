@@ -101,7 +101,7 @@ class Pools:
 
     def _max_nodes(
         self, name: str, target: int, properties: ProvisionedWorkerPoolProperties
-    ) -> int | None:
+    ) -> int:
         """The pool's limit, refused as the platform refuses it when out of range."""
         if target < 0:
             raise ApiError(400, "targetInstanceCount must not be negative")
@@ -110,7 +110,7 @@ class Pools:
             # The platform imposes a limit of its own when maxNodes is missing (yellowdog-ray
             # autoscaler.py, MAX_NODES_IN_WORKER_POOL); its value is unknown, so the strictest
             # that still lets the pool reach its initial size.
-            return None if self.account.config.lenient_unlimited_pools else max(1, target)
+            return max(1, target)
         if not 1 <= limit <= MAX_NODES_PER_POOL:
             raise ApiError(
                 400,
@@ -129,7 +129,7 @@ class Pools:
             raise ApiError(400, f"worker pool {pool.pool.name} is {pool.pool.status}")
         if size < 0:
             raise ApiError(400, f"size {size} is negative")
-        if pool.max_nodes is not None and size > pool.max_nodes:
+        if size > pool.max_nodes:
             given = pool.properties.maxNodes is not None
             why = "its maxNodes" if given else "the platform's limit for a pool without maxNodes"
             raise ApiError(
@@ -191,9 +191,6 @@ class Pools:
         if not pool.live:
             return pool.pool
         _set_status(pool, WorkerPoolStatus.SHUTDOWN)
-        if self.account.config.lenient_pool_shutdown:
-            self.terminate(self.account.compute_of(pool))
-            return pool.pool
         pool.shutdown_at = time.monotonic() + self.account.config.node_shutdown_delay
         for node in self.account.pool_nodes(pool):
             node.orphaned = not node.registered

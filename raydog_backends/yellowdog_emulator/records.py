@@ -61,8 +61,7 @@ class EmulatorConfig:
     """How the emulated platform behaves; every field can be changed while it runs.
 
     The defaults are the platform as documented in ``../shared/YELLOWDOG.md`` and docs/emulator.md,
-    the stricter choice where the platform's behaviour is unknown. The ``lenient_*`` switches
-    give back the older, kinder behaviour, for tests of clients that do not handle a fact yet.
+    the stricter choice where the platform's behaviour is unknown.
     """
 
     provision_delay: float = 0.05
@@ -96,19 +95,6 @@ class EmulatorConfig:
     """A lost node's tasks fail at once, as YellowDog does; False leaves them executing."""
     stop_grace_seconds: float = 5.0
     """How long task processes get after SIGTERM before SIGKILL."""
-    lenient_node_public_ip: bool = False
-    """Fill ``Node.details.publicIpAddress``, as the platform stopped doing about October 2025
-    (yellowdog-ray 54e2599); by default it is None and only the instance has it."""
-    lenient_no_preallocation: bool = False
-    """Allocate tasks to idle nodes only; by default a group without ``disablePreallocation``
-    has tasks queued on busy nodes (``RunSpecification.disablePreallocation``, SDK 13.1)."""
-    lenient_unlimited_pools: bool = False
-    """A pool provisioned without ``maxNodes`` grows without limit; by default its limit is
-    its initial size (at least 1): the platform imposes a limit of its own, value unknown."""
-    lenient_pool_shutdown: bool = False
-    """A pool shutdown stops every node and the compute requirement at once; by default the
-    registered nodes stop ``node_shutdown_delay`` later and those still booting run on until
-    the compute requirement is terminated (yellowdog-ray 0794285)."""
 
     def update(self, values: Mapping[str, Any]) -> None:
         known = {f.name for f in fields(self)}
@@ -123,7 +109,7 @@ class PoolRecord:
     pool: ProvisionedWorkerPool
     usage: ComputeRequirementTemplateUsage
     active_at: float
-    max_nodes: int | None
+    max_nodes: int
     """The most nodes it may have (``maxNodes``, or the limit imposed when that is missing)."""
     idle_since: float | None = None
     shutdown_at: float | None = None

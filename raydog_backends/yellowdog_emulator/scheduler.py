@@ -54,7 +54,7 @@ class Scheduler:
             if idle:
                 self._allocate(task, idle[0])
                 self._start_next(idle[0], task, now)
-            elif matching and self._preallocates(group):
+            elif matching and not group.runSpecification.disablePreallocation:
                 node = min(matching, key=lambda n: len(n.queue))
                 self._allocate(task, node)
                 node.queue.append(task.id)
@@ -71,11 +71,6 @@ class Scheduler:
         if spec.workerTags and pool.properties.workerTag not in spec.workerTags:
             return False
         return not spec.namespaces or pool.namespace in spec.namespaces
-
-    def _preallocates(self, group: TaskGroup) -> bool:
-        if self.account.config.lenient_no_preallocation:
-            return False
-        return not group.runSpecification.disablePreallocation
 
     def _allocate(self, task: TaskRecord, node: NodeRecord) -> None:
         workers = node.node.workers or []
