@@ -3,7 +3,9 @@ what RayDog fills in) from ``raydog_core.config``, and the plugin options from t
 
 Each option is a keyword argument of the plugin's constructor: its name, type and default come
 from the signature, its description from a ``- ``name``: text`` line in the constructor's
-docstring. A test regenerates the sections and compares, so the reference cannot drift.
+docstring. A plugin that subclasses another one listed is described by how its options differ
+from that one's ("the same options as ..."), never by a repeated table. A test regenerates the
+sections and compares, so the reference cannot drift.
 Rewrite them with ``python -m raydog_core.reference --write docs/configuration.md``.
 """
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import re
+from collections.abc import Mapping
 from pathlib import Path
 
 import yaml
@@ -46,28 +49,64 @@ def _type_name(annotation: object) -> str:
     return str(annotation).replace("typing.", "")
 
 
-def options_table(kind: plugins.Kind, name: str) -> str:
-    plugin = plugins.load(kind, name, f"provider.{kind}")
+def _option_rows(plugin: type) -> dict[str, str]:
+    """Each option's row of the table, by option name."""
     hints = plugins.type_hints(plugin)
     descriptions = _descriptions(plugin)
-    rows = ["| option | type | default | meaning |", "|---|---|---|---|"]
+    rows: dict[str, str] = {}
     for option, param in plugins.option_names(plugin).items():
         default = "required" if param.default is inspect.Parameter.empty else f"`{param.default!r}`"
         kind_name = _type_name(hints.get(option, param.annotation))
         cells = [f"`{option}`", f"`{kind_name}`", default, descriptions.get(option, "")]
-        rows.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
-    if len(rows) == 2:
+        rows[option] = "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
+    return rows
+
+
+def _table(rows: Mapping[str, str]) -> str:
+    if not rows:
         return "No options."
-    return "\n".join(rows)
+    return "\n".join(["| option | type | default | meaning |", "|---|---|---|---|", *rows.values()])
+
+
+def options_table(kind: plugins.Kind, name: str) -> str:
+    return _table(_option_rows(plugins.load(kind, name, f"provider.{kind}")))
+
+
+def _options_against_base(rows: Mapping[str, str], base: str, base_rows: Mapping[str, str]) -> str:
+    """A subclass plugin's options said as the difference from those of the plugin it extends,
+    so that a page never repeats a table (and the reader sees at once what the subclass changes)."""
+    if rows == base_rows:
+        return f"The same options as `{base}`."
+    changed = {option: row for option, row in rows.items() if base_rows.get(option) != row}
+    dropped = [f"`{option}`" for option in base_rows if option not in rows]
+    text = f"The options of `{base}`"
+    if dropped:
+        text += ", without " + ", ".join(dropped)
+    if not changed:
+        return text + "."
+    return text + "; these are new or different:\n\n" + _table(changed)
+
+
+def _nearest_base(plugin: type, others: Mapping[str, type]) -> str | None:
+    """The name of the listed plugin that ``plugin`` subclasses most closely, if any."""
+    ancestors = plugin.__mro__[1:]
+    bases = [name for name, other in others.items() if other in ancestors]
+    return min(bases, key=lambda name: ancestors.index(others[name]), default=None)
 
 
 def generated_section() -> str:
     parts = [BEGIN, ""]
     for kind in plugins.GROUPS:
-        for info in plugins.installed(kind):
-            if info.distribution != "raydog":
-                continue
-            parts += [f"### {kind} `{info.name}`", "", options_table(kind, info.name), ""]
+        names = [info.name for info in plugins.installed(kind) if info.distribution == "raydog"]
+        classes = {name: plugins.load(kind, name, f"provider.{kind}") for name in names}
+        rows = {name: _option_rows(plugin) for name, plugin in classes.items()}
+        for name, plugin in classes.items():
+            base = _nearest_base(plugin, classes)
+            if base is None:
+                text = _table(rows[name])
+            else:
+                text = _options_against_base(rows[name], base, rows[base])
+            parts += [f"### {kind} `{name}`", "", text, ""]
     parts.append(END)
     return "\n".join(parts)
 
