@@ -334,6 +334,35 @@ def test_preflight_checks_the_key_and_finds_pools_left_without_a_cluster(
     assert SECRET not in str(rejected) and "wrong" not in str(rejected)
 
 
+def test_preflight_finds_compute_requirements_an_interrupted_ray_down_left_running(
+    backends: Callable[..., YellowDogComputeBackend], emulator_client: EmulatorClient
+) -> None:
+    spec = make_spec()
+    backend = backends(spec)
+    backend.launch(HEAD)
+    emulator_client.settings(boot_delay=3600)  # the worker's agent never registers
+    backend.launch(workers(1))
+    emulator_client.fail(r"/compute/requirements/[^/]+/transition/", 500)
+    with pytest.raises(BackendError):
+        backend.shutdown()  # the pools shut down, but no compute requirement is terminated
+    emulator_client.clear_faults()
+    names = ClusterNames.for_cluster(spec.cluster_name, list(spec.node_types))
+    worker_pool = next(
+        pool["name"]
+        for pool in emulator_client.state()["pools"]
+        if (parsed := names.parse_pool(pool["name"])) and parsed[1] == "cpu"
+    )
+    checks = {check.name: check for check in backend.preflight()}
+    assert "yellowdog leftovers" not in checks, "no pool is live any more"
+    leftover = checks["yellowdog leftover compute requirements"]
+    assert not leftover.ok and worker_pool in leftover.detail and "ray down" in leftover.fix
+    backend.shutdown()
+    assert "yellowdog leftover compute requirements" not in {
+        check.name for check in backend.preflight()
+    }
+    assert cluster_leaks(emulator_client, names.cluster) == []
+
+
 def test_node_setup_installs_the_agent_before_the_cores_part() -> None:
     common = "#!/usr/bin/env bash\nset -euo pipefail\necho core part\n"
     script = YellowDogComputeBackend(make_spec()).node_setup_script("cpu", common)

@@ -19,7 +19,12 @@ from typing import TYPE_CHECKING
 
 from raydog_backends.yellowdog.addresses import Addresses
 from raydog_backends.yellowdog.api import API_ERRORS, Api, is_refusal, reason
-from raydog_backends.yellowdog.cluster import LIVE_POOL, LIVE_WORK_REQUIREMENT, Clusters
+from raydog_backends.yellowdog.cluster import (
+    LIVE_POOL,
+    LIVE_WORK_REQUIREMENT,
+    UNENDED_REQUIREMENT,
+    Clusters,
+)
 from raydog_backends.yellowdog.describe import Describer
 from raydog_backends.yellowdog.launch import Launcher
 from raydog_backends.yellowdog.options import Options
@@ -150,7 +155,8 @@ class YellowDogComputeBackend(ComputeBackend):
         return shutdown_everything(self.api, self.clusters, self.pools)
 
     def preflight(self) -> list[Check]:
-        """``raydog doctor``: the key is found and accepted; no pool outlived its cluster."""
+        """``raydog doctor``: the key is found and accepted; no pool outlived its cluster and no
+        compute requirement its pool (an interrupted ``ray down`` leaves them). Reads only."""
         try:
             found = self.api.credentials()
         except BackendError as exc:
@@ -159,6 +165,7 @@ class YellowDogComputeBackend(ComputeBackend):
         try:
             requirements = self.clusters.work_requirements(LIVE_WORK_REQUIREMENT)
             pools = self.clusters.pools(LIVE_POOL)
+            computes = self.clusters.compute_requirements(UNENDED_REQUIREMENT)
         except BackendError as exc:
             fix = "check YD_API_URL, YD_API_KEY_ID and YD_API_KEY_SECRET"
             return [*checks, Check("yellowdog api", False, f"{found.url}: {exc.reason}", fix)]
@@ -179,6 +186,18 @@ class YellowDogComputeBackend(ComputeBackend):
                     False,
                     f"worker pools without a running cluster: {names}",
                     "ray down removes them",
+                )
+            )
+        live_pools = {pool.name for pool in pools}
+        orphans = [str(c.name) for c in computes if c.name not in live_pools]
+        if orphans:
+            checks.append(
+                Check(
+                    "yellowdog leftover compute requirements",
+                    False,
+                    "compute requirements still running after their worker pool shut down: "
+                    + ", ".join(orphans),
+                    "ray down terminates them",
                 )
             )
         return checks

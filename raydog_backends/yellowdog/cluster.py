@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from yellowdog_client.model import (
+    ComputeRequirementStatus,
+    ComputeRequirementSummarySearch,
     ProvisionedWorkerPool,
     TaskGroupStatus,
     WorkerPoolSearch,
@@ -34,6 +36,8 @@ OPEN_GROUP = {TaskGroupStatus.PENDING, TaskGroupStatus.RUNNING}
 LIVE_POOL = [s for s in WorkerPoolStatus if not s.finished]
 UNTERMINATED_POOL = [s for s in WorkerPoolStatus if s is not WorkerPoolStatus.TERMINATED]
 """A pool shutting down is finished, but its compute requirement may still hold instances."""
+ENDED_REQUIREMENT = {ComputeRequirementStatus.TERMINATING, ComputeRequirementStatus.TERMINATED}
+UNENDED_REQUIREMENT = [s for s in ComputeRequirementStatus if s not in ENDED_REQUIREMENT]
 
 
 @dataclass(frozen=True)
@@ -154,6 +158,21 @@ class Clusters:
             "find",
             f"worker pools of {self.what()}",
             lambda: all_items(self.api.sdk.worker_pool_client.get_worker_pools(search)),
+        )
+        return [s for s in found if s.id and self.names.parse_pool(s.name) is not None]
+
+    def compute_requirements(self, statuses: Collection[ComputeRequirementStatus]) -> list[Any]:
+        """This cluster's compute requirements of every generation (each named as its pool), as
+        summaries."""
+        search = ComputeRequirementSummarySearch(
+            namespaces=[self.namespace], statuses=list(statuses)
+        )
+        found = call(
+            "find",
+            f"compute requirements of {self.what()}",
+            lambda: all_items(
+                self.api.sdk.compute_client.get_compute_requirement_summaries(search)
+            ),
         )
         return [s for s in found if s.id and self.names.parse_pool(s.name) is not None]
 

@@ -18,7 +18,6 @@ from typing import Any
 
 from yellowdog_client.model import (
     AutoShutdown,
-    ComputeRequirementStatus,
     ComputeRequirementTemplateUsage,
     NodeWorkerTarget,
     ProvisionedWorkerPool,
@@ -26,14 +25,12 @@ from yellowdog_client.model import (
 )
 
 from raydog_backends.yellowdog.api import API_ERRORS, Api, call, is_refusal, reason
-from raydog_backends.yellowdog.cluster import LIVE_POOL, Cluster, Clusters
+from raydog_backends.yellowdog.cluster import ENDED_REQUIREMENT, LIVE_POOL, Cluster, Clusters
 from raydog_backends.yellowdog.names import stamp
 from raydog_backends.yellowdog.options import Options
 from raydog_core.errors import BackendError
 
 logger = logging.getLogger(__name__)
-
-ENDED_REQUIREMENT = {ComputeRequirementStatus.TERMINATING, ComputeRequirementStatus.TERMINATED}
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,13 @@ computeRequirementId=pool.computeRequirementId))`` (yellowdog-ray commit 54e2599
 
 from __future__ import annotations
 
-from yellowdog_client.model import ComputeRequirement, ComputeRequirementStatus, Instance, Slice
+from yellowdog_client.model import (
+    ComputeRequirement,
+    ComputeRequirementStatus,
+    ComputeRequirementSummary,
+    Instance,
+    Slice,
+)
 
 from raydog_backends.yellowdog_emulator.pools import Pools
 from raydog_backends.yellowdog_emulator.records import (
@@ -41,6 +47,38 @@ class Compute:
         if not matching:
             raise ApiError(404, f"no compute requirement {namespace}/{name}")
         return matching[-1]
+
+    def search(self, query: Query) -> Slice[ComputeRequirementSummary]:
+        """Compute requirements by namespace, name, tag and status, as summaries."""
+        namespaces = many(query, "namespaces") or many(query, "namespace")
+        name, tag, statuses = one(query, "name"), one(query, "tag"), many(query, "statuses")
+        found = [
+            self._summary(c)
+            for c in self.account.computes.values()
+            if (namespaces is None or c.requirement.namespace in namespaces)
+            and (name is None or c.requirement.name == name)
+            and (tag is None or c.requirement.tag == tag)
+            and (statuses is None or str(c.requirement.status) in statuses)
+        ]
+        return page(found, query, self.account.config.slice_size)
+
+    def _summary(self, compute: ComputeRecord) -> ComputeRequirementSummary:
+        requirement = compute.requirement
+        return ComputeRequirementSummary(
+            id=requirement.id,
+            namespace=requirement.namespace,
+            name=requirement.name,
+            tag=requirement.tag,
+            targetInstanceCount=requirement.targetInstanceCount,
+            expectedInstanceCount=requirement.expectedInstanceCount,
+            aliveInstanceCount=sum(
+                i.status is not None and i.status.alive for i in compute.instances.values()
+            ),
+            createdTime=requirement.createdTime,
+            statusChangedTime=requirement.statusChangedTime,
+            status=requirement.status,
+            healthy=compute.failure is None,
+        )
 
     def transition(self, requirement_id: str, status: str) -> ComputeRequirement:
         """``terminate_compute_requirement_by_id``: every instance stops at once, booting ones

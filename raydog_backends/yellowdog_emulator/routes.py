@@ -66,6 +66,8 @@ _TABLE: list[tuple[str, str, Handler]] = [
         lambda p, m, q, b: p.pools.get_pool_by_name(m["ns"], m["name"])),
     ("DELETE", f"/workerPools/{ID}", lambda p, m, q, b: p.pools.shutdown_pool(m["id"])),
     # compute_client
+    # compute_client.get_compute_requirement_summaries (GET /compute/requirements?summaries=true)
+    ("GET", "/compute/requirements", lambda p, m, q, b: p.compute.search(q)),
     ("GET", f"/compute/requirements/{ID}", lambda p, m, q, b: p.compute.get(m["id"])),
     ("GET", f"/compute/namespaces/{NS_NAME}", lambda p, m, q, b: p.compute.get_by_name(
         m["ns"], m["name"])),
