@@ -305,7 +305,7 @@ class RayDogNodeProvider(NodeProvider):
                 for node_id in (previous.keys() - described.keys()) | (previous.keys() & ended):
                     if previous[node_id].state is not NodeState.TERMINATED:
                         vanished.add(node_id)
-                gone = sorted(vanished - kept)
+                gone = {node_id: _why_ended(described.get(node_id)) for node_id in vanished - kept}
             if gone and reconcile:
                 self._reconcile(gone)
             if not fresh and self.tags.waiting_for_location:
@@ -314,14 +314,25 @@ class RayDogNodeProvider(NodeProvider):
         if self.raydog_config.on_head and not self._versions_reported:
             self._report_versions()
 
-    def _reconcile(self, gone: list[str]) -> None:
-        """Nodes the backend reports ended: forget their tags, stop what they left."""
-        logger.info("RayDog: %d node(s) gone from the compute backend: %s", len(gone), gone)
-        self.tags.delete(gone)
+    def _reconcile(self, gone: Mapping[str, str]) -> None:
+        """Nodes the backend reports ended: forget their tags, stop what they left.
+
+        Why each ended is logged (one line, in the head's monitor log): once terminated, a
+        backend may report the node no more, so this line is where a user finds the reason."""
+        ids = sorted(gone)
+        by_reason: dict[str, list[str]] = {}
+        for node_id in ids:
+            by_reason.setdefault(gone[node_id], []).append(node_id)
+        logger.info(
+            "RayDog: %d node(s) ended, as the compute backend reports: %s",
+            len(ids),
+            "; ".join(f"{', '.join(nodes)} ({why})" for why, nodes in by_reason.items()),
+        )
+        self.tags.delete(ids)
         try:
-            self.compute.terminate(gone)
+            self.compute.terminate(ids)
         except BackendError as exc:
-            logger.warning("RayDog: could not clean up ended node(s) %s: %s", gone, exc)
+            logger.warning("RayDog: could not clean up ended node(s) %s: %s", ids, exc)
 
     def _report_versions(self) -> None:
         """On the head: tag the head node with the versions it runs (``raydog doctor`` reads it)."""
@@ -396,6 +407,13 @@ class RayDogNodeProvider(NodeProvider):
         self.tags.close()
         self.transport.close()
         self.compute.close()
+
+
+def _why_ended(info: NodeInfo | None) -> str:
+    """The backend's reason for a node that ended, or what its absence says."""
+    if info is None:
+        return "no longer reported by the compute backend"
+    return info.detail or "terminated, no reason given"
 
 
 def _terminated(info: NodeInfo, detail: str) -> NodeInfo:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -123,6 +124,27 @@ def test_a_node_lost_in_the_backend_leaves_and_its_tags_go(provider: RayDogNodeP
     assert kept in store.load_all()
     cluster = MemoryComputeBackend.cluster(provider.cluster_name)
     assert lost not in cluster.nodes, "the tick did not terminate the lost node in the backend"
+
+
+def test_the_tick_logs_which_nodes_ended_and_why_in_one_line(
+    provider: RayDogNodeProvider, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Once terminated a backend may report a node no more: the monitor log keeps why."""
+    provider.create_node({}, head_tags(), 1)
+    first, second, kept = provider.create_node({}, worker_tags(), 3)
+    provider.non_terminated_nodes({})
+    cluster = MemoryComputeBackend.cluster(provider.cluster_name)
+    cluster.lose(first, "spot instance reclaimed")
+    cluster.lose(second, "vCPU quota exceeded in eu-west-2")
+    with caplog.at_level(logging.INFO, logger="raydog_core.provider"):
+        provider.non_terminated_nodes({})
+        provider.non_terminated_nodes({})
+    (record,) = [r for r in caplog.records if "node(s) ended" in r.getMessage()]
+    line = record.getMessage()
+    assert record.levelno == logging.INFO
+    assert f"{first} (spot instance reclaimed)" in line
+    assert f"{second} (vCPU quota exceeded in eu-west-2)" in line
+    assert kept not in line
 
 
 def test_describe_only_reports_and_the_tick_acts(provider: RayDogNodeProvider) -> None:

@@ -6,6 +6,8 @@ import dataclasses
 import json
 import logging
 import stat
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -738,6 +740,7 @@ def test_a_provisioning_failure_ends_the_waiting_nodes_with_the_reason_ray_sees(
     provider = provider_on_yellowdog(name, node_recheck_seconds=0.05)
     try:
         (head,) = provider.create_node(node_config(), head_tags(), 1)
+        provider.non_terminated_nodes({})  # the autoscaler's first look, before any worker
         emulator_client.fail_provisioning("vCPU quota exceeded in eu-west-2")
         started = list(provider.create_node(node_config(), worker_tags(), 2))
         assert set(provider.non_terminated_nodes({})) == {head, *started}
@@ -757,6 +760,57 @@ def test_a_provisioning_failure_ends_the_waiting_nodes_with_the_reason_ray_sees(
         statuses = {t["id"]: t["status"] for t in emulator_client.state()["tasks"]}
         assert {statuses[w] for w in started} == {"CANCELLED"}, "the provider's tick ended them"
     finally:
+        provider.close()
+        MemoryTagStore.forget(name)
+
+
+def test_raydog_status_shows_why_a_pool_failed_and_the_monitor_log_keeps_it(
+    yd_env: str,
+    emulator_client: EmulatorClient,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """`raydog status` (its own process, one look) shows the platform's reason while the
+    platform still has the nodes; an autoscaler's tick then ends them and logs why (the only
+    trace left once they are cancelled)."""
+    import yaml
+
+    from raydog_backends.memory.tag_store import MemoryTagStore
+    from tests.ray_helpers import head_tags, load_provider, worker_tags
+
+    name = f"status-{uuid.uuid4().hex[:6]}"
+    config = yellowdog_cluster_config(name, node_recheck_seconds=3600)
+    path = tmp_path / "cluster.yaml"
+    path.write_text(yaml.safe_dump(config))
+    provider = load_provider(config)
+    try:
+        (head,) = provider.create_node(node_config(), head_tags(), 1)
+        provider.non_terminated_nodes({})  # the autoscaler's first look, before the failure
+        emulator_client.fail_provisioning("vCPU quota exceeded in eu-west-2")
+        started = list(provider.create_node(node_config(), worker_tags(), 2))
+        result = subprocess.run(
+            [sys.executable, "-m", "raydog_core.cli", "status", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 0, result.stderr
+        for worker in started:
+            (line,) = [x for x in result.stdout.splitlines() if x.startswith(worker)]
+            assert "terminated (YellowDog could not provision worker pool" in line, line
+            assert "vCPU quota exceeded in eu-west-2" in line, line
+
+        restarted = load_provider(config)  # an autoscaler that starts watching now
+        try:
+            with caplog.at_level(logging.INFO, logger="raydog_core.provider"):
+                assert restarted.non_terminated_nodes({}) == [head]
+        finally:
+            restarted.close()
+        (logged,) = [r.getMessage() for r in caplog.records if "node(s) ended" in r.getMessage()]
+        assert f"{', '.join(sorted(started))} (YellowDog could not provision" in logged, logged
+        assert "vCPU quota exceeded in eu-west-2" in logged
+    finally:
+        provider.compute.shutdown()
         provider.close()
         MemoryTagStore.forget(name)
 
@@ -930,8 +984,14 @@ def test_concurrent_launches_share_one_group_and_one_pool(
 
 def provider_on_yellowdog(name: str, **options: Any) -> Any:
     """RayDogNodeProvider as Ray loads it, on yellowdog (the emulator) and the memory store."""
-    from tests.conftest import memory_cluster_config
     from tests.ray_helpers import load_provider
+
+    return load_provider(yellowdog_cluster_config(name, **options))
+
+
+def yellowdog_cluster_config(name: str, **options: Any) -> dict[str, Any]:
+    """A cluster YAML's content on yellowdog (the emulator) and the memory store."""
+    from tests.conftest import memory_cluster_config
 
     config = memory_cluster_config(
         name,
@@ -944,7 +1004,7 @@ def provider_on_yellowdog(name: str, **options: Any) -> Any:
     )
     for node_type in config["available_node_types"].values():
         node_type["node_config"] = node_config()
-    return load_provider(config)
+    return config
 
 
 def test_the_node_provider_runs_a_cluster_on_yellowdog(

@@ -70,6 +70,8 @@ class Describer:
         """Waiting task id -> why its pool will never start it."""
         self._nodes_checked: dict[str, float] = {}
         self._waiting_since: dict[tuple[str, str], float] = {}
+        self._watched = False
+        """Whether a describe has looked at waiting tasks yet (see ``_check_waiting``)."""
 
     def describe(self) -> list[NodeInfo]:
         with self._lock:
@@ -205,14 +207,19 @@ class Describer:
 
     def _check_waiting(self, cluster: Cluster, tasks: list[Task]) -> None:
         """Tasks waiting for a node for ``node_recheck_seconds``: can their pool still start
-        them? If it ended, or its compute requirement did, they end with the reason."""
+        them? If it ended, or its compute requirement did, they end with the reason.
+
+        A process's first look (``raydog status``, a restarted autoscaler) checks at once: it
+        cannot know how long they have waited, and ``raydog status`` looks only once."""
         now = time.monotonic()
+        first_seen = now if self._watched else float("-inf")
+        self._watched = True
         waiting: dict[tuple[str, str], list[str]] = {}
         for task in tasks:
             group = cluster.groups.get(task.taskGroupId or "")
             if group is not None and task.id and task.status in WAITING_TASK:
                 waiting.setdefault((cluster.generation, group.node_type), []).append(task.id)
-        self._waiting_since = {key: self._waiting_since.get(key, now) for key in waiting}
+        self._waiting_since = {key: self._waiting_since.get(key, first_seen) for key in waiting}
         for key, task_ids in waiting.items():
             if now - self._waiting_since[key] < self.recheck_seconds:
                 continue

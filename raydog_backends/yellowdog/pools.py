@@ -170,8 +170,12 @@ class Pools:
         failure: quota, template, image), with the platform's reason when it gives one.
 
         Two reads while the pool is healthy; a search of live pools only when it is not known
-        or has ended (another process may have provisioned its successor)."""
-        pool_id = self.newest(generation, node_type, LIVE_POOL)
+        or has ended (another process may have provisioned its successor). A process that never
+        knew the pool (``raydog status``) and finds none live searches every status once, so it
+        reports the platform's reason too."""
+        pool_id = self.newest(generation, node_type, LIVE_POOL) or self.newest(
+            generation, node_type
+        )
         if pool_id is None:
             return (
                 f"no live worker pool of node type {node_type!r}: it ended before this node started"
