@@ -74,6 +74,7 @@ class RayDogNodeProvider(NodeProvider):
         self._nodes: dict[str, NodeInfo] = {}
         self._launched_at: dict[str, float] = {}
         self._versions_reported = False
+        self._filled_reload = 0
         # _derived_tags(info) by the NodeInfo fields it reads; a handful of distinct values.
         self._derived: dict[tuple[bool, str, NodeState, str], Tags] = {}
         # node_tags' answers: (the NodeInfo, the stored tags, the tags) they were made of.
@@ -308,6 +309,9 @@ class RayDogNodeProvider(NodeProvider):
                 gone = {node_id: _why_ended(described.get(node_id)) for node_id in vanished - kept}
             if gone and reconcile:
                 self._reconcile(gone)
+            if fresh and reconcile and self.tags.reloads != self._filled_reload:
+                self._filled_reload = self.tags.reloads
+                self._fill_derived(described.values())
             if not fresh and self.tags.waiting_for_location:
                 # The head's address may be known from this describe: try the store once more.
                 self.tags.refresh()
@@ -333,6 +337,32 @@ class RayDogNodeProvider(NodeProvider):
             self.compute.terminate(ids)
         except BackendError as exc:
             logger.warning("RayDog: could not clean up ended node(s) %s: %s", ids, exc)
+
+    def _fill_derived(self, nodes: Collection[NodeInfo]) -> None:
+        """After a read that took the store whole (this provider's first, or the store came
+        back empty): write what the backend says of each live node (its launch config, kind,
+        type) where the store lacks it. The tag cache sends back what this process remembers;
+        this restores what no running process remembers (a `ray up` whose writes never reached
+        the store, an autoscaler restarted since), so the store holds it again."""
+        missing: dict[str, Tags] = {}
+        for info in nodes:
+            if info.state is NodeState.TERMINATED:
+                continue
+            stored = self.tags.view(info.node_id) or {}
+            lacking = {
+                name: value
+                for name, value in self._derived_of(info).items()
+                if name != TAG_RAY_NODE_STATUS and name not in stored
+            }
+            if lacking:
+                missing[info.node_id] = lacking
+        if missing:
+            logger.info(
+                "RayDog: the tag store lacked what the compute backend records of %d node(s) "
+                "(launch config, kind, type); writing it back",
+                len(missing),
+            )
+            self.tags.update(missing)
 
     def _report_versions(self) -> None:
         """On the head: tag the head node with the versions it runs (``raydog doctor`` reads it)."""

@@ -79,12 +79,20 @@ class TagCache:
         self._waiting_for_location = False
         self._token: ChangeToken | None = None
         self._store_had_nodes = False
+        self._read_once = False
+        self._reloads = 0
         self._next_attempt = 0.0
         self._last_problem: str | None = None
 
     @property
     def connected(self) -> bool:
         return self._connected
+
+    @property
+    def reloads(self) -> int:
+        """How many times this cache took the store's content whole: its first read, and each
+        time the store lost data. What no process remembers may be missing after one."""
+        return self._reloads
 
     @property
     def waiting_for_location(self) -> bool:
@@ -288,6 +296,7 @@ class TagCache:
         self._pending_deletes = deletes | newer_deletes
 
     def _read(self) -> None:
+        first = not self._read_once
         if self._incremental:
             previous = self._token
             changes = self._call(lambda: self._store.changes_since(previous))
@@ -300,7 +309,10 @@ class TagCache:
             lost = not nodes and self._store_had_nodes
             self._store_had_nodes = bool(nodes)
             changes = Changes(ChangeToken("", 0), True, nodes)
+        self._read_once = True
         with self._cond:
+            if lost or first:
+                self._reloads += 1
             if lost:
                 self._refill(changes.updated)
             if changes.full:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ray.autoscaler.tags import TAG_RAY_LAUNCH_CONFIG, TAG_RAY_NODE_STATUS
+from ray.autoscaler.tags import TAG_RAY_LAUNCH_CONFIG, TAG_RAY_NODE_KIND, TAG_RAY_NODE_STATUS
 
 from raydog_backends.keyvalue import ValkeyTagStore
 from raydog_backends.keyvalue.store import PASSWORD_SECRET
@@ -179,6 +179,43 @@ def test_a_server_restarted_empty_gets_every_tag_back(
     assert stored(server, provider) == before
     for node in nodes:
         assert provider.node_tags(node)[TAG_RAY_LAUNCH_CONFIG] in ("hash-head", "hash-cpu")
+
+
+@pytest.mark.timeout(120)
+def test_launch_configs_no_running_process_remembers_are_written_back(
+    server: KeyValueServer, providers: Callable[..., RayDogNodeProvider]
+) -> None:
+    """The store comes back empty after the process that knew the tags has gone (an autoscaler
+    restarted, a `ray up` whose writes never arrived): a provider whose cache never saw a tag
+    writes back what the compute backend records of each node, launch config first."""
+    knew = providers(server.port, workers=5)
+    nodes = knew.non_terminated_nodes({})
+    knew.close()
+    server.restart()
+    assert stored(server, knew) == {}
+
+    looking = RayDogNodeProvider(knew.provider_config, knew.cluster_name)
+    try:
+        looking.refresh(reconcile=False)  # `raydog status` only looks
+        assert looking.tags.flush(timeout=30)
+        assert not any(TAG_RAY_LAUNCH_CONFIG in tags for tags in stored(server, knew).values())
+    finally:
+        looking.close()
+
+    fresh = RayDogNodeProvider(knew.provider_config, knew.cluster_name)
+    try:
+        assert sorted(fresh.non_terminated_nodes({})) == sorted(nodes)
+        assert fresh.tags.flush(timeout=30)
+        there = stored(server, fresh)
+    finally:
+        fresh.close()
+    assert sorted(there) == sorted(nodes)
+    configs = {
+        kind: {t[TAG_RAY_LAUNCH_CONFIG] for t in there.values() if t[TAG_RAY_NODE_KIND] == kind}
+        for kind in ("head", "worker")
+    }
+    assert configs == {"head": {"hash-head"}, "worker": {"hash-cpu"}}
+    assert all(TAG_RAY_NODE_STATUS not in tags for tags in there.values()), "status is not derived"
 
 
 @pytest.mark.timeout(120)

@@ -182,11 +182,21 @@ def test_a_store_that_comes_back_empty_replaces_no_node(
     time.sleep(15)
     assert sorted(cluster.nodes()) == ids
     assert cluster.alive(ids) == ids
-    # The providers sent back what they knew: every node's launch config is in the store again.
+    # The providers sent back what they knew, and the backend's record what none remembered:
+    # every node's launch config is in the store again (within a few ticks of a loaded head).
     monkeypatch.setenv("RAYDOG_HOME", str(cluster.home))  # the cluster's password
     store = ValkeyTagStore(cluster.cluster_name, port=cluster.tag_port)
     store.connect(Endpoint("127.0.0.1", cluster.tag_port))
-    stored = store.load_all()
-    store.close()
-    assert sorted(stored) == ids
-    assert all(tags.get(TAG_RAY_LAUNCH_CONFIG) for tags in stored.values()), stored
+    stored: dict[str, dict[str, str]] = {}
+
+    def refilled() -> bool:
+        stored.clear()
+        stored.update(store.load_all())
+        return sorted(stored) == ids and all(t.get(TAG_RAY_LAUNCH_CONFIG) for t in stored.values())
+
+    try:
+        wait_until(refilled, "every node's launch config in the store", timeout=60)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; the store holds {stored}") from None
+    finally:
+        store.close()
