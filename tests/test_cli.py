@@ -8,35 +8,18 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 import ray
-import yaml
 
 from raydog_core.interfaces import NodeState
+from tests.commands import raydog, write_config
 from tests.conftest import memory_cluster_config
 from tests.ray_helpers import head_tags, load_provider, worker_tags
 
 
-def raydog(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "raydog_core.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=cwd,
-    )
-
-
-def write(tmp_path: Path, config: dict[str, Any]) -> Path:
-    path = tmp_path / "cluster.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
 def test_simulate_draws_the_cluster_and_prints_its_figures(tmp_path: Path) -> None:
-    path = write(tmp_path, memory_cluster_config())
+    path = write_config(tmp_path, memory_cluster_config())
     args = ("simulate", str(path), "--demand", "8 CPU for 5m", "--launch-delay", "60s")
     result = raydog(*args, "--events")
     assert result.returncode == 0, result.stderr
@@ -65,7 +48,9 @@ def test_simulate_draws_the_cluster_and_prints_its_figures(tmp_path: Path) -> No
 
 
 def test_simulate_rejects_a_demand_it_cannot_read(tmp_path: Path) -> None:
-    result = raydog("simulate", str(write(tmp_path, memory_cluster_config())), "--demand", "lots")
+    result = raydog(
+        "simulate", str(write_config(tmp_path, memory_cluster_config())), "--demand", "lots"
+    )
     assert result.returncode == 2
     assert "--demand: expected e.g. '8 CPU for 10m'" in result.stderr
     assert "Traceback" not in result.stderr
@@ -76,7 +61,7 @@ def test_node_setup_pins_the_clients_versions_and_key(tmp_path: Path) -> None:
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
     config = memory_cluster_config()
     config["auth"] = {"ssh_user": "ubuntu", "ssh_private_key": str(key)}
-    path = write(tmp_path, config)
+    path = write_config(tmp_path, config)
     head = raydog("node-setup", str(path), "--node-type", "head")
     worker = raydog("node-setup", str(path), "--node-type", "cpu")
     assert head.returncode == 0 and worker.returncode == 0, head.stderr + worker.stderr
@@ -93,7 +78,7 @@ def test_node_setup_pins_the_clients_versions_and_key(tmp_path: Path) -> None:
 
 def test_node_setup_names_an_unknown_node_type(tmp_path: Path) -> None:
     result = raydog(
-        "node-setup", str(write(tmp_path, memory_cluster_config())), "--node-type", "gpu"
+        "node-setup", str(write_config(tmp_path, memory_cluster_config())), "--node-type", "gpu"
     )
     assert result.returncode == 2
     assert "--node-type: no node type 'gpu' (choices: cpu, head)" in result.stderr
@@ -105,25 +90,25 @@ def test_doctor_flags_a_key_others_can_read(tmp_path: Path) -> None:
     os.chmod(key, 0o644)
     config = memory_cluster_config()
     config["auth"] = {"ssh_user": "ubuntu", "ssh_private_key": str(key)}
-    result = raydog("doctor", str(write(tmp_path, config)))
+    result = raydog("doctor", str(write_config(tmp_path, config)))
     assert result.returncode == 1
     assert f"FAIL  ssh key: {key} is readable by others" in result.stdout
     assert f"fix: chmod 600 {key}" in result.stdout
     os.chmod(key, 0o600)
-    again = raydog("doctor", str(write(tmp_path, config)))
+    again = raydog("doctor", str(write_config(tmp_path, config)))
     assert again.returncode == 0, again.stdout
     assert again.stdout.splitlines()[-1].endswith("0 failed")
 
 
 def test_doctor_reports_a_bad_config_as_a_failed_check(tmp_path: Path) -> None:
     config = memory_cluster_config(compute="nosuch")
-    result = raydog("doctor", str(write(tmp_path, config)))
+    result = raydog("doctor", str(write_config(tmp_path, config)))
     assert result.returncode == 1
     assert "FAIL  config: provider.compute: no compute plugin named 'nosuch'" in result.stdout
 
 
 def test_status_of_a_cluster_that_is_not_up(tmp_path: Path) -> None:
-    result = raydog("status", str(write(tmp_path, memory_cluster_config())))
+    result = raydog("status", str(write_config(tmp_path, memory_cluster_config())))
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[-1] == "no nodes"
 
@@ -137,7 +122,7 @@ def test_status_shows_an_ended_node_every_time_it_is_asked(tmp_path: Path) -> No
         ray_head_node_task_script="#!/bin/bash\nexec sleep infinity\n",
         ray_worker_node_task_script="#!/bin/bash\nexit 3\n",
     )
-    path = write(tmp_path, config)
+    path = write_config(tmp_path, config)
     provider = load_provider(config)
     try:
         provider.create_node({}, head_tags(), 1)

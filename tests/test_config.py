@@ -13,10 +13,10 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
-from ray.autoscaler._private.commands import create_or_update_cluster
 
 from raydog_backends.memory.compute import MemoryComputeBackend
 from raydog_core import ConfigError
+from tests.commands import ray_up, raydog, write_config
 from tests.conftest import memory_cluster_config
 
 
@@ -125,18 +125,9 @@ def test_ray_up_refuses_before_creating_anything(
     tmp_path: Path, case: str, key: str, value: Any, path: str, words: str
 ) -> None:
     config = bad_config(key, value)
-    config_file = tmp_path / "cluster.yaml"
-    config_file.write_text(yaml.safe_dump(config))
+    config_file = write_config(tmp_path, config)
     with pytest.raises((ConfigError, jsonschema.ValidationError)) as raised:
-        create_or_update_cluster(
-            str(config_file),
-            override_min_workers=None,
-            override_max_workers=None,
-            no_restart=False,
-            restart_only=False,
-            yes=True,
-            no_config_cache=True,
-        )
+        ray_up(config_file)
     if isinstance(raised.value, ConfigError):
         assert raised.value.key_path == path
         assert words in str(raised.value)
@@ -152,7 +143,7 @@ def test_raydog_validate_names_the_key(
 ) -> None:
     config_file = tmp_path / "cluster.yaml"
     config_file.write_text(yaml.safe_dump(bad_config(key, value)))
-    result = run_raydog("validate", str(config_file))
+    result = raydog("validate", str(config_file))
     assert result.returncode == 2
     assert f"{path}:" in result.stderr and words in result.stderr
     assert "Traceback" not in result.stderr
@@ -161,16 +152,15 @@ def test_raydog_validate_names_the_key(
 def test_unknown_plugin_lists_the_installed_ones(tmp_path: Path) -> None:
     config_file = tmp_path / "cluster.yaml"
     config_file.write_text(yaml.safe_dump(bad_config("provider.tag_store", "nosuch")))
-    result = run_raydog("validate", str(config_file))
+    result = raydog("validate", str(config_file))
     assert "choices: memory, redis, valkey" in result.stderr
 
 
 def test_validate_reports_keys_ray_needs_for_external_providers(tmp_path: Path) -> None:
     config = memory_cluster_config()
     del config["setup_commands"]
-    config_file = tmp_path / "cluster.yaml"
-    config_file.write_text(yaml.safe_dump(config))
-    result = run_raydog("validate", str(config_file))
+    config_file = write_config(tmp_path, config)
+    result = raydog("validate", str(config_file))
     assert result.returncode == 2
     assert "setup_commands: missing" in result.stderr and "setup_commands: []" in result.stderr
 
@@ -183,10 +173,10 @@ def test_file_paths_are_relative_to_the_working_directory(tmp_path: Path) -> Non
     config_file = tmp_path / "configs" / "cluster.yaml"
     config = memory_cluster_config(ray_head_node_task_script="file:scripts/head.sh")
     config_file.write_text(yaml.safe_dump(config))
-    result = run_raydog("validate", str(config_file), cwd=tmp_path)
+    result = raydog("validate", str(config_file), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "valid" in result.stdout
-    elsewhere = run_raydog("validate", "cluster.yaml", cwd=tmp_path / "configs")
+    elsewhere = raydog("validate", "cluster.yaml", cwd=tmp_path / "configs")
     assert elsewhere.returncode == 2
     missing = tmp_path / "configs" / "scripts" / "head.sh"
     assert f"provider.ray_head_node_task_script: file not found: {missing}" in elsewhere.stderr
@@ -196,12 +186,12 @@ def test_file_paths_are_relative_to_the_working_directory(tmp_path: Path) -> Non
 def test_validate_leaves_no_secret_files_behind(tmp_path: Path, raydog_home: Path) -> None:
     config_file = tmp_path / "cluster.yaml"
     config_file.write_text(yaml.safe_dump(memory_cluster_config()))
-    assert run_raydog("validate", str(config_file)).returncode == 0
+    assert raydog("validate", str(config_file)).returncode == 0
     assert not (raydog_home / "clusters").exists()
 
 
 def test_plugins_lists_every_group_with_its_distribution() -> None:
-    result = run_raydog("plugins")
+    result = raydog("plugins")
     assert result.returncode == 0
     for kind, names in {
         "compute": ["memory", "local", "yellowdog"],
@@ -213,16 +203,6 @@ def test_plugins_lists_every_group_with_its_distribution() -> None:
             assert any(line.split()[:2] == [name, "raydog"] for line in section.splitlines()), (
                 f"{name} missing from {kind}"
             )
-
-
-def run_raydog(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "raydog_core.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=cwd,
-    )
 
 
 def test_core_imports_no_plugin_dependency() -> None:

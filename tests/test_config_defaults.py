@@ -12,15 +12,15 @@ from typing import Any
 
 import pytest
 import yaml
-from ray.autoscaler._private.commands import _bootstrap_config, create_or_update_cluster
+from ray.autoscaler._private.commands import _bootstrap_config
 from ray.autoscaler._private.providers import _get_node_provider
 
 from raydog_backends.memory.compute import MemoryComputeBackend
 from raydog_core import RayDogNodeProvider, task_scripts, validation
 from raydog_core import config as raydog_config
+from tests.commands import ray_up, raydog, write_config
 from tests.conftest import memory_cluster_config
 from tests.ray_helpers import head_tags
-from tests.test_config import run_raydog
 
 
 def minimal_config(name: str) -> dict[str, Any]:
@@ -55,20 +55,6 @@ def name(forget_memory_clusters: Any) -> str:
     return str(config["cluster_name"])
 
 
-def ray_up(config_file: Path, no_config_cache: bool = True) -> dict[str, Any]:
-    """Ray's own `ray up`, in this process."""
-    result: dict[str, Any] = create_or_update_cluster(
-        str(config_file),
-        override_min_workers=None,
-        override_max_workers=None,
-        no_restart=False,
-        restart_only=False,
-        yes=True,
-        no_config_cache=no_config_cache,
-    )
-    return result
-
-
 def test_the_minimal_config_passes_rays_own_bootstrap(tmp_path: Path, name: str) -> None:
     config = minimal_config(name)
     assert not set(config) & (set(raydog_config.TOP_LEVEL_DEFAULTS) - {"auth"})
@@ -79,9 +65,8 @@ def test_the_minimal_config_passes_rays_own_bootstrap(tmp_path: Path, name: str)
     assert bootstrapped["upscaling_speed"] == 1.0 and bootstrapped["idle_timeout_minutes"] == 5
     (head,) = load(bootstrapped).create_node({}, head_tags(), 1)
     assert MemoryComputeBackend.cluster(name).nodes.keys() == {head}
-    config_file = tmp_path / "cluster.yaml"
-    config_file.write_text(yaml.safe_dump(config))
-    result = run_raydog("validate", str(config_file))
+    config_file = write_config(tmp_path, config)
+    result = raydog("validate", str(config_file))
     assert result.returncode == 0, result.stderr
 
 
@@ -106,15 +91,14 @@ def test_the_required_keys_are_the_ones_ray_reads_first(
     says so, with the line to add."""
     config = minimal_config(name)
     del config[key]
-    config_file = tmp_path / "cluster.yaml"
-    config_file.write_text(yaml.safe_dump(config))
+    config_file = write_config(tmp_path, config)
     with pytest.raises((KeyError, AssertionError)):
         if key == "cluster_name":
             ray_up(config_file)  # printed before the bootstrap
         else:
             _bootstrap_config(copy.deepcopy(config), no_config_cache=True)
     assert MemoryComputeBackend.cluster(name).launches == 0
-    result = run_raydog("validate", str(config_file))
+    result = raydog("validate", str(config_file))
     assert result.returncode == 2
     assert f"error: {key}: missing; Ray reads it before RayDog can fill it in" in result.stderr
     assert f"`{raydog_config.RAY_REQUIRED[key]}`" in result.stderr

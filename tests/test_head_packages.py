@@ -21,8 +21,8 @@ import yaml
 from raydog_core import config as raydog_config
 from raydog_core import node_setup, state
 from raydog_core.errors import ConfigError
+from tests.commands import raydog
 from tests.conftest import memory_cluster_config
-from tests.test_cli import raydog
 from tests.test_node_setup import spec_of, yellowdog_config
 from tests.test_thirdparty_example import DISTRIBUTION, example_copy, site_dir
 

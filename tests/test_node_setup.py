@@ -153,7 +153,7 @@ def test_the_node_setup_ends_by_writing_the_marker(tmp_path: Path) -> None:
     """What `raydog node-setup` prints arms the marker before any install step."""
     import yaml
 
-    from tests.test_cli import raydog
+    from tests.commands import raydog
 
     path = tmp_path / "cluster.yaml"
     path.write_text(yaml.safe_dump(yellowdog_config()))

