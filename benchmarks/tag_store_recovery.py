@@ -39,6 +39,8 @@ from ray.autoscaler.tags import (
 from raydog_backends.keyvalue import ValkeyTagStore
 from raydog_backends.keyvalue.server import STABLE_SECONDS, find_server_binary
 from raydog_backends.keyvalue.store import PASSWORD_SECRET
+from raydog_backends.process_nodes.addresses import free_port
+from raydog_backends.process_nodes.processes import pid_alive
 from raydog_core import config as raydog_config
 from raydog_core import state
 from raydog_core.errors import RayDogError
@@ -47,12 +49,6 @@ from raydog_core.provider import RayDogNodeProvider
 
 TICK_SECONDS = 0.25
 TIMEOUT_SECONDS = 120.0
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def accepts(port: int) -> bool:
@@ -99,14 +95,6 @@ def answers(store: ValkeyTagStore) -> bool:
         store.close()
 
 
-def alive(pid: int) -> bool:
-    try:
-        stat = (Path("/proc") / str(pid) / "stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
 def server_pid(cluster: str, supervisor: int) -> int:
     """The supervised server's pid (its pid file), once it is the supervisor's child."""
     path = state.cluster_dir(cluster) / "tag-store" / "server.pid"
@@ -134,7 +122,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="raydog-recovery-") as home:
         os.environ["RAYDOG_HOME"] = home
         name = f"recovery-{uuid.uuid4().hex[:6]}"
-        port = free_port()
+        port = free_port("127.0.0.1")
         state.cluster_secret(name, PASSWORD_SECRET)
         log = Path(home) / "tag-server.log"
         with log.open("ab") as output:
@@ -188,7 +176,7 @@ def run(name: str, port: int, supervisor: int, trials: int, workers: int) -> int
             if now - killed > TIMEOUT_SECONDS:
                 print(f"trial {trial}: not recovered after {TIMEOUT_SECONDS:.0f} s")
                 return 1
-            if back is None and not alive(pid) and answers(checker):
+            if back is None and not pid_alive(pid) and answers(checker):
                 back = now - killed
             if now >= next_tick:
                 next_tick += TICK_SECONDS

@@ -44,6 +44,7 @@ from ray.autoscaler.tags import TAG_RAY_NODE_STATUS
 from benchmarks.provider_tick import cluster_config, cpu_clocks, cpu_seconds, launch, tick
 from raydog_backends.keyvalue.server import find_server_binary
 from raydog_backends.keyvalue.store import PASSWORD_SECRET
+from raydog_backends.process_nodes.addresses import free_port
 from raydog_core import config as raydog_config
 from raydog_core import state
 from raydog_core.provider import RayDogNodeProvider
@@ -56,18 +57,12 @@ CHANGED = 10
 # --- the servers, under RayDog's launcher -----------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 class Server:
     """valkey-server or redis-server as the head runs it (no append-only file here)."""
 
     def __init__(self, binary: str, cluster: str) -> None:
         self.binary = binary
-        self.port = free_port()
+        self.port = free_port("127.0.0.1")
         self.password = state.cluster_secret(cluster, PASSWORD_SECRET)
         command = [sys.executable, "-m", "raydog_backends.keyvalue.server", "--cluster", cluster]
         command += ["--port", str(self.port), "--server-binary", binary]

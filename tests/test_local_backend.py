@@ -25,7 +25,7 @@ from raydog_backends.local.nodes import BASE_DIR_VARIABLE, NodeRecord
 from raydog_backends.local.runner import LocalCommandRunner
 from raydog_backends.process_nodes.addresses import LoopbackAddresses, bound_addresses
 from raydog_backends.process_nodes.copying import sync
-from raydog_backends.process_nodes.processes import NodeProcess, read_stat
+from raydog_backends.process_nodes.processes import NodeProcess, pid_alive, read_stat
 from raydog_core.errors import BackendError, ConfigError
 from raydog_core.interfaces import (
     ClusterSpec,
@@ -47,11 +47,6 @@ REPORT_ENV = (
     " > ~/env.json\n"
     "exec sleep infinity\n"
 )
-
-
-def alive(pid: int) -> bool:
-    stat_ = read_stat(pid)
-    return stat_ is not None and stat_.alive
 
 
 def wait_until(check: Callable[[], bool], what: str, seconds: float = 20.0) -> None:
@@ -222,7 +217,7 @@ def test_terminate_stops_processes_that_left_the_node_session(
 
     wait_until(left_the_session, "the process to leave the node's session")
     backend.terminate([worker])
-    assert not alive(escaped)
+    assert not pid_alive(escaped)
 
 
 def test_a_node_whose_task_script_ends_is_reported_terminated_until_terminate_cleans_it_up(
@@ -311,7 +306,7 @@ def test_shutdown_leaves_no_process_folder_or_address(
     head, workers = launch_cluster(backend, workers=2)
     records = [record(backend, node_id) for node_id in [head, *workers]]
     backend.shutdown()
-    assert not any(alive(r.pid) for r in records if r.pid is not None)
+    assert not any(pid_alive(r.pid) for r in records if r.pid is not None)
     assert not backend.folder.root.exists()
     assert not any(Path(r.tmp_dir).exists() for r in records)
     leases = backend.addresses.lease_dir
@@ -410,9 +405,9 @@ def test_commands_started_through_the_runner_belong_to_the_node(
     backend, head, runner = head_runner
     runner.run("nohup sleep 1000 >/dev/null 2>&1 & echo $! > ~/daemon.pid")
     daemon = int((backend.folder.home(head) / "daemon.pid").read_text())
-    assert alive(daemon)
+    assert pid_alive(daemon)
     backend.shutdown()
-    assert not alive(daemon)
+    assert not pid_alive(daemon)
 
 
 def test_commands_on_a_node_that_is_gone_fail(
@@ -471,9 +466,9 @@ def test_ray_stop_on_a_node_stops_that_nodes_ray_only(
         head_pids, worker_pids = pids(head), pids(worker)
         output = runner_for(backend, head).run("ray stop", with_output=True)
         assert b"Stopped 2 Ray processes" in output
-        assert not alive(head_pids["raylet"]) and not alive(head_pids["gcs"])
-        assert alive(head_pids["other"]), "`ray stop` stops Ray's processes, nothing else"
-        assert all(alive(pid) for pid in worker_pids.values()), "another node's Ray was stopped"
+        assert not pid_alive(head_pids["raylet"]) and not pid_alive(head_pids["gcs"])
+        assert pid_alive(head_pids["other"]), "`ray stop` stops Ray's processes, nothing else"
+        assert all(pid_alive(pid) for pid in worker_pids.values()), "another node's Ray was stopped"
         assert outsider.poll() is None, "a Ray process outside the cluster was stopped"
     finally:
         outsider.kill()
@@ -607,7 +602,7 @@ def test_node_process_stop_escalates_to_sigkill(tmp_path: Path) -> None:
     children = node.members()
     started = time.monotonic()
     node.stop(timeout=0.5)
-    assert not any(alive(pid) for pid in children)
+    assert not any(pid_alive(pid) for pid in children)
     assert time.monotonic() - started < 5.0
 
 

@@ -14,6 +14,7 @@ import pytest
 
 from raydog_backends.keyvalue import ValkeyTagStore
 from raydog_backends.keyvalue.store import PASSWORD_SECRET
+from raydog_backends.process_nodes.processes import pid_alive
 from raydog_core import state
 from raydog_core.interfaces import Endpoint
 from tests.servers import argv_of, free_port, valkey_server_binary, wait_for_port
@@ -69,13 +70,6 @@ def _parent(pid: int) -> int:
     return int(stat.rsplit(")", 1)[1].split()[1])
 
 
-def _alive(pid: int) -> bool:
-    try:
-        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
 @pytest.fixture
 def supervise(raydog_home: Path) -> Iterator[Callable[..., Supervised]]:
     started: list[Supervised] = []
@@ -118,7 +112,7 @@ def test_a_killed_server_is_restarted_with_every_tag(
         assert password not in " ".join(argv_of(pid))
         assert password not in (Path("/proc") / str(pid) / "environ").read_text()
     assert supervised.stop() == 0
-    assert not _alive(second), "the server outlived its supervisor's SIGTERM"
+    assert not pid_alive(second), "the server outlived its supervisor's SIGTERM"
     assert password not in supervised.log.read_text()
     assert "stopped" in supervised.log.read_text()
 

@@ -46,6 +46,7 @@ from yellowdog_client.model.exceptions import (
 )
 from yellowdog_client.platform_client import PlatformClient
 
+from raydog_backends.process_nodes.processes import pid_alive
 from raydog_backends.yellowdog import YellowDogComputeBackend
 from raydog_backends.yellowdog_emulator import Emulator, EmulatorClient, EmulatorConfig
 from raydog_backends.yellowdog_emulator.processes import SETUP_FINISHED_VARIABLE
@@ -416,17 +417,8 @@ def test_task_scripts_run_as_processes_with_their_environment(tmp_path: Path) ->
         pid = int(pid_file.read_text())
         os.kill(pid, 0)
         client.work_client.cancel_task_by_id(sleeper.id, True)  # type: ignore[arg-type]
-        wait_until(lambda: not _alive(pid), "the cancelled task's process to stop")
+        wait_until(lambda: not pid_alive(pid), "the cancelled task's process to stop")
         client.close()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    stat = Path(f"/proc/{pid}/stat")
-    return stat.exists() and stat.read_text().rsplit(")", 1)[-1].split()[0] != "Z"
 
 
 @pytest.mark.parametrize(

@@ -20,7 +20,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from raydog_backends.process_nodes.processes import NodeProcess, ancestors, read_stat
+from raydog_backends.process_nodes.processes import NodeProcess, ancestors, pid_alive
 from raydog_backends.process_nodes.shims import NODE_DIR_VARIABLE
 
 SHUTDOWN_GRACE_SECONDS = 5.0
@@ -54,7 +54,7 @@ def stop_ray(node_id: str, node: NodeProcess, force: bool, grace_period: float) 
         stopped += len(pids)
         _send(pids, signal.SIGKILL if force else signal.SIGTERM)
         deadline = time.monotonic() + grace_period / len(buckets)
-        while (alive := [p for p in pids if _alive(p)]) and time.monotonic() < deadline:
+        while (alive := [p for p in pids if pid_alive(p)]) and time.monotonic() < deadline:
             time.sleep(0.1)
         _send(alive, signal.SIGKILL)
     if stopped:
@@ -82,11 +82,6 @@ def _is_one_of(pid: int, processes: Sequence[Sequence[object]]) -> bool:
     return any(
         str(keyword) in (name if by_name else command_line) for keyword, by_name in processes
     )
-
-
-def _alive(pid: int) -> bool:
-    stat = read_stat(pid)
-    return stat is not None and stat.alive
 
 
 def _send(pids: Sequence[int], signum: int) -> None:

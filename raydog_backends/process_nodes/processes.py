@@ -62,6 +62,12 @@ def read_stat(pid: int) -> ProcessStat | None:
     )
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists and has not ended (a zombie has)."""
+    stat = read_stat(pid)
+    return stat is not None and stat.alive
+
+
 def all_pids() -> list[int]:
     return [int(name) for name in os.listdir("/proc") if name.isdigit()]
 
