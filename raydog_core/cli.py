@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import yaml
 
 from raydog_core import config as raydog_config
-from raydog_core import plugins, validation
+from raydog_core import plugins, starter, validation
 from raydog_core.errors import ConfigErrors, RayDogError
 from raydog_core.interfaces import Check, NodeState
 
@@ -59,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     init = commands.add_parser(
         "init", help="write a starter cluster config (and, for YellowDog, node setup and .env)"
     )
-    init.add_argument("--compute", choices=["yellowdog", "local"], default="yellowdog")
+    init.add_argument("--compute", choices=starter.COMPUTES, default=starter.COMPUTES[0])
     init.add_argument("folder", type=Path, nargs="?", default=Path("."))
 
     node_setup = commands.add_parser(
@@ -239,8 +239,6 @@ def node_setup_text(cluster: Mapping[str, object], node_type: str, with_key: boo
 
 
 def _init(compute: str, folder: Path) -> int:
-    from raydog_core import starter
-
     files = starter.planned_files(compute)
     starter.refuse_overwrites(folder, list(files))
     folder.mkdir(parents=True, exist_ok=True)
