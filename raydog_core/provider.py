@@ -77,7 +77,8 @@ class RayDogNodeProvider(NodeProvider):
         self._filled_reload = 0
         # _derived_tags(info) by the NodeInfo fields it reads; a handful of distinct values.
         self._derived: dict[tuple[bool, str, NodeState, str], Tags] = {}
-        # node_tags' answers: (the NodeInfo, the stored tags, the tags) they were made of.
+        # node_tags' answers: (the NodeInfo, the stored tags, the tags) they were made of. An
+        # ended node's goes with it (terminate_nodes, refresh), or they would pile up for good.
         self._composed: dict[str, tuple[NodeInfo | None, Mapping[str, str] | None, Tags]] = {}
         self.tags = TagCache(
             self.store, self._store_endpoint, read_timeout=self.raydog_config.tag_store_read_timeout
@@ -223,6 +224,7 @@ class RayDogNodeProvider(NodeProvider):
                 info = self._nodes.get(node_id)
                 if info is not None:
                     self._nodes[node_id] = _terminated(info, "terminated by Ray")
+                self._composed.pop(node_id, None)
         self.tags.delete(node_ids)
         return None
 
@@ -307,6 +309,8 @@ class RayDogNodeProvider(NodeProvider):
                     if previous[node_id].state is not NodeState.TERMINATED:
                         vanished.add(node_id)
                 gone = {node_id: _why_ended(described.get(node_id)) for node_id in vanished - kept}
+                for node_id in gone:
+                    self._composed.pop(node_id, None)
             if gone and reconcile:
                 self._reconcile(gone)
             if fresh and reconcile and self.tags.reloads != self._filled_reload:

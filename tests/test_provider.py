@@ -186,6 +186,25 @@ def test_terminating_workers_keeps_the_head(provider: RayDogNodeProvider) -> Non
     assert sorted(provider.non_terminated_nodes({})) == sorted([head, workers[2]])
 
 
+def test_an_autoscaler_that_runs_for_days_keeps_nothing_of_ended_nodes(
+    provider: RayDogNodeProvider,
+) -> None:
+    """node_tags' answers are kept per node between ticks: those of nodes Ray terminated, or the
+    backend lost, must go with them, or a long-lived head's memory grows with every worker."""
+    (head,) = provider.create_node({}, head_tags(), 1)
+    cluster = MemoryComputeBackend.cluster(provider.cluster_name)
+    for _ in range(3):
+        workers = list(provider.create_node({}, worker_tags(), 4))
+        for node_id in provider.non_terminated_nodes({}):
+            provider.node_tags(node_id)
+        provider.terminate_nodes(workers[:2])
+        cluster.lose(workers[2])
+        provider.terminate_nodes([n for n in provider.non_terminated_nodes({}) if n != head])
+        for node_id in provider.non_terminated_nodes({}):
+            provider.node_tags(node_id)
+    assert set(provider._composed) <= {head}
+
+
 def test_a_batch_with_the_head_shuts_the_cluster_down(provider: RayDogNodeProvider) -> None:
     (head,) = provider.create_node({}, head_tags(), 1)
     workers = list(provider.create_node({}, worker_tags(), 3))
