@@ -438,8 +438,15 @@ _unsent_at_exit: weakref.WeakSet[TagCache] = weakref.WeakSet()
 def _send_held_writes_at_exit() -> None:
     """`ray up` and `ray down` end soon after their last write: send it before the process goes."""
     for cache in list(_unsent_at_exit):
-        if cache.unsent():
-            cache.flush(CLOSE_TIMEOUT)
+        if cache.unsent() and not cache.flush(CLOSE_TIMEOUT):
+            logger.warning(
+                "RayDog: tag writes for %d node(s) could not reach the tag store of cluster %s "
+                "before this command ended; the head's autoscaler writes back what the compute "
+                "backend records of each node (kind, node type, launch config), but other tags "
+                "set by this command are lost",
+                cache.unsent(),
+                cache._store.cluster_name,
+            )
 
 
 def _checked(node_id: str, tags: Mapping[str, str]) -> Tags:

@@ -338,3 +338,19 @@ def test_a_store_with_load_all_only_works_and_is_refilled_when_it_comes_back_emp
     assert cache.flush(timeout=10)
     assert server_view(store) == {"a": {"x": "1"}, "b": {"y": "2"}}
     MemoryTagStore.forget(name)
+
+
+def test_writes_that_cannot_be_sent_before_exit_are_reported(
+    store: FlakyStore, caches: list[TagCache], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A command that ends while the store is away says what it could not send."""
+    from raydog_core.tag_cache import _send_held_writes_at_exit
+
+    cache = cache_of(caches, store)
+    store.up = False
+    cache.update({"node-1": {"a": "1"}, "node-2": {"b": "2"}})
+    with caplog.at_level("WARNING", logger="raydog_core.tag_cache"):
+        _send_held_writes_at_exit()
+    assert "tag writes for 2 node(s) could not reach the tag store" in caplog.text
+    assert store.cluster_name in caplog.text
+    store.up = True
