@@ -89,7 +89,7 @@ class YellowDogComputeBackend(ComputeBackend):
             api_url=api_url,
             api_max_attempts=api_max_attempts,
         )
-        self.api = Api(spec.cluster_name, api_url, api_max_attempts)
+        self.api = Api(spec.cluster_name, self.options.api_url, self.options.api_max_attempts)
         self.clusters = Clusters(
             self.api, self.options.names, self.options.namespace, list(spec.node_types)
         )
@@ -110,7 +110,7 @@ class YellowDogComputeBackend(ComputeBackend):
             self.pools,
             self.addresses,
             self.launcher,
-            node_recheck_seconds,
+            self.options.node_recheck_seconds,
         )
 
     # --- the ComputeBackend interface ----------------------------------------------------
