@@ -26,7 +26,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from raydog_core import clock, inline_secrets, names, node_setup, plugins, state, task_scripts
-from raydog_core.errors import ConfigError, ConfigErrors, Problems
+from raydog_core.errors import ConfigError, Problems, raise_together
 from raydog_core.interfaces import ClusterSpec, NodeTypeSpec, TagStore
 from raydog_core.tag_cache import DEFAULT_READ_TIMEOUT
 
@@ -138,10 +138,7 @@ class RayDogConfig:
 
     def check_files(self) -> None:
         """Before a launch: every file the node's scripts and settings name was read."""
-        if len(self.missing_files) == 1:
-            raise self.missing_files[0]
-        if self.missing_files:
-            raise ConfigErrors(self.missing_files)
+        raise_together(self.missing_files)
 
     def cluster_spec(self, store: TagStore | None) -> ClusterSpec:
         server = store.head_server_command() if store is not None else None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 
 
 class RayDogError(Exception):
@@ -61,10 +61,15 @@ class Problems:
             self.found.append(error)
 
     def raise_any(self) -> None:
-        if len(self.found) == 1:
-            raise self.found[0]
-        if self.found:
-            raise ConfigErrors(self.found)
+        raise_together(self.found)
+
+
+def raise_together(errors: Sequence[ConfigError]) -> None:
+    """Raise these errors: one as itself, several as ConfigErrors; none, nothing."""
+    if len(errors) == 1:
+        raise errors[0]
+    if errors:
+        raise ConfigErrors(errors)
 
 
 class UnreachableError(RayDogError):

@@ -24,7 +24,7 @@ from raydog_core.config import (
     mapping,
     shown,
 )
-from raydog_core.errors import ConfigError, ConfigErrors, Problems
+from raydog_core.errors import ConfigError, ConfigErrors, Problems, raise_together
 
 
 def load_file(path: Path) -> dict[str, Any]:
@@ -226,10 +226,7 @@ def _raise_unique(found: list[ConfigError]) -> None:
     unique: dict[str, ConfigError] = {}
     for error in flat:
         unique.setdefault(error.key_path, error)
-    if len(unique) == 1:
-        raise next(iter(unique.values()))
-    if unique:
-        raise ConfigErrors(unique.values())
+    raise_together(list(unique.values()))
 
 
 def notes(cluster_config: Mapping[str, Any]) -> list[str]:
