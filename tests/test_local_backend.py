@@ -35,6 +35,7 @@ from raydog_core.interfaces import (
     NodeTypeSpec,
 )
 from raydog_core.testing import ComputeBackendContract
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="the local backend runs on Linux only"
@@ -47,14 +48,6 @@ REPORT_ENV = (
     " > ~/env.json\n"
     "exec sleep infinity\n"
 )
-
-
-def wait_until(check: Callable[[], bool], what: str, seconds: float = 20.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def make_spec(head_script: str = SLEEP, worker_script: str = SLEEP) -> ClusterSpec:

@@ -39,6 +39,7 @@ from raydog_core.interfaces import ClusterSpec, ComputeBackend, LaunchRequest, N
 from raydog_core.testing import ComputeBackendContract
 
 pytest.register_assert_rewrite("tests.yellowdog_fixtures")
+from tests.waiting import wait_until  # noqa: E402
 from tests.yellowdog_fixtures import (  # noqa: E402
     KEY_ID,
     NAMESPACE,
@@ -51,7 +52,6 @@ from tests.yellowdog_fixtures import (  # noqa: E402
     node_config,
     running_emulator,
     sdk_client,
-    wait_until,
 )
 
 pytest_plugins = ["tests.yellowdog_fixtures"]

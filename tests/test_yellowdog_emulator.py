@@ -56,6 +56,7 @@ from raydog_core import plugins
 from tests.conftest import memory_cluster_config
 
 pytest.register_assert_rewrite("tests.yellowdog_fixtures")
+from tests.waiting import wait_until  # noqa: E402
 from tests.yellowdog_fixtures import (  # noqa: E402
     KEY_ID,
     SECRET,
@@ -63,7 +64,6 @@ from tests.yellowdog_fixtures import (  # noqa: E402
     make_spec,
     running_emulator,
     start_emulator_process,
-    wait_until,
 )
 
 pytest_plugins = ["tests.yellowdog_fixtures"]

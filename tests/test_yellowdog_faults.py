@@ -26,6 +26,7 @@ from raydog_core.errors import BackendError
 from raydog_core.interfaces import ClusterSpec, LaunchRequest
 
 pytest.register_assert_rewrite("tests.yellowdog_fixtures")
+from tests.waiting import wait_until  # noqa: E402
 from tests.yellowdog_fixtures import (  # noqa: E402
     NAMESPACE,
     SLEEP_SCRIPT,
@@ -33,7 +34,6 @@ from tests.yellowdog_fixtures import (  # noqa: E402
     make_backend,
     make_spec,
     node_config,
-    wait_until,
 )
 
 pytest_plugins = ["tests.yellowdog_fixtures"]

@@ -14,9 +14,8 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -135,18 +134,6 @@ def sdk_client(url: str) -> PlatformClient:
     """The real SDK, as a user would look at the platform: no retries; close it after."""
     schema = ServicesSchema(defaultUrl=url, retry=RetryProperties(maxAttempts=0))
     return PlatformClient.create(schema, ApiKey(KEY_ID, SECRET))
-
-
-def wait_until(check: Callable[[], T], what: str, timeout: float = 30.0) -> T:
-    """Poll ``check`` until it returns something true; fail the test after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
 
 
 def cluster_leaks(client: EmulatorClient, cluster_slug: str) -> list[str]:

@@ -31,6 +31,7 @@ from ray.autoscaler.tags import TAG_RAY_LAUNCH_CONFIG
 from raydog_backends.keyvalue import ValkeyTagStore
 from raydog_backends.local.testing import LocalCluster
 from raydog_core.interfaces import Endpoint, NodeInfo, NodeState
+from tests.waiting import wait_until
 
 pytestmark = [
     pytest.mark.e2e,
@@ -100,13 +101,6 @@ def accepts(port: int, host: str = "127.0.0.1") -> bool:
         return True
     except OSError:
         return False
-
-
-def wait_until(check: Callable[[], bool], what: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"timed out after {timeout:.0f} s waiting for {what}"
-        time.sleep(0.2)
 
 
 @pytest.fixture
