@@ -191,3 +191,12 @@ def ran_on(job_output: str) -> dict[str, Any]:
     (line,) = [line for line in job_output.splitlines() if line.startswith("RAN_ON ")]
     result: dict[str, Any] = json.loads(line.removeprefix("RAN_ON "))
     return result
+
+
+def check_tasks_ran_on_workers(result: LifecycleResult) -> None:
+    """The job ran on the head and each of its 2-CPU tasks on a worker the autoscaler launched."""
+    ran = ran_on(result.job)
+    worker_ips = {info.internal_ip for info in result.workers_during_job.values()}
+    assert ran["head"] == result.head.internal_ip
+    assert len(ran["tasks"]) == 3
+    assert set(ran["tasks"]) <= worker_ips, "a 2-CPU task ran somewhere other than a worker"

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import pytest
 
 from raydog_backends.local.testing import LocalCluster
-from raydog_core.testing.lifecycle import LifecycleResult, ran_on, run_lifecycle
+from raydog_core.testing.lifecycle import LifecycleResult, check_tasks_ran_on_workers, run_lifecycle
 
 pytestmark = [
     pytest.mark.e2e,
@@ -55,11 +55,7 @@ def test_ray_get_head_ip_prints_the_heads_address(lifecycle: LifecycleResult) ->
 
 
 def test_a_job_needing_more_cpus_than_the_head_gets_workers(lifecycle: LifecycleResult) -> None:
-    result = ran_on(lifecycle.job)
-    worker_ips = {info.internal_ip for info in lifecycle.workers_during_job.values()}
-    assert result["head"] == lifecycle.head.internal_ip
-    assert len(result["tasks"]) == 3
-    assert set(result["tasks"]) <= worker_ips, "a 2-CPU task ran somewhere other than a worker"
+    check_tasks_ran_on_workers(lifecycle)
     assert "FIRST_WORKER_JOINED" in lifecycle.job
 
 
