@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from raydog_core.errors import ConfigError
+from raydog_core.errors import ConfigError, Problems
 
 MAX_LENGTH = 100
 _SAFE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -33,14 +33,12 @@ def check(key_path: str, name: object) -> str:
 
 def problems(cluster_name: object, node_types: Iterable[object]) -> list[ConfigError]:
     """What is wrong with the cluster's name and each node type's name."""
-    found = []
+    found = Problems()
     named = [("cluster_name", cluster_name)]
     for node_type in node_types:
         shown = str(node_type).encode("unicode_escape").decode()
         named.append((f"available_node_types.{shown}", node_type))
     for key_path, name in named:
-        try:
+        with found.collect():
             check(key_path, name)
-        except ConfigError as error:
-            found.append(error)
-    return found
+    return found.found
