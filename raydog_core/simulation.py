@@ -402,6 +402,8 @@ def _memory_config(
             if isinstance(entry, dict):
                 entry["node_config"] = {}
     config["file_mounts"] = {}
+    # No command reaches a simulated node, so neither a real SSH user nor key is needed.
+    config["auth"] = {"ssh_user": "simulation"}
     if "max_workers" not in config:
         raise ConfigError("max_workers", f"missing: `{raydog_config.RAY_REQUIRED['max_workers']}`")
     # Ray's setup commands never run in a simulation.

@@ -201,6 +201,15 @@ def test_init_local_writes_one_config_that_validates(tmp_path: Path) -> None:
     assert valid.returncode == 0, valid.stderr
 
 
+@pytest.mark.parametrize("compute", ["local", "yellowdog"])
+def test_a_starter_config_simulates_as_written(tmp_path: Path, compute: str) -> None:
+    """A new user's next step after `raydog init`: what would the cluster do?"""
+    assert raydog("init", "--compute", compute, str(tmp_path / "c")).returncode == 0
+    result = raydog("simulate", "cluster.yaml", "--demand", "8 CPU for 5m", cwd=tmp_path / "c")
+    assert result.returncode == 0, result.stderr
+    assert "workers per node type (simulated minutes)" in result.stdout
+
+
 def test_init_never_overwrites(tmp_path: Path) -> None:
     (tmp_path / "node-setup-head.sh").write_text("mine\n")
     result = raydog("init", str(tmp_path))
