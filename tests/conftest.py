@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-pytest_plugins = ["pytester"]
+# The YellowDog fixtures load as a plugin, so their assertions are rewritten too.
+pytest_plugins = ["pytester", "tests.yellowdog_fixtures"]
 
 
 @pytest.fixture(autouse=True)

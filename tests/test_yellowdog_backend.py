@@ -37,10 +37,8 @@ from raydog_core import state
 from raydog_core.errors import BackendError, ConfigError
 from raydog_core.interfaces import ClusterSpec, ComputeBackend, LaunchRequest, NodeInfo, NodeState
 from raydog_core.testing import ComputeBackendContract
-
-pytest.register_assert_rewrite("tests.yellowdog_fixtures")
-from tests.waiting import wait_until  # noqa: E402
-from tests.yellowdog_fixtures import (  # noqa: E402
+from tests.waiting import wait_until
+from tests.yellowdog_fixtures import (
     KEY_ID,
     NAMESPACE,
     SECRET,
@@ -53,8 +51,6 @@ from tests.yellowdog_fixtures import (  # noqa: E402
     running_emulator,
     sdk_client,
 )
-
-pytest_plugins = ["tests.yellowdog_fixtures"]
 
 HEAD = LaunchRequest("head", 1, True)
 FINISHED_TASK = {"COMPLETED", "FAILED", "CANCELLED", "ABORTED", "DISCARDED"}

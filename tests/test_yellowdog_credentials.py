@@ -11,11 +11,7 @@ from raydog_backends.yellowdog import credentials
 from raydog_backends.yellowdog.credentials import SECRET_FILE, load
 from raydog_core import state
 from raydog_core.errors import BackendError
-
-pytest.register_assert_rewrite("tests.yellowdog_fixtures")
-from tests.yellowdog_fixtures import KEY_ID, SECRET, make_backend, make_spec  # noqa: E402
-
-pytest_plugins = ["tests.yellowdog_fixtures"]
+from tests.yellowdog_fixtures import KEY_ID, SECRET, make_backend, make_spec
 
 KEY = {"YD_API_KEY_ID": "key-id", "YD_API_KEY_SECRET": "the-secret-value"}
 

@@ -54,10 +54,8 @@ from raydog_backends.yellowdog_emulator.runner import EmulatedTaskRunner
 from raydog_core import config as raydog_config
 from raydog_core import plugins
 from tests.conftest import memory_cluster_config
-
-pytest.register_assert_rewrite("tests.yellowdog_fixtures")
-from tests.waiting import wait_until  # noqa: E402
-from tests.yellowdog_fixtures import (  # noqa: E402
+from tests.waiting import wait_until
+from tests.yellowdog_fixtures import (
     KEY_ID,
     SECRET,
     TEMPLATE,
@@ -65,8 +63,6 @@ from tests.yellowdog_fixtures import (  # noqa: E402
     running_emulator,
     start_emulator_process,
 )
-
-pytest_plugins = ["tests.yellowdog_fixtures"]
 
 NAMESPACE = "emulator-test"
 

@@ -24,10 +24,8 @@ from raydog_backends.yellowdog.names import slug
 from raydog_backends.yellowdog_emulator import Emulator, EmulatorClient
 from raydog_core.errors import BackendError
 from raydog_core.interfaces import ClusterSpec, LaunchRequest
-
-pytest.register_assert_rewrite("tests.yellowdog_fixtures")
-from tests.waiting import wait_until  # noqa: E402
-from tests.yellowdog_fixtures import (  # noqa: E402
+from tests.waiting import wait_until
+from tests.yellowdog_fixtures import (
     NAMESPACE,
     SLEEP_SCRIPT,
     cluster_leaks,
@@ -35,8 +33,6 @@ from tests.yellowdog_fixtures import (  # noqa: E402
     make_spec,
     node_config,
 )
-
-pytest_plugins = ["tests.yellowdog_fixtures"]
 
 HEAD = LaunchRequest("head", 1, True)
 Phase = Callable[[ClusterSpec, list[str]], None]
