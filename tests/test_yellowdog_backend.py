@@ -143,6 +143,8 @@ def test_node_config_errors_name_the_full_key_path(
     [
         ({"cluster_namespace": "Not Valid"}, "cluster_namespace"),
         ({"cluster_tag": "-tag"}, "cluster_tag"),
+        ({"cluster_namespace": "name\n"}, "cluster_namespace"),
+        ({"cluster_tag": "demo\n"}, "cluster_tag"),
         ({"cluster_lifetime_hours": 0}, "cluster_lifetime_hours"),
         ({"head_node_build_timeout_minutes": -1}, "head_node_build_timeout_minutes"),
         ({"idle_node_shutdown_minutes": 0}, "idle_node_shutdown_minutes"),

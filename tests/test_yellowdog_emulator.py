@@ -175,6 +175,8 @@ def test_a_task_group_is_added_by_updating_the_work_requirement(client: Platform
 def test_names_follow_yellowdog_rules(client: PlatformClient) -> None:
     with pytest.raises(InvalidRequestException, match="invalid"):
         client.work_client.add_work_requirement(requirement("Upper_Case"))
+    with pytest.raises(InvalidRequestException, match="invalid"):
+        client.work_client.add_work_requirement(requirement("trailing-newline\n"))
     client.work_client.add_work_requirement(requirement("taken"))
     with pytest.raises(InvalidRequestException, match="already exists"):
         client.work_client.add_work_requirement(requirement("taken"))

@@ -34,9 +34,10 @@ MAX_LENGTH = 60
 STAMP_LENGTH = 7
 SEPARATOR = "_"
 _DIGITS = "0123456789abcdefghijklmnopqrstuvwxyz"
-_NAME = re.compile(r"^[a-z]([a-z0-9_-]*[a-z0-9])?$")
-_SLUG = re.compile(r"^[a-z]([a-z0-9-]*[a-z0-9])?$")
-_STAMP = re.compile(rf"^[0-9a-z]{{{STAMP_LENGTH}}}$")
+# Used with fullmatch only: ``$`` would also match before a trailing newline.
+_NAME = re.compile(r"[a-z]([a-z0-9_-]*[a-z0-9])?")
+_SLUG = re.compile(r"[a-z]([a-z0-9-]*[a-z0-9])?")
+_STAMP = re.compile(rf"[0-9a-z]{{{STAMP_LENGTH}}}")
 _TO_HYPHEN = re.compile(r"[._/\s]")
 RULE = (
     "lower-case letters, digits, '-' and '_', starting with a letter, ending with a letter or digit"
@@ -45,13 +46,13 @@ RULE = (
 
 def is_valid_name(name: str) -> bool:
     """Whether YellowDog accepts ``name`` as the name of a namespace, tag or object."""
-    return len(name) <= MAX_LENGTH and _NAME.match(name) is not None
+    return len(name) <= MAX_LENGTH and _NAME.fullmatch(name) is not None
 
 
 def slug(text: str) -> str | None:
     """``text`` as a name part (``Ray.Head_1`` -> ``ray-head-1``), or None if it cannot be one."""
     mapped = _TO_HYPHEN.sub("-", text.lower())
-    return mapped if _SLUG.match(mapped) else None
+    return mapped if _SLUG.fullmatch(mapped) else None
 
 
 def launch_id() -> str:
@@ -122,7 +123,7 @@ class ClusterNames:
     def generation_of(self, work_requirement_name: str | None) -> str | None:
         """The generation of one of this cluster's work requirements; None for other names."""
         parts = (work_requirement_name or "").split(SEPARATOR)
-        if len(parts) == 2 and parts[0] == self.cluster and _STAMP.match(parts[1]):
+        if len(parts) == 2 and parts[0] == self.cluster and _STAMP.fullmatch(parts[1]):
             return parts[1]
         return None
 
@@ -138,7 +139,7 @@ class ClusterNames:
         if len(parts) != 4 or parts[0] != self.cluster:
             return None
         _, generation, type_slug, pool_stamp = parts
-        if not (_STAMP.match(generation) and _STAMP.match(pool_stamp)):
+        if not (_STAMP.fullmatch(generation) and _STAMP.fullmatch(pool_stamp)):
             return None
         for node_type, mapped in self.node_types.items():
             if mapped == type_slug:
@@ -154,6 +155,6 @@ class ClusterNames:
     def launch_of(self, task_name: str | None) -> str | None:
         """The launch that named one of this cluster's tasks; None for other names."""
         parts = (task_name or "").split(SEPARATOR)
-        if len(parts) == 4 and parts[0] == self.cluster and _STAMP.match(parts[2]):
+        if len(parts) == 4 and parts[0] == self.cluster and _STAMP.fullmatch(parts[2]):
             return parts[2]
         return None

@@ -37,7 +37,7 @@ T = TypeVar("T")
 Query = Mapping[str, list[str]]
 
 ACCOUNT = "e0000d"
-NAME_RULE = re.compile(r"^[a-z]([a-z0-9_-]*[a-z0-9])?$")
+NAME_RULE = re.compile(r"[a-z]([a-z0-9_-]*[a-z0-9])?")
 MAX_NAME = 60
 MAX_SLICE = 1000
 MAX_NODES_PER_POOL = 10_000
@@ -274,7 +274,7 @@ def new_id(kind: str) -> str:
 
 
 def check_name(what: str, name: str | None) -> str:
-    if not name or len(name) > MAX_NAME or not NAME_RULE.match(name):
+    if not name or len(name) > MAX_NAME or not NAME_RULE.fullmatch(name):
         raise ApiError(
             400,
             f"{what} {name!r} is invalid: use lower-case letters, digits, '-' and '_', start "
