@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -11,11 +12,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import valkey
 
 from raydog_backends.keyvalue import ValkeyTagStore
 from raydog_backends.keyvalue.store import PASSWORD_SECRET
 from raydog_backends.process_nodes.processes import pid_alive
 from raydog_core import state
+from raydog_core.errors import UnreachableError
 from raydog_core.interfaces import Endpoint
 from tests.servers import argv_of, free_port, valkey_server_binary, wait_for_port
 
@@ -154,3 +157,72 @@ def test_the_outage_warning_counts_the_writes_it_holds(
         assert "held in memory (3 node(s))" in caplog.text
     finally:
         cache.close(timeout=1)
+
+
+def _new_password(cluster: str) -> str:
+    """What a `ray up` from another machine does: a new password file for the same cluster."""
+    password = secrets.token_urlsafe(32)
+    state.write_secret(cluster, PASSWORD_SECRET, password)
+    return password
+
+
+def _tags_with_the_file_password(cluster: str, port: int) -> dict[str, dict[str, str]]:
+    """What a client that reads the password file now (as every client does) finds."""
+    deadline = time.monotonic() + 30
+    while True:
+        store = ValkeyTagStore(cluster, port=port, connect_timeout=1, command_timeout=5)
+        try:
+            store.connect(Endpoint("127.0.0.1", port))
+            return store.load_all()
+        except UnreachableError:
+            assert time.monotonic() < deadline, "the server never took the file's password"
+            time.sleep(0.2)
+        finally:
+            store.close()
+
+
+@pytest.mark.servers
+def test_a_server_killed_after_the_password_file_changed_comes_back_with_the_new_password(
+    supervise: Callable[..., Supervised],
+) -> None:
+    state.cluster_secret("rekeyed", PASSWORD_SECRET)
+    port = free_port()
+    supervised = supervise(
+        "rekeyed", port, "--appendonly", "--server-binary", valkey_server_binary()
+    )
+    wait_for_port(port, timeout=30)
+    store = ValkeyTagStore("rekeyed", port=port)
+    store.connect(Endpoint("127.0.0.1", port))
+    store.update({"head": {"ray-launch-config": "hash"}})
+    store.close()
+
+    first = supervised.server_pid()
+    password = _new_password("rekeyed")
+    os.kill(first, signal.SIGKILL)
+    assert _tags_with_the_file_password("rekeyed", port) == {"head": {"ray-launch-config": "hash"}}
+    assert password not in supervised.log.read_text()
+
+
+@pytest.mark.servers
+def test_a_new_password_file_moves_the_running_server_to_it(
+    supervise: Callable[..., Supervised],
+) -> None:
+    """A `ray up` that uploads a new password never locks the cluster's tags away."""
+    state.cluster_secret("moved", PASSWORD_SECRET)
+    port = free_port()
+    supervised = supervise("moved", port, "--appendonly", "--server-binary", valkey_server_binary())
+    wait_for_port(port, timeout=30)
+    store = ValkeyTagStore("moved", port=port)
+    store.connect(Endpoint("127.0.0.1", port))
+    store.update({"head": {"ray-launch-config": "hash"}})
+    store.close()
+
+    password = _new_password("moved")
+    assert _tags_with_the_file_password("moved", port) == {"head": {"ray-launch-config": "hash"}}
+    assert "the password file changed: restarting" in supervised.log.read_text()
+
+    state.write_secret("moved", PASSWORD_SECRET, "not a password")
+    supervised.wait_for_log("has characters or a length")
+    client = valkey.Valkey(host="127.0.0.1", port=port, password=password, socket_timeout=5)
+    assert client.ping()  # a bad file is refused: the server keeps the last good password
+    client.close()

@@ -11,6 +11,10 @@ password reaches the server as configuration on its standard input: never on a c
 the environment or in a log. Data (the append-only file) stays in the cluster's folder on the
 head, so a restarted server comes back with every tag. SIGTERM or SIGINT stops the server, then
 the supervisor.
+
+The password is the file's content at each start of the server, and a change of the file (a
+``ray up`` from another machine uploads a new one) restarts the server with it at once, so the
+server and the file that every client reads never disagree for more than a second.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from raydog_backends.keyvalue.store import DEFAULT_PORT, PASSWORD_SECRET
@@ -39,6 +43,8 @@ DEFAULT_WAIT_SECONDS = 1800.0
 PROGRESS_EVERY_SECONDS = 30.0
 RESTART_DELAYS = (0.0, 1.0, 2.0, 5.0, 10.0, 30.0)
 """Seconds before each successive restart of a server that keeps dying at once."""
+PASSWORD_POLL_SECONDS = 1.0
+"""How often the password file is checked for a new password while the server runs."""
 STABLE_SECONDS = 10.0
 """A server that ran this long before it ended was serving (not failing at start): it is
 restarted at once."""
@@ -55,12 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     password = wait_for_password(args.cluster, args.wait_seconds, PROGRESS_EVERY_SECONDS)
     if password is None:
         return 1
-    if not _PLAIN_PASSWORD.fullmatch(password):
-        logger.error(
-            "the password in %s has characters or a length a generated one does not; "
-            "delete the file on the client and run ray up again",
-            state.secret_path(args.cluster, PASSWORD_SECRET),
-        )
+    if not _plain(args.cluster, password):
         return 1
     binary = find_server_binary(args.server_binary)
     if binary is None and args.server_binary:
@@ -75,7 +76,10 @@ def main(argv: list[str] | None = None) -> int:
     data_dir = state.cluster_dir(args.cluster) / "tag-store"
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     addresses = listen_addresses(os.environ.get("RAYDOG_NODE_IP"))
-    config = server_config(args.port, password, data_dir, args.appendonly, addresses)
+
+    def config(password: str) -> str:
+        return server_config(args.port, password, data_dir, args.appendonly, addresses)
+
     logger.info(
         "starting %s on %s port %d (data in %s, appendonly %s)",
         binary,
@@ -84,7 +88,40 @@ def main(argv: list[str] | None = None) -> int:
         data_dir,
         "yes" if args.appendonly else "no",
     )
-    return Supervisor(binary, config).run()
+    return Supervisor(binary, config, PasswordFile(args.cluster, password)).run()
+
+
+def _plain(cluster: str, password: str) -> bool:
+    """Whether ``password`` is one RayDog could have generated (else one error line)."""
+    if _PLAIN_PASSWORD.fullmatch(password):
+        return True
+    logger.error(
+        "the password in %s has characters or a length a generated one does not; "
+        "delete the file on the client and run ray up again",
+        state.secret_path(cluster, PASSWORD_SECRET),
+    )
+    return False
+
+
+class PasswordFile:
+    """The cluster's password file as the server must use it: its content now, or the last
+    good one while the file is missing or not a password RayDog could have written."""
+
+    def __init__(self, cluster: str, password: str) -> None:
+        self.cluster = cluster
+        self.current = password
+        self._refused: str | None = None
+
+    def changed(self) -> bool:
+        """Whether the file now holds another good password (which becomes ``current``)."""
+        found = state.read_secret(self.cluster, PASSWORD_SECRET)
+        if not found or found == self.current or found == self._refused:
+            return False
+        if not _plain(self.cluster, found):
+            self._refused = found  # one error line per bad content, not one a second
+            return False
+        self.current = found
+        return True
 
 
 def wait_for_password(cluster: str, wait_seconds: float, progress_every: float) -> str | None:
@@ -171,11 +208,13 @@ def _quoted(value: str) -> str:
 
 
 class Supervisor:
-    """Runs the server and starts it again whenever it ends, until told to stop."""
+    """Runs the server and starts it again whenever it ends, until told to stop; restarts it
+    at once with the new password when the password file changes."""
 
-    def __init__(self, binary: str, config: str) -> None:
+    def __init__(self, binary: str, config: Callable[[str], str], password: PasswordFile) -> None:
         self.binary = binary
         self.config = config
+        self.password = password
         self.restarts = 0
         self._stopping = threading.Event()
         self._server: subprocess.Popen[bytes] | None = None
@@ -192,7 +231,11 @@ class Supervisor:
             except OSError as exc:
                 what = f"{Path(self.binary).name} could not be started ({exc})"
             else:
-                what = f"{Path(self.binary).name} (pid {server.pid}) {_ended(server.wait())}"
+                code = self._serve(server)
+                if code is None:
+                    failures = 0
+                    continue
+                what = f"{Path(self.binary).name} (pid {server.pid}) {_ended(code)}"
             if self._stopping.is_set():
                 break
             ran = time.monotonic() - started
@@ -204,15 +247,34 @@ class Supervisor:
         logger.info("stopped")
         return 0
 
+    def _serve(self, server: subprocess.Popen[bytes]) -> int | None:
+        """Wait for the server to end (its exit code), watching the password file meanwhile:
+        None when it was stopped to take a new password."""
+        while True:
+            try:
+                return server.wait(PASSWORD_POLL_SECONDS)
+            except subprocess.TimeoutExpired:
+                pass
+            if not self._stopping.is_set() and self.password.changed():
+                logger.info(
+                    "the password file changed: restarting %s (pid %d) with it",
+                    Path(self.binary).name,
+                    server.pid,
+                )
+                server.terminate()
+                server.wait()
+                return None
+
     def _start(self) -> subprocess.Popen[bytes]:
         """The server, reading its configuration from a pipe on its standard input."""
         for handler in logging.getLogger().handlers:
             handler.flush()
+        self.password.changed()
         server = subprocess.Popen([self.binary, "-"], stdin=subprocess.PIPE)
         assert server.stdin is not None
         # A server that ends before reading it closes the pipe; its exit code says the rest.
         with contextlib.suppress(BrokenPipeError):
-            server.stdin.write(self.config.encode())
+            server.stdin.write(self.config(self.password.current).encode())
         with contextlib.suppress(BrokenPipeError):
             server.stdin.close()
         self._server = server
