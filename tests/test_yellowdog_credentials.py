@@ -98,3 +98,31 @@ def test_doctor_says_which_source_and_never_the_secret(yd_env: str) -> None:
     detail = checks["yellowdog credentials"].detail
     assert detail == f"key {KEY_ID} from the environment"
     assert all(SECRET not in check.detail + check.fix for check in checks.values())
+
+
+TRICKY = [
+    "a#b c #comment",
+    "'single' and \"double\" quotes",
+    "dollar $HOME and ${HOME} and $(id)",
+    "back\\slash\\n",
+    "ünïcødé ✓",
+    "trailing space ",
+    " leading space",
+    "key=value; export X=1",
+]
+
+
+@pytest.mark.parametrize("secret", TRICKY)
+def test_the_saved_set_comes_back_byte_for_byte_on_the_head(workdir: Path, secret: str) -> None:
+    """The head reads what the client saved: a secret changed on the way is a wrong key."""
+    key_id = f"id {secret}"
+    load("c1", {"YD_API_KEY_ID": key_id, "YD_API_KEY_SECRET": secret}, None)
+    on_head = load("c1", {}, None)
+    assert (on_head.key_id, on_head.secret) == (key_id, secret)
+    assert on_head.source == str(state.secret_path("c1", SECRET_FILE))
+
+
+def test_an_unreadable_saved_set_is_replaced_by_the_next_one_found(workdir: Path) -> None:
+    state.write_secret("c1", SECRET_FILE, "YD_API_KEY_ID=old\n")
+    assert load("c1", KEY, None).key_id == "key-id"
+    assert load("c1", {}, None).secret == "the-secret-value"

@@ -9,14 +9,15 @@ URL always comes from the same source as the key (or from the backend's ``api_ur
 the default). The URL must be ``https://``; ``http://`` only for a loopback address (the
 emulator). The set found on the client is kept 0600 in the cluster's private folder, which the
 core uploads to the head over SSH with the bootstrap config; the head's autoscaler, whose
-environment lacks them, reads them from there. They never travel through YellowDog itself: not
-in a task's environment, data or userdata.
+environment lacks them, reads them from there. That copy is JSON, written and read by RayDog
+alone, so every value (a ``#``, quotes, ``$``, a trailing space) comes back byte for byte. They
+never travel through YellowDog itself: not in a task's environment, data or userdata.
 """
 
 from __future__ import annotations
 
-import io
 import ipaddress
+import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -35,7 +36,7 @@ KEY_SECRET = "YD_API_KEY_SECRET"
 API_URL = "YD_API_URL"
 VARIABLES = (KEY_ID, KEY_SECRET, API_URL)
 DEFAULT_URL = "https://api.yellowdog.ai"
-SECRET_FILE = "yellowdog.env"
+SECRET_FILE = "yellowdog.json"
 DOTENV = ".env"
 
 
@@ -47,8 +48,10 @@ class Credentials:
     source: str
     """Where they were found, for ``raydog doctor`` and log lines (never the values)."""
 
-    def as_dotenv(self) -> str:
-        return f"{KEY_ID}={self.key_id}\n{KEY_SECRET}={self.secret}\n{API_URL}={self.url}\n"
+    def saved_form(self) -> str:
+        """What the cluster's folder keeps: JSON, not a dotenv line, whose quoting rules would
+        change a value with ``#``, quotes, ``${...}`` or a trailing space on its way back."""
+        return json.dumps({KEY_ID: self.key_id, KEY_SECRET: self.secret, API_URL: self.url})
 
 
 def load(cluster_name: str, environ: Mapping[str, str], api_url: str | None) -> Credentials:
@@ -63,7 +66,8 @@ def load(cluster_name: str, environ: Mapping[str, str], api_url: str | None) -> 
         sources.append((str(dotenv), dotenv_values(dotenv)))
     saved = state.read_secret(cluster_name, SECRET_FILE)
     if saved:
-        sources.append((str(state.secret_path(cluster_name, SECRET_FILE)), _parse(saved)))
+        saved_path = str(state.secret_path(cluster_name, SECRET_FILE))
+        sources.append((saved_path, _parse_saved(saved, saved_path)))
     for source, values in sources:
         present = [name for name in VARIABLES if values.get(name)]
         if not present:
@@ -81,8 +85,8 @@ def load(cluster_name: str, environ: Mapping[str, str], api_url: str | None) -> 
             url, url_source = values.get(API_URL) or DEFAULT_URL, source
         check_url(url, url_source)
         found = Credentials(key_id, secret, url, source)
-        if saved != found.as_dotenv():
-            state.write_secret(cluster_name, SECRET_FILE, found.as_dotenv())
+        if saved != found.saved_form():
+            state.write_secret(cluster_name, SECRET_FILE, found.saved_form())
         logger.debug("YellowDog API key %s from %s, API at %s", key_id, source, url)
         return found
     raise _error(
@@ -120,5 +124,13 @@ def _error(reason: str) -> BackendError:
     return BackendError("connect to", "the YellowDog API", reason)
 
 
-def _parse(text: str) -> dict[str, str | None]:
-    return dotenv_values(stream=io.StringIO(text))
+def _parse_saved(text: str, path: str) -> dict[str, str]:
+    """The saved set; an unreadable file counts as none (the next set found replaces it)."""
+    try:
+        values = json.loads(text)
+    except ValueError:
+        values = None
+    if not isinstance(values, dict) or not all(isinstance(v, str) for v in values.values()):
+        logger.warning("%s is not a set of credentials RayDog saved: ignored", path)
+        return {}
+    return values
