@@ -9,6 +9,11 @@ own wheel (``head_packages``), so Ray's launcher needs no edit and no PYTHONPATH
 On some platforms (YellowDog) a node's agent starts taking tasks before the setup has finished,
 so the setup ends by writing a marker file, and the core puts a wait for that marker in front
 of every task script it hands a backend whose nodes run this setup (``runs_node_setup``).
+
+The setup runs as root at boot, perhaps without ``HOME``; the node's tasks and ``ray up``'s SSH
+commands run as another user (YellowDog's ``yd-agent``). So everything they run lives under
+``/opt/raydog``, readable by every user, and uv keeps its Pythons and cache there too: by
+default uv would put the Python it downloads in root's home, which other users cannot enter.
 """
 
 from __future__ import annotations
@@ -29,12 +34,16 @@ from raydog_core.errors import ConfigError
 if TYPE_CHECKING:
     from raydog_core.config import PluginChoice, RayDogConfig
 
-VENV = "/opt/raydog/venv"
+ROOT = "/opt/raydog"
+VENV = f"{ROOT}/venv"
+PYTHONS = f"{ROOT}/python"
+"""uv's ``UV_PYTHON_INSTALL_DIR`` on a node: the Python it downloads, which the venv links to."""
+UV_CACHE = f"{ROOT}/uv-cache"
 PROFILE = "/etc/profile.d/raydog.sh"
 """The node setup's environment (the venv first on the PATH); tasks source it after the wait."""
 INSTALLED = f"{VENV}/raydog-installed"
 """Written on the head once ``ray up`` has installed the client's raydog there (wheels)."""
-SETUP_FINISHED = "/opt/raydog/setup-finished"
+SETUP_FINISHED = f"{ROOT}/setup-finished"
 """The marker the node setup writes last (atomically); tasks wait for it."""
 SETUP_FINISHED_ENV = "RAYDOG_SETUP_FINISHED"
 """Moves the marker, for machines that run several nodes (an emulator); unset on real nodes."""
@@ -222,7 +231,9 @@ def common_setup(
     config: RayDogConfig, node_type: str, versions: Versions, user: str | None = None
 ) -> str:
     """Bash that installs uv, the client's Python and Ray into ``/opt/raydog/venv``, with what
-    raydog needs on the head."""
+    raydog needs on the head. It runs as root (perhaps without ``HOME``) and leaves everything
+    the node's tasks and ``ray up`` run, as ``user``, readable by them (module docstring); the
+    SSH key goes in first, so ``ray up`` can connect while the installs run."""
     if node_type not in config.node_types:
         raise ConfigError("--node-type", f"no node type {node_type!r}", config.node_types)
     is_head = node_type == config.head_node_type
@@ -252,6 +263,29 @@ def common_setup(
         "set -euo pipefail",
         "",
         end_marker(f"{versions}"),
+        f"# This runs as root at boot, perhaps without HOME; the node's tasks and `ray up` run as"
+        f"\n# {account}: what they run lives in {ROOT}, readable by every user, and so do uv's"
+        "\n# Pythons and cache (by default in root's home, which other users cannot enter).",
+        "umask 022",
+        f"export UV_PYTHON_INSTALL_DIR={PYTHONS} UV_CACHE_DIR={UV_CACHE} UV_NO_MODIFY_PATH=1",
+    ]
+    if key:
+        lines += [
+            "",
+            "# SSH access for Ray's CLI (ray up, ray exec), first: `ray up` may connect long before"
+            "\n# the installs below end (it then waits for this setup). The key of"
+            " auth.ssh_private_key.",
+            f"RAYDOG_USER={shlex.quote(account)}",
+            'RAYDOG_HOME_DIR=$(getent passwd "$RAYDOG_USER" | cut -d: -f6) || {',
+            '  echo "RayDog: no user $RAYDOG_USER on this node (auth.ssh_user)" >&2; exit 1; }',
+            'install -d -m 700 -o "$RAYDOG_USER" "$RAYDOG_HOME_DIR/.ssh"',
+            f'grep -qxF {shlex.quote(key)} "$RAYDOG_HOME_DIR/.ssh/authorized_keys" 2>/dev/null'
+            f' || echo {shlex.quote(key)} >> "$RAYDOG_HOME_DIR/.ssh/authorized_keys"',
+            'chown "$RAYDOG_USER" "$RAYDOG_HOME_DIR/.ssh/authorized_keys"',
+            'chmod 600 "$RAYDOG_HOME_DIR/.ssh/authorized_keys"',
+        ]
+    lines += [
+        "",
         "# uv, which installs Python and the packages below",
         "if ! command -v uv >/dev/null; then",
         "  curl -LsSf https://astral.sh/uv/install.sh | env UV_INSTALL_DIR=/usr/local/bin sh",
@@ -260,6 +294,8 @@ def common_setup(
         what + ".\n# Ray needs the same versions of Python and Ray on the client and every node.",
         f"uv venv {'--seed ' if is_head else ''}--python {versions.python} {VENV}",
         f"uv pip install --python {VENV}/bin/python {' '.join(map(shlex.quote, packages))}",
+        "# Every user runs this Python (uv may have used the image's own instead)",
+        f"if [ -d {PYTHONS} ]; then chmod -R a+rX {PYTHONS}; fi",
         f"ln -sf {VENV}/bin/ray {f'{VENV}/bin/raydog ' if is_head else ''}/usr/local/bin/",
         f"echo 'export PATH={VENV}/bin:$PATH' > {PROFILE}",
         f". {PROFILE}  # the rest of this setup, and what a backend appends to it, use them too",
@@ -268,18 +304,6 @@ def common_setup(
         lines += [f"# `ray up` installs the wheels as {account}, over SSH", f"rm -f {INSTALLED}"]
         if account != "root":
             lines.append(f"chown -R {shlex.quote(account)} {VENV}")
-    if key:
-        lines += [
-            "",
-            "# SSH access for Ray's CLI (ray up, ray exec): the key of auth.ssh_private_key",
-            f"RAYDOG_USER={shlex.quote(account)}",
-            'RAYDOG_HOME_DIR=$(getent passwd "$RAYDOG_USER" | cut -d: -f6)',
-            'install -d -m 700 -o "$RAYDOG_USER" "$RAYDOG_HOME_DIR/.ssh"',
-            f'grep -qxF {shlex.quote(key)} "$RAYDOG_HOME_DIR/.ssh/authorized_keys" 2>/dev/null'
-            f' || echo {shlex.quote(key)} >> "$RAYDOG_HOME_DIR/.ssh/authorized_keys"',
-            'chown "$RAYDOG_USER" "$RAYDOG_HOME_DIR/.ssh/authorized_keys"',
-            'chmod 600 "$RAYDOG_HOME_DIR/.ssh/authorized_keys"',
-        ]
     return "\n".join(lines) + "\n"
 
 
