@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from ray.autoscaler._private.util import hash_launch_conf
 from yellowdog_client.model import (
     ApiKey,
     ComputeRequirementTemplateUsage,
@@ -462,10 +463,13 @@ def test_every_task_is_named_after_its_cluster_node_type_and_launch(
     backends: Callable[..., YellowDogComputeBackend], emulator: Emulator
 ) -> None:
     """Names make a task traceable on the platform, and let a retried launch recognise it; the
-    task's tag keeps Ray's launch config, which describe() reports."""
+    task's tag keeps Ray's launch config hash behind a letter (the hash often starts with a
+    digit, which the platform refuses in a tag), and describe() reports the hash."""
     spec = make_spec("Named.Cluster")
     backend = backends(spec)
-    (head,) = backend.launch(LaunchRequest("head", 1, True, launch_config="hash-h"))
+    hashes = [hash_launch_conf({"node": n}, {}) for n in range(100)]
+    head_hash = next(h for h in hashes if h[0].isdigit())
+    (head,) = backend.launch(LaunchRequest("head", 1, True, launch_config=head_hash))
     first = backend.launch(LaunchRequest("cpu", 2, False, launch_config="hash-1"))
     second = backend.launch(LaunchRequest("cpu", 1, False, launch_config="hash-2"))
     sdk = sdk_client(emulator.url)
@@ -488,18 +492,38 @@ def test_every_task_is_named_after_its_cluster_node_type_and_launch(
     assert launches[1] == launches[2] and len({launches[0], launches[1], launches[3]}) == 3
     assert len({tasks[t].name for t in tasks}) == len(tasks) == 4
     assert [tasks[t].tag for t in (head, *first, *second)] == [
-        "hash-h",
-        "hash-1",
-        "hash-1",
-        "hash-2",
+        f"ray-{head_hash}",
+        "ray-hash-1",
+        "ray-hash-1",
+        "ray-hash-2",
     ]
     nodes = described(backends(spec))
     assert [nodes[t].launch_config for t in (head, *first, *second)] == [
-        "hash-h",
+        head_hash,
         "hash-1",
         "hash-1",
         "hash-2",
     ]
+
+
+def test_a_task_tagged_before_the_prefix_reads_back_its_launch_config(
+    backends: Callable[..., YellowDogComputeBackend], emulator: Emulator
+) -> None:
+    """A task an earlier RayDog tagged with the bare hash (one starting with a letter, which the
+    platform took) still reports it."""
+    spec = make_spec()
+    (head,) = backends(spec).launch(LaunchRequest("head", 1, True, launch_config="h" * 52))
+    with emulator.platform.lock:
+        emulator.platform.account.tasks[head].task.tag = "h" * 52
+    assert described(backends(spec))[head].launch_config == "h" * 52
+
+
+def test_a_launch_config_no_tag_can_keep_is_refused_before_anything_is_made(
+    backends: Callable[..., YellowDogComputeBackend], emulator_client: EmulatorClient
+) -> None:
+    with pytest.raises(BackendError, match="'Not a Hash' cannot be kept in a YellowDog tag"):
+        backends(make_spec()).launch(LaunchRequest("head", 1, True, launch_config="Not a Hash"))
+    assert emulator_client.state()["work_requirements"] == []
 
 
 def test_the_head_public_address_comes_from_its_instance(

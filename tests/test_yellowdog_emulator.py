@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -180,6 +181,55 @@ def test_names_follow_yellowdog_rules(client: PlatformClient) -> None:
     client.work_client.add_work_requirement(requirement("taken"))
     with pytest.raises(InvalidRequestException, match="already exists"):
         client.work_client.add_work_requirement(requirement("taken"))
+
+
+RAY_LAUNCH_HASH = "0c1ouvf7d1nkms2bhs0m4ejm4uuj3d5uthb7eehuf7bj5q12cg5g"
+"""What Ray's launch config hash looks like (52 base32hex characters): often a leading digit."""
+BROKEN_NAMES = [RAY_LAUNCH_HASH, "Upper", "ends-", "has.dot", "a" * 61]
+
+
+@pytest.mark.parametrize("name", BROKEN_NAMES)
+def test_every_name_and_tag_follows_yellowdog_rules(client: PlatformClient, name: str) -> None:
+    """The rules cover tags too (yellowdog-cli README, "Naming Rules"): a task's tag, a task
+    group's, a compute requirement's and its instance tags are refused like names."""
+    made = client.work_client.add_work_requirement(requirement("named"))
+    group_id = first_group(made)
+    refused = pytest.raises(InvalidRequestException, match="invalid")
+    with refused:
+        client.work_client.add_tasks_to_task_group_by_id(
+            group_id, [Task(taskType="bash", tag=name)]
+        )
+    with refused:
+        client.work_client.add_tasks_to_task_group_by_id(
+            group_id, [Task(taskType="bash", name=name)]
+        )
+    tagged_group = requirement("other").taskGroups[0]  # type: ignore[index]
+    tagged_group.name, tagged_group.tag = "group_2", name
+    made.taskGroups = [*(made.taskGroups or []), tagged_group]
+    with refused:
+        client.work_client.update_work_requirement(made)
+    usage = ComputeRequirementTemplateUsage(
+        templateId=TEMPLATE, requirementName="pool", requirementNamespace=NAMESPACE
+    )
+    properties = ProvisionedWorkerPoolProperties(workerTag="pool-tag", maxNodes=1)
+    for field, value in (
+        ("requirementName", name),
+        ("requirementTag", name),
+        ("requirementNamespace", name),
+        ("instanceTags", {"raydog-cluster": name}),
+        ("instanceTags", {name: "value"}),
+    ):
+        with refused:
+            client.worker_pool_client.provision_worker_pool(
+                dataclasses.replace(usage, **{field: value}), properties
+            )
+    with refused:
+        client.worker_pool_client.provision_worker_pool(
+            usage, dataclasses.replace(properties, workerTag=name)
+        )
+    assert client.work_client.add_tasks_to_task_group_by_id(
+        group_id, [Task(taskType="bash", name="a" * 60, tag=f"h{RAY_LAUNCH_HASH}")]
+    )
 
 
 def test_searches_come_in_slices_the_sdk_follows(

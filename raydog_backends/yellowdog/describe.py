@@ -28,6 +28,7 @@ from raydog_backends.yellowdog.api import API_ERRORS, Api, all_items, call, is_r
 from raydog_backends.yellowdog.api import task_errors as errors_of
 from raydog_backends.yellowdog.cluster import Cluster, Clusters
 from raydog_backends.yellowdog.launch import LIVE_TASK, Launcher
+from raydog_backends.yellowdog.names import launch_config_of
 from raydog_backends.yellowdog.pools import Pools
 from raydog_core.errors import BackendError
 from raydog_core.interfaces import NodeInfo, NodeState
@@ -252,7 +253,7 @@ class Describer:
                 address.private if address else None,
                 address.public if address else None,
                 detail,
-                task.tag or "",
+                launch_config_of(task.tag),
             )
 
         if node_id is not None and node_id in self._lost:

@@ -1,9 +1,10 @@
 """Launching Ray nodes as YellowDog tasks, and undoing a launch that failed half way.
 
 Each launch request names its tasks ``<cluster>_<node type>_<launch>_<index>`` and keeps Ray's
-launch config hash in each task's tag. The tasks go in one request that the SDK does not retry:
-the backend retries it itself, and after a failed attempt looks its names up first, so a request
-that was applied but whose reply was lost is recognised, never sent twice, never left behind.
+launch config hash in each task's tag (behind ``ray-``: see ``names.py``). The tasks go in one
+request that the SDK does not retry: the backend retries it itself, and after a failed attempt
+looks its names up first, so a request that was applied but whose reply was lost is recognised,
+never sent twice, never left behind.
 
 Task groups are made once per node type and reused (they do not finish when their tasks have),
 so a long-lived cluster stays far below the 1,000 groups a work requirement may hold
@@ -40,7 +41,7 @@ from raydog_backends.yellowdog.cluster import (
     Clusters,
     Group,
 )
-from raydog_backends.yellowdog.names import launch_id, stamp
+from raydog_backends.yellowdog.names import launch_id, launch_tag, stamp
 from raydog_backends.yellowdog.options import Options
 from raydog_backends.yellowdog.pools import CapacityChange, Pools
 from raydog_core.errors import BackendError
@@ -92,6 +93,7 @@ class Launcher:
         cluster: Cluster | None = None
         capacity: CapacityChange | None = None
         launch = launch_id()
+        tag = self._launch_tag(f"the head node of {self.clusters.what()}", launch_config)
         try:
             with self.lock:
                 cluster = self.clusters.attach(refresh=True)
@@ -103,7 +105,7 @@ class Launcher:
                     capacity = self.pools.provision(cluster, node_type, 1)
                 else:
                     capacity = self.pools.add_capacity(cluster, node_type, 1)
-                (task_id,) = self._add_tasks(cluster, group, 1, launch, launch_config, None)
+                (task_id,) = self._add_tasks(cluster, group, 1, launch, tag, None)
             address = self._wait_until_running(task_id, cluster, node_type, deadline)
             self.remember_head(cluster.id, address)
             return [task_id]
@@ -122,12 +124,14 @@ class Launcher:
     def workers(self, node_type: str, count: int, launch_config: str) -> list[str]:
         """``count`` worker tasks, returned at once; on failure the pool is sized back."""
         launch = launch_id()
+        what = f"{count} {node_type!r} node(s) of {self.clusters.what()}"
+        tag = self._launch_tag(what, launch_config)
         with self.lock:
             cluster = self.clusters.attach(refresh=True)
             if cluster is None:
                 raise BackendError(
                     "launch",
-                    f"{count} {node_type!r} node(s) of {self.clusters.what()}",
+                    what,
                     "the cluster has no running work requirement: launch the head first",
                 )
             head_ip = self._head_private_ip(cluster)
@@ -135,17 +139,25 @@ class Launcher:
             capacity = self.pools.add_capacity(cluster, node_type, count)
             try:
                 try:
-                    return self._add_tasks(cluster, group, count, launch, launch_config, head_ip)
+                    return self._add_tasks(cluster, group, count, launch, tag, head_ip)
                 except BackendError:
                     reopened = self._reopened(group)
                     if reopened is None:
                         raise
-                    return self._add_tasks(cluster, reopened, count, launch, launch_config, head_ip)
+                    return self._add_tasks(cluster, reopened, count, launch, tag, head_ip)
             except BaseException as exc:
                 cleaned = self._cancel_launch(cluster, launch) + self.pools.undo(capacity)
                 if isinstance(exc, BackendError):
                     raise BackendError(exc.action, exc.resource, exc.reason, cleaned) from exc
                 raise
+
+    @staticmethod
+    def _launch_tag(what: str, launch_config: str) -> str | None:
+        """The tasks' tag, checked before anything is created."""
+        try:
+            return launch_tag(launch_config)
+        except ValueError as exc:
+            raise BackendError("launch", what, str(exc)) from None
 
     # --- the work requirement and its task groups ------------------------------------------
 
@@ -228,7 +240,7 @@ class Launcher:
         group: Group,
         count: int,
         launch: str,
-        launch_config: str,
+        tag: str | None,
         head_ip: str | None,
     ) -> list[str]:
         """Add the launch's tasks exactly once (see the module docstring); their ids."""
@@ -247,7 +259,7 @@ class Launcher:
             missing = [
                 Task(
                     name=name,
-                    tag=launch_config or None,
+                    tag=tag,
                     taskType=TASK_TYPE,
                     taskData=script,
                     arguments=[TASK_SCRIPT_FILE],

@@ -10,7 +10,7 @@ Slugs never contain ``_``, which is kept as the separator of the parts of a name
     worker tag          <cluster>_<generation>_<node type>
     task group          <node type>_<number>
     task                <cluster>_<node type>_<launch>_<index>
-
+    task tag            ray-<Ray's launch config hash>
 
 The generation is a stamp taken when the cluster's work requirement is made, so a cluster that is
 brought down and up again gets fresh names (YellowDog keeps finished objects under their names),
@@ -18,6 +18,11 @@ and every object made for a cluster, even by an interrupted ``ray up``, is found
 A task's launch is random, drawn once per launch request, so the tasks of a request whose reply
 was lost are recognised by their names (the node type check below keeps every task name within
 the 60 characters allowed, as pool names are).
+
+The naming rules cover tags too (yellowdog-cli README, "Naming Rules"). Ray's launch config hash
+(52 base32hex characters) often starts with a digit, so a task's tag keeps it behind ``ray-``;
+no hash contains ``-``, so a tag written before the prefix existed (the hash alone) reads back
+as itself.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ _NAME = re.compile(r"[a-z]([a-z0-9_-]*[a-z0-9])?")
 _SLUG = re.compile(r"[a-z]([a-z0-9-]*[a-z0-9])?")
 _STAMP = re.compile(rf"[0-9a-z]{{{STAMP_LENGTH}}}")
 _TO_HYPHEN = re.compile(r"[._/\s]")
+LAUNCH_TAG_PREFIX = "ray-"
 RULE = (
     "lower-case letters, digits, '-' and '_', starting with a letter, ending with a letter or digit"
 )
@@ -47,6 +53,25 @@ RULE = (
 def is_valid_name(name: str) -> bool:
     """Whether YellowDog accepts ``name`` as the name of a namespace, tag or object."""
     return len(name) <= MAX_LENGTH and _NAME.fullmatch(name) is not None
+
+
+def launch_tag(launch_config: str) -> str | None:
+    """A task's tag for Ray's launch config hash (None for none), or ValueError if the hash
+    cannot be kept in a tag."""
+    if not launch_config:
+        return None
+    tag = LAUNCH_TAG_PREFIX + launch_config
+    if not is_valid_name(tag):
+        raise ValueError(
+            f"the launch config hash {launch_config!r} cannot be kept in a YellowDog tag as "
+            f"{tag!r}: tags are made of {RULE}, at most {MAX_LENGTH} characters"
+        )
+    return tag
+
+
+def launch_config_of(tag: str | None) -> str:
+    """The launch config hash a task's tag keeps ("" for none)."""
+    return (tag or "").removeprefix(LAUNCH_TAG_PREFIX)
 
 
 def slug(text: str) -> str | None:

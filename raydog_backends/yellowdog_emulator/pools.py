@@ -74,6 +74,11 @@ class Pools:
         name = check_name("worker pool name", usage.requirementName)
         if properties.workerTag is not None:
             check_name("worker tag", properties.workerTag)
+        if usage.requirementTag is not None:
+            check_name("compute requirement tag", usage.requirementTag)
+        for key, value in (usage.instanceTags or {}).items():
+            check_name("instance tag key", key)  # stricter: the rule names "Tags" only
+            check_name(f"instance tag {key}", value)
         if any(
             p.live and p.pool.namespace == namespace and p.pool.name == name
             for p in self.account.pools.values()

@@ -274,6 +274,9 @@ def new_id(kind: str) -> str:
 
 
 def check_name(what: str, name: str | None) -> str:
+    """YellowDog's naming rules, for every name and tag: namespaces, tags, work requirements,
+    task groups, tasks, worker pools, compute requirements (yellowdog-cli README, "Naming
+    Rules")."""
     if not name or len(name) > MAX_NAME or not NAME_RULE.fullmatch(name):
         raise ApiError(
             400,

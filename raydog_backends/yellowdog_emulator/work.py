@@ -80,6 +80,8 @@ class Work:
 
     def _add_group(self, requirement: WorkRequirement, group: TaskGroup) -> None:
         name = check_name("task group name", group.name)
+        if group.tag is not None:
+            check_name("task group tag", group.tag)
         if any(g.name == name for g in requirement.taskGroups or []):
             raise ApiError(400, f"task group {name} already exists in {requirement.name}")
         if not group.runSpecification or not group.runSpecification.taskTypes:
@@ -180,6 +182,8 @@ class Work:
                 raise ApiError(400, f"task type {task.taskType!r} is not one of {task_types}")
             if task.name is not None:
                 check_name("task name", task.name)
+            if task.tag is not None:
+                check_name("task tag", task.tag)
         for task in tasks:
             task.id = new_id("task")
             task.status = TaskStatus.READY
