@@ -19,7 +19,7 @@ import valkey
 from raydog_backends.keyvalue import RedisTagStore, ValkeyTagStore
 from raydog_backends.keyvalue.store import PASSWORD_SECRET, KeyValueTagStore
 from raydog_core import plugins, state
-from raydog_core.errors import ConfigError, UnreachableError
+from raydog_core.errors import ConfigError, RayDogError, UnreachableError
 from raydog_core.interfaces import Endpoint, TagStore
 from raydog_core.testing import TagStoreContract
 from tests.servers import (
@@ -483,3 +483,20 @@ def test_a_reader_older_than_the_oldest_tombstone_kept_gets_a_full_reload(
         check_tombstones_are_bounded(store)
     finally:
         store.close()
+
+
+@pytest.mark.servers
+@pytest.mark.parametrize("policy", ["allkeys-lru", "allkeys-lfu", "allkeys-random"])
+def test_a_server_that_may_evict_tags_is_refused_at_connect_naming_the_setting(
+    server: KeyValueServer, store_class: type[KeyValueTagStore], policy: str
+) -> None:
+    admin = server.client()
+    admin.config_set("maxmemory-policy", policy)
+    try:
+        with pytest.raises(RayDogError, match=f"maxmemory-policy {policy}.*noeviction"):
+            head_store(store_class, "evicting", server.port)
+        admin.config_set("maxmemory-policy", "volatile-lru")  # RayDog's keys have no TTL
+        head_store(store_class, "evicting", server.port).close()
+    finally:
+        admin.config_set("maxmemory-policy", "noeviction")
+        admin.close()

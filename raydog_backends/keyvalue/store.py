@@ -25,6 +25,7 @@ are idempotent, so retrying one after a dropped connection is safe.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import re
@@ -40,6 +41,8 @@ from urllib.parse import quote, urlsplit
 from raydog_core import state
 from raydog_core.errors import ConfigError, RayDogError, UnreachableError
 from raydog_core.interfaces import Changes, ChangeToken, Endpoint, Tags, TagStore
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_PORT = 16667
 TOMBSTONES = 10_000
@@ -165,7 +168,8 @@ class KeyValueTagStore(TagStore):
         - ``port``: where the server listens on the head (127.0.0.1 only).
         - ``url``: an external server instead, in the client library's URL forms (TLS too);
           then nothing runs on the head and no transport is opened. Never with a password in
-          it (Ray caches and logs the config): give that by ``password_env``.
+          it (Ray caches and logs the config): give that by ``password_env``. The server must
+          never evict keys (``maxmemory-policy`` ``noeviction``): one that may is refused.
         - ``password_env``: the environment variable that holds ``url``'s password where
           ``ray up`` runs; RayDog keeps a 0600 copy in the cluster's folder for the head.
         - ``appendonly``: the head's server keeps an append-only file, so a restart loses nothing.
@@ -286,9 +290,42 @@ class KeyValueTagStore(TagStore):
         try:
             with self._errors("connect"):
                 client.ping()
+            self._refuse_eviction(client)
         except RayDogError:
             self.close()
             raise
+
+    def _refuse_eviction(self, client: Any) -> None:
+        """A server that may evict keys would drop node hashes silently (the epoch key can
+        survive them, so no reader would notice): refused, naming the setting to change."""
+        policy = self._eviction_policy(client)
+        if policy is not None and policy.startswith("allkeys-"):
+            host, port = self._address
+            raise RayDogError(
+                f"{self._what} at {host}:{port} has maxmemory-policy {policy}: it may evict "
+                "RayDog's tags when memory runs short, and they would be lost without notice. "
+                "Set maxmemory-policy to noeviction on the server (CONFIG SET maxmemory-policy "
+                "noeviction, and the same in its configuration file), or use another server"
+            )
+
+    def _eviction_policy(self, client: Any) -> str | None:
+        """The server's maxmemory-policy: from INFO memory, else CONFIG GET; None when both
+        are denied (a managed service's ACL), which is logged."""
+        errors = self.library.module.exceptions
+        with self._errors("connect"):
+            try:
+                policy = client.info("memory").get("maxmemory_policy")
+                if policy is None:
+                    policy = client.config_get("maxmemory-policy").get("maxmemory-policy")
+            except errors.ResponseError as exc:
+                logger.warning(
+                    "RayDog: %s: cannot read maxmemory-policy (%s); make sure the server never "
+                    "evicts keys (maxmemory-policy noeviction)",
+                    self._what,
+                    exc,
+                )
+                return None
+        return str(policy) if policy is not None else None
 
     def _url_password(self, variable: str) -> str:
         """From the environment where ``ray up`` runs (kept 0600 for the head), else that copy."""
