@@ -68,6 +68,12 @@ class TagStore(ABC):
     head_port: int | None = None
     """Port the store's server listens on at the head node; None: the store is not on the head."""
 
+    max_value_bytes: int | None = None
+    """Optional (TagStore interface 3): the longest tag name or value, in UTF-8 bytes, the store
+    can hold; None: no limit. The core refuses a longer one to its writer (``TagValueError``),
+    so one bad value never holds back the rest of a batch; should the limit drop once connected,
+    a longer value already queued is dropped with one log line naming its node and tag."""
+
     def __init__(self, cluster_name: str, **options: Any) -> None:
         self.cluster_name = cluster_name
 

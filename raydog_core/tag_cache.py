@@ -126,9 +126,11 @@ class TagCache:
     # --- writes: return at once ----------------------------------------------------------------
 
     def update(self, updates: Mapping[str, Mapping[str, str]]) -> None:
-        """Merge tags; refuses the whole call (TagValueError) if any name or value is not text."""
+        """Merge tags; refuses the whole call (TagValueError) if any name or value is not text,
+        or is longer than the store can hold."""
         # Node ids are interned: the provider's lookups then match by identity (10,000 a tick).
-        checked = [(node_id, _checked(node_id, tags)) for node_id, tags in updates.items()]
+        limit = self._store.max_value_bytes
+        checked = [(node_id, _checked(node_id, tags, limit)) for node_id, tags in updates.items()]
         checked = [(intern(node_id), tags) for node_id, tags in checked]
         with self._cond:
             for node_id, tags in checked:
@@ -257,6 +259,7 @@ class TagCache:
             updates, self._pending_updates = self._pending_updates, {}
             deletes, self._pending_deletes = self._pending_deletes, set()
             self._in_flight = updates.keys() | deletes
+        updates = self._within_limit(updates)
         sent_deletes = sent_updates = False
         problem = None
         try:
@@ -281,6 +284,31 @@ class TagCache:
             logger.info("RayDog: held tag writes sent to the tag store")
             self._last_problem = None
         return sent_updates
+
+    def _within_limit(self, updates: dict[str, Tags]) -> dict[str, Tags]:
+        """The batch without the values the store cannot hold (its limit can drop once
+        connected): each is dropped with one line, never retried for ever nor holding back
+        the rest."""
+        limit = self._store.max_value_bytes
+        if limit is None:
+            return updates
+        kept = {}
+        for node_id, tags in updates.items():
+            fitting = {}
+            for name, value in tags.items():
+                problem = _too_long(name, value, limit)
+                if problem is None:
+                    fitting[name] = value
+                else:
+                    logger.error(
+                        "RayDog: tag %r of node %s dropped: %s; the rest was sent",
+                        name,
+                        node_id,
+                        problem,
+                    )
+            if fitting:
+                kept[node_id] = fitting
+        return kept
 
     def _requeue(self, updates: dict[str, Tags], deletes: set[str]) -> None:
         """With ``_cond`` held: a batch that was not sent goes back, under newer writes."""
@@ -449,7 +477,7 @@ def _send_held_writes_at_exit() -> None:
             )
 
 
-def _checked(node_id: str, tags: Mapping[str, str]) -> Tags:
+def _checked(node_id: str, tags: Mapping[str, str], limit: int | None) -> Tags:
     _check_text(node_id, f"node id {node_id!r}")
     if not isinstance(tags, Mapping):
         raise TagValueError(
@@ -458,7 +486,25 @@ def _checked(node_id: str, tags: Mapping[str, str]) -> Tags:
     for name, value in tags.items():
         _check_text(name, f"node {node_id!r}: tag name {name!r}")
         _check_text(value, f"node {node_id!r}: tag {name!r}")
+        problem = _too_long(name, value, limit)
+        if problem is not None:
+            raise TagValueError(
+                f"node {node_id!r}: tag {name!r}: {problem}; nothing of this call was stored"
+            )
     return dict(tags)
+
+
+def _too_long(name: str, value: str, limit: int | None) -> str | None:
+    """Why the store cannot hold this tag, or None. A character is 1 to 4 bytes of UTF-8, so
+    only a text longer than a quarter of the limit is encoded to be measured."""
+    if limit is None:
+        return None
+    for what, text in (("its name", name), ("its value", value)):
+        if len(text) * 4 > limit:
+            size = len(text.encode("utf-8"))
+            if size > limit:
+                return f"{what} is {size:,} bytes, over the tag store's limit of {limit:,}"
+    return None
 
 
 def _check_text(value: object, what: str) -> None:

@@ -354,3 +354,22 @@ def test_writes_that_cannot_be_sent_before_exit_are_reported(
     assert "tag writes for 2 node(s) could not reach the tag store" in caplog.text
     assert store.cluster_name in caplog.text
     store.up = True
+
+
+def test_a_queued_value_over_a_limit_that_fell_is_dropped_with_one_line(
+    store: FlakyStore, caches: list[TagCache], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A store may learn a lower limit once connected: what it can no longer take is dropped,
+    named, and the rest of the batch goes through at once."""
+    cache = cache_of(caches, store, retry_seconds=60)
+    store.up = False
+    cache.update({f"n{i}": {"fine": "yes"} for i in range(50)})
+    cache.update({"n7": {"long": "x" * 100}})
+    store.max_value_bytes = 99
+    store.up = True
+    caplog.set_level("ERROR", logger="raydog_core.tag_cache")
+    assert cache.flush(timeout=10)
+    assert server_view(store) == {f"n{i}": {"fine": "yes"} for i in range(50)}
+    assert caplog.text.count("tag 'long' of node n7 dropped") == 1
+    with pytest.raises(TagValueError, match="tag 'long': its value is 100 bytes"):
+        cache.update({"n7": {"long": "x" * 100}})

@@ -20,6 +20,7 @@ from raydog_backends.keyvalue import ValkeyTagStore
 from raydog_backends.keyvalue.store import PASSWORD_SECRET
 from raydog_core import config as raydog_config
 from raydog_core import state
+from raydog_core.errors import TagValueError
 from raydog_core.interfaces import Endpoint
 from raydog_core.provider import RayDogNodeProvider
 from tests.conftest import memory_cluster_config
@@ -272,3 +273,24 @@ def test_a_process_that_ends_right_after_a_write_still_sends_it(server: KeyValue
         assert reader.load_all() == {"head": {"ray-node-status": "up-to-date"}}
     finally:
         reader.close()
+
+
+@pytest.mark.timeout(120)
+def test_a_value_the_server_cannot_hold_is_refused_to_its_writer_and_holds_back_nothing(
+    server: KeyValueServer, providers: Callable[..., RayDogNodeProvider]
+) -> None:
+    """A server at its smallest ``proto-max-bulk-len`` (1 MiB) drops the connection on a longer
+    argument, which held every write behind it for ever: 0 of 50 good writes arrived."""
+    admin = server.client()
+    admin.config_set("proto-max-bulk-len", "1mb")
+    admin.close()
+    provider = providers(server.port, workers=50)
+    workers = [n for n in provider.non_terminated_nodes({}) if not provider._is_head(n)]
+    with pytest.raises(TagValueError, match=f"node '{workers[0]}': tag 'huge'.*bytes"):
+        provider.set_node_tags(workers[0], {"huge": "x" * (1 << 20)})
+    for worker in workers:
+        provider.set_node_tags(worker, {"good": "yes"})
+    assert provider.tags.flush(timeout=30)
+    there = stored(server, provider)
+    assert sum(there[worker].get("good") == "yes" for worker in workers) == 50
+    assert "huge" not in there[workers[0]]

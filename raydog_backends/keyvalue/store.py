@@ -46,6 +46,10 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_PORT = 16667
 TOMBSTONES = 10_000
+MAX_VALUE_BYTES = 512 * 1024
+"""The longest tag name or value sent. A server closes the connection on an argument over its
+``proto-max-bulk-len`` (1 MiB at the least it can be set to), which looks like an outage and
+held every write behind it; well below that, no server configuration refuses one."""
 PASSWORD_SECRET = "tag-store-password"
 URL_PASSWORD_SECRET = "tag-store-url-password"
 _VARIABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -149,6 +153,7 @@ class KeyValueTagStore(TagStore):
     """Tags in a Valkey or Redis server: the head's own (through the transport) or ``url``."""
 
     library: ClassVar[ClientLibrary]
+    max_value_bytes = MAX_VALUE_BYTES
 
     def __init__(
         self,

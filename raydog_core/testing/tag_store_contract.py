@@ -280,6 +280,18 @@ class TagStoreContract(TagStoreChangesContract):
         store.close()
         assert make_store(cluster).load_all() == {"n1": {"a": "1"}}
 
+    def test_values_as_long_as_max_value_bytes_round_trip(
+        self, make_store: MakeStore, cluster: str
+    ) -> None:
+        """Interface 3: the limit a store declares is one it can hold (two bytes a character)."""
+        store = make_store(cluster)
+        limit = store.max_value_bytes
+        if limit is None:
+            pytest.skip(f"{type(store).__name__} declares no max_value_bytes")
+        name, value = "\u00e9" * (limit // 2) + "n" * (limit % 2), "v" * limit
+        store.update({"n1": {name: value}})
+        assert store.load_all() == {"n1": {name: value}}
+
     def test_load_all_returns_a_copy(self, make_store: MakeStore, cluster: str) -> None:
         store = make_store(cluster)
         store.update({"n1": {"a": "1"}})
