@@ -16,12 +16,18 @@ store restarted empty, was flushed or failed over) means a full reload, and what
 knows that the store lost is sent back (so Ray's autoscaler finds its launch config hashes and
 replaces no worker). A store with only ``load_all`` is reloaded whole every tick; an empty answer
 after a non-empty one counts as a restart there.
+
+A process that ends sends what it holds first (bounded by ``CLOSE_TIMEOUT``): at its normal exit,
+and on SIGTERM or SIGHUP, which would otherwise skip the exit's hooks; the signal then does what
+it did before (Ray's own handler runs, or the process ends by it).
 """
 
 from __future__ import annotations
 
 import atexit
 import logging
+import os
+import signal
 import threading
 import time
 import weakref
@@ -83,6 +89,7 @@ class TagCache:
         self._reloads = 0
         self._next_attempt = 0.0
         self._last_problem: str | None = None
+        _send_held_writes_on_signals()
 
     @property
     def connected(self) -> bool:
@@ -207,7 +214,7 @@ class TagCache:
                 name="raydog-tag-sender",
                 daemon=True,
             ).start()
-            _unsent_at_exit.add(self)
+        _unsent_at_exit.add(self)
         self._cond.notify_all()
 
     # --- the sender ----------------------------------------------------------------------------
@@ -475,6 +482,40 @@ def _send_held_writes_at_exit() -> None:
                 cache.unsent(),
                 cache._store.cluster_name,
             )
+
+
+_FLUSHED_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+_previous_handlers: dict[int, object] = {}
+_flushing_for_signal = threading.Event()
+
+
+def _send_held_writes_on_signals() -> None:
+    """SIGTERM and SIGHUP (a cancelled CI job, a closed terminal) end a process without its
+    atexit hooks: send held writes first, then do what the signal did before (Ray's handler,
+    which exits through atexit, or the default: the process ends by the signal). Installed
+    once, from the main thread only (where Python runs signal handlers)."""
+    if _previous_handlers or threading.current_thread() is not threading.main_thread():
+        return
+    for signum in _FLUSHED_SIGNALS:
+        previous = signal.getsignal(signum)
+        if previous is signal.SIG_IGN:
+            continue
+        _previous_handlers[signum] = previous
+        signal.signal(signum, _on_ending_signal)
+
+
+def _on_ending_signal(signum: int, frame: object) -> None:
+    if not _flushing_for_signal.is_set():
+        _flushing_for_signal.set()
+        logger.info("RayDog: %s: sending held tag writes first", signal.Signals(signum).name)
+        _send_held_writes_at_exit()
+        _unsent_at_exit.clear()  # sent (or reported) once: the exit that follows has no more
+    previous = _previous_handlers.get(signum)
+    if callable(previous):
+        previous(signum, frame)
+        return
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
 
 
 def _checked(node_id: str, tags: Mapping[str, str], limit: int | None) -> Tags:

@@ -294,3 +294,77 @@ def test_a_value_the_server_cannot_hold_is_refused_to_its_writer_and_holds_back_
     there = stored(server, provider)
     assert sum(there[worker].get("good") == "yes" for worker in workers) == 50
     assert "huge" not in there[workers[0]]
+
+
+_ENDED_BY_SIGNAL = """
+import signal, sys
+from raydog_backends.keyvalue import ValkeyTagStore
+from raydog_core.interfaces import Endpoint
+from raydog_core.tag_cache import TagCache
+if {ray_handler}:  # as Ray's monitor does: its handler reports, then exits
+    def ray_handler(signum, frame):
+        print("ray's handler ran", flush=True)
+        sys.exit(128 + signum)
+    signal.signal(signal.SIGTERM, ray_handler)
+cache = TagCache(ValkeyTagStore({cluster!r}), lambda: Endpoint("127.0.0.1", {port}))
+cache.update({{"head": {{"k": "first"}}}})
+assert cache.flush()
+print("ready", flush=True)
+sys.stdin.readline()
+for i in range({count}):
+    cache.update({{f"n{{i}}": {{"k": str(i)}}}})
+print("written", flush=True)
+signal.pause()
+"""
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    ("signum", "ray_handler"),
+    [(signal.SIGTERM, False), (signal.SIGHUP, False), (signal.SIGTERM, True)],
+    ids=["SIGTERM", "SIGHUP", "SIGTERM-after-ray's-handler"],
+)
+def test_a_process_ended_by_a_signal_sends_its_held_writes_first(
+    server: KeyValueServer, signum: int, ray_handler: bool
+) -> None:
+    """A `ray` command ended by SIGTERM (a cancelled CI job) or SIGHUP (a closed terminal) lost
+    about half of its writes: the signal skipped the exit's flush. Now they are sent, and the
+    process still ends as the signal says (Ray's handler runs, or it dies by the signal)."""
+    cluster = f"signal-{uuid.uuid4().hex[:8]}"
+    state.write_secret(cluster, PASSWORD_SECRET, PASSWORD)
+    count = 2000
+    code = _ENDED_BY_SIGNAL.format(
+        ray_handler=ray_handler, cluster=cluster, port=server.port, count=count
+    )
+    assert server.process is not None
+    child = subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert child.stdin is not None and child.stdout is not None
+    try:
+        assert child.stdout.readline() == "ready\n"
+        os.kill(server.process.pid, signal.SIGSTOP)  # the writes that follow are held
+        child.stdin.write("go\n")
+        child.stdin.flush()
+        assert child.stdout.readline() == "written\n"
+        child.send_signal(signum)
+        os.kill(server.process.pid, signal.SIGCONT)
+        output = child.stdout.read()
+        code_ = child.wait(60)
+    finally:
+        os.kill(server.process.pid, signal.SIGCONT)
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    if ray_handler:
+        assert "ray's handler ran" in output
+        assert code_ == 128 + signum
+    else:
+        assert code_ == -signum
+    reader = ValkeyTagStore(cluster, port=server.port)
+    reader.connect(Endpoint("127.0.0.1", server.port))
+    try:
+        there = reader.load_all()
+    finally:
+        reader.close()
+    assert sum(1 for i in range(count) if there.get(f"n{i}") == {"k": str(i)}) == count
