@@ -91,6 +91,8 @@ class _Tunnel:
 class SSHTunnelTransport(Transport):
     """Forwards a port of ``127.0.0.1`` here to ``127.0.0.1:<port>`` on the head, over SSH."""
 
+    uses_ssh = True
+
     def __init__(
         self,
         cluster_name: str,

@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import re
 import shutil
 import sys
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -67,6 +69,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     node_setup.add_argument("config", type=Path)
     node_setup.add_argument("--node-type", required=True)
+    node_setup.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        metavar="FILE",
+        help="write it to FILE (all of it or, on any error, nothing) instead of printing it",
+    )
 
     doctor = commands.add_parser("doctor", help="check what commonly breaks a real `ray up`")
     doctor.add_argument("config", type=Path)
@@ -87,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "init":
             return _init(args.compute, args.folder)
         if args.command == "node-setup":
-            return _node_setup(args.config, args.node_type)
+            return _node_setup(args.config, args.node_type, args.output)
         if args.command == "doctor":
             return _doctor(args.config)
         if args.command == "status":
@@ -216,9 +225,35 @@ def _open_cluster(path: Path) -> tuple[raydog_config.RayDogConfig, RayDogNodePro
     return parsed, provider
 
 
-def _node_setup(path: Path, node_type: str) -> int:
-    print(node_setup_text(validation.load_file(path), node_type), end="")
+def _node_setup(path: Path, node_type: str, output: Path | None) -> int:
+    text = node_setup_text(validation.load_file(path), node_type)
+    if output is None:
+        print(text, end="")
+        return 0
+    write_atomically(output, text)
+    print(f"wrote {output} (the setup of node type {node_type})", file=sys.stderr)
     return 0
+
+
+def write_atomically(target: Path, text: str) -> None:
+    """All of ``text`` at ``target``, or the file as it was: written beside it, then renamed
+    over it (a shell's ``> FILE`` empties the file before the command has even started)."""
+    try:
+        descriptor, temporary = tempfile.mkstemp(
+            dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"
+        )
+    except OSError as exc:
+        raise RayDogError(f"cannot write {target}: {exc.strerror}") from None
+    try:
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(text)
+        os.chmod(temporary, 0o644)  # a script for the node's userdata: no secret in it
+        os.replace(temporary, target)
+    except BaseException as exc:
+        Path(temporary).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise RayDogError(f"cannot write {target}: {exc.strerror}") from None
+        raise
 
 
 def node_setup_text(cluster: Mapping[str, object], node_type: str, with_key: bool = True) -> str:

@@ -229,8 +229,10 @@ def resolve_files(
     """A copy of a value with every ``file:PATH`` string replaced by that file's text.
 
     ``locate`` says where a reference's file is (here, or the head's copy); ``missing_ok``
-    leaves references to missing files as they are (``raydog node-setup`` writes the very files
-    a config's ``userdata`` refers to). Every unreadable file is reported, not just the first.
+    leaves references to missing files as they are and takes empty ones as they are (``raydog
+    node-setup`` writes the very files a config's ``userdata`` refers to); otherwise an empty
+    file is an error, as a missing one is: what a failed ``> FILE`` leaves behind would boot
+    nodes that never join. Every unreadable file is reported, not just the first.
     """
     problems = Problems()
 
@@ -239,7 +241,15 @@ def resolve_files(
             target = locate(item)
             with problems.collect():
                 try:
-                    return target.read_text()
+                    text = target.read_text()
+                    if not text.strip() and not missing_ok:
+                        raise ConfigError(
+                            where,
+                            f"{target.absolute()} is empty: nothing for a node to run (a failed "
+                            "`raydog node-setup ... > FILE` leaves an empty file; `-o FILE` "
+                            "writes nothing on an error)",
+                        )
+                    return text
                 except FileNotFoundError:
                     if missing_ok:
                         return item
@@ -359,8 +369,18 @@ def check(cluster_config: Mapping[str, Any]) -> RayDogConfig:
     with problems.collect():
         uploads(parsed)
     with scratch_home():
-        _, _, compute = build_plugins(parsed, problems)
-    if compute is not None and not parsed.auth.get("ssh_user") and _uses_ssh(compute):
+        _, transport, compute = build_plugins(parsed, problems)
+    if transport and compute and transport.uses_ssh and not reached_over_ssh(type(compute)):
+        problems.found.append(
+            ConfigError(
+                parsed.transport.paths[""],
+                f"the {parsed.transport.name} transport reaches the head over SSH, but the "
+                f"{parsed.compute.name} backend's nodes are not reached over SSH (it runs "
+                "Ray's commands on them itself): choose a transport without SSH, such as "
+                "`transport: direct`",
+            )
+        )
+    if compute is not None and not parsed.auth.get("ssh_user") and reached_over_ssh(type(compute)):
         problems.found.append(
             ConfigError(
                 "auth.ssh_user",
@@ -372,11 +392,11 @@ def check(cluster_config: Mapping[str, Any]) -> RayDogConfig:
     return parsed
 
 
-def _uses_ssh(compute: Any) -> bool:
+def reached_over_ssh(compute: type) -> bool:
     """Whether Ray reaches this backend's nodes with its own SSH runner (which needs a user)."""
     from raydog_core.interfaces import ComputeBackend
 
-    return type(compute).command_runner is ComputeBackend.command_runner
+    return getattr(compute, "command_runner", None) is ComputeBackend.command_runner
 
 
 def bootstrap(cluster_config: Mapping[str, Any]) -> dict[str, Any]:

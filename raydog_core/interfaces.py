@@ -133,6 +133,11 @@ def offers_changes(store: TagStore) -> bool:
 class Transport(ABC):
     """Opens a path from where the provider runs to a port on the head node."""
 
+    uses_ssh: bool = False
+    """Optional: True when the path goes over SSH to the head, with the config's
+    ``auth.ssh_user`` and ``auth.ssh_private_key``. It then works only with a compute backend
+    whose nodes Ray reaches over SSH, and ``raydog validate`` asks for the key file."""
+
     def __init__(self, cluster_name: str, **options: Any) -> None:
         self.cluster_name = cluster_name
 

@@ -92,7 +92,7 @@ available_node_types:
     max_workers: 0
     node_config:
       compute_requirement_template: my-namespace/my-head-template
-      # The node's setup: `raydog node-setup cluster.yaml --node-type head > node-setup-head.sh`
+      # The node's setup: `raydog node-setup cluster.yaml --node-type head -o node-setup-head.sh`
       userdata: "file:node-setup-head.sh"
   cpu_worker:
     resources: {CPU: 4}                # what one worker offers; Ray's autoscaler plans with it
@@ -100,7 +100,7 @@ available_node_types:
     max_workers: 10
     node_config:
       compute_requirement_template: my-namespace/my-worker-template
-      # `raydog node-setup cluster.yaml --node-type cpu_worker > node-setup-worker.sh`
+      # `raydog node-setup cluster.yaml --node-type cpu_worker -o node-setup-worker.sh`
       userdata: "file:node-setup-worker.sh"
 head_node_type: head
 """

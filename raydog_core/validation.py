@@ -15,6 +15,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from raydog_core import plugins
 from raydog_core.config import (
     MODULE,
     RAY_REQUIRED,
@@ -22,6 +23,8 @@ from raydog_core.config import (
     check,
     fill_defaults,
     mapping,
+    parse,
+    reached_over_ssh,
     shown,
 )
 from raydog_core.errors import ConfigError, ConfigErrors, Problems, raise_together
@@ -100,9 +103,45 @@ def validate(cluster_config: Mapping[str, Any]) -> RayDogConfig:
     if isinstance(provider, Mapping):
         with problems.collect():
             parsed = check(effective)
+        with problems.collect():
+            _check_ssh_key(parse(effective, Problems()))
     _raise_unique(problems.found)
     assert parsed is not None
     return parsed
+
+
+def _check_ssh_key(parsed: RayDogConfig) -> None:
+    """``auth.ssh_private_key`` where SSH needs it, and its file there. ``ray up`` reads the
+    key only once the head is running (and billed): a missing one, or node setup written without
+    one (so the nodes never get its public half), shows only then."""
+    compute = plugins.load("compute", parsed.compute.name, parsed.compute.paths[""])
+    transport = plugins.load("transport", parsed.transport.name, parsed.transport.paths[""])
+    needs = []
+    over_ssh = reached_over_ssh(compute)
+    if getattr(transport, "uses_ssh", False) and over_ssh:  # else `check` refuses the transport
+        needs.append(f"the {parsed.transport.name} transport reaches the head's tag store with it")
+    if over_ssh and getattr(compute, "runs_node_setup", False):
+        needs.append(
+            f"`raydog node-setup` gives its public half to the {parsed.compute.name} nodes, "
+            "so that Ray's SSH reaches the head"
+        )
+    key = parsed.auth.get("ssh_private_key")
+    then = "then run `raydog node-setup` again for each node type"
+    if not key:
+        if needs:
+            raise ConfigError(
+                "auth.ssh_private_key",
+                f"missing: {'; '.join(needs)} (make one with `ssh-keygen -t ed25519 -N '' -f "
+                f"~/.ssh/raydog`, set `ssh_private_key: ~/.ssh/raydog`, {then})",
+            )
+        return
+    path = Path(str(key)).expanduser()
+    if (needs or over_ssh) and not path.is_file():
+        raise ConfigError(
+            "auth.ssh_private_key",
+            f"file not found: {path.absolute()} (taken relative to the folder you run `ray` in; "
+            f"make it with `ssh-keygen -t ed25519 -N '' -f {path}`, {then})",
+        )
 
 
 def _non_text_keys(value: Any, path: str = "") -> Iterator[ConfigError]:

@@ -189,7 +189,19 @@ def test_init_before_the_ssh_key_exists_says_what_to_do(
     result = raydog("init", str(tmp_path / "starter"))
     assert result.returncode == 0, result.stderr
     assert "does not exist yet, so the node setup gives no SSH access" in result.stdout
-    valid = raydog("validate", "cluster.yaml", cwd=tmp_path / "starter")
+    folder = tmp_path / "starter"
+    refused = raydog("validate", "cluster.yaml", cwd=folder)
+    assert refused.returncode == 2
+    key = tmp_path / ".ssh" / "raydog"
+    assert f"error: auth.ssh_private_key: file not found: {key} " in refused.stderr
+    key.parent.mkdir()
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    for node_type, name in (("head", "node-setup-head.sh"), ("cpu_worker", "node-setup-worker.sh")):
+        written = raydog(
+            "node-setup", "cluster.yaml", "--node-type", node_type, "-o", name, cwd=folder
+        )
+        assert written.returncode == 0, written.stderr
+    valid = raydog("validate", "cluster.yaml", cwd=folder)
     assert valid.returncode == 0, valid.stderr
 
 

@@ -33,7 +33,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from raydog_core.errors import ConfigError
+from raydog_core.errors import ConfigError, Problems
 
 MAX_LENGTH = 60
 STAMP_LENGTH = 7
@@ -95,6 +95,36 @@ def stamp(now: float | None = None) -> str:
     return digits
 
 
+def _node_type_slug(cluster_name: str, cluster: str, node_type: str, owners: dict[str, str]) -> str:
+    """A node type's slug, once every name made of it (the worker pool's is the longest) fits
+    the platform's limit beside the cluster's; ``owners``: the slugs taken so far."""
+    path = f"available_node_types.{node_type}"
+    mapped = slug(node_type)
+    if mapped is None:
+        raise ConfigError(
+            path,
+            f"the node type name {node_type!r} cannot be a YellowDog name: after lower-casing "
+            f"and turning '.', '_', '/' and spaces into '-', it must be made of {RULE}",
+        )
+    if mapped in owners:
+        raise ConfigError(
+            path,
+            f"node types {owners[mapped]!r} and {node_type!r} both become {mapped!r} "
+            "in YellowDog names; rename one",
+        )
+    owners[mapped] = node_type
+    longest = len(cluster) + len(mapped) + 3 + 2 * STAMP_LENGTH
+    if longest > MAX_LENGTH:
+        raise ConfigError(
+            path,
+            f"cluster name {cluster_name!r} and node type {node_type!r} make YellowDog worker "
+            f"pool names of {longest} characters (`<cluster>_<7-character generation>_<node "
+            f"type>_<7-character stamp>`), more than the {MAX_LENGTH} allowed: shorten them by "
+            f"{longest - MAX_LENGTH}",
+        )
+    return mapped
+
+
 @dataclass(frozen=True)
 class ClusterNames:
     """Every YellowDog name of one Ray cluster; ``for_spec`` checks they all can be made."""
@@ -114,32 +144,11 @@ class ClusterNames:
             )
         slugs: dict[str, str] = {}
         owners: dict[str, str] = {}
+        problems = Problems()
         for node_type in node_types:
-            path = f"available_node_types.{node_type}"
-            mapped = slug(node_type)
-            if mapped is None:
-                raise ConfigError(
-                    path,
-                    f"the node type name {node_type!r} cannot be a YellowDog name: after "
-                    f"lower-casing and turning '.', '_', '/' and spaces into '-', it must be "
-                    f"made of {RULE}",
-                )
-            if mapped in owners:
-                raise ConfigError(
-                    path,
-                    f"node types {owners[mapped]!r} and {node_type!r} both become {mapped!r} "
-                    "in YellowDog names; rename one",
-                )
-            owners[mapped] = node_type
-            slugs[node_type] = mapped
-            longest = len(cluster) + len(mapped) + 3 + 2 * STAMP_LENGTH
-            if longest > MAX_LENGTH:
-                raise ConfigError(
-                    path,
-                    f"cluster name {cluster_name!r} and node type {node_type!r} make YellowDog "
-                    f"worker pool names of {longest} characters, more than the {MAX_LENGTH} "
-                    f"allowed: shorten them by {longest - MAX_LENGTH}",
-                )
+            with problems.collect():
+                slugs[node_type] = _node_type_slug(cluster_name, cluster, node_type, owners)
+        problems.raise_any()
         return cls(cluster, slugs)
 
     def work_requirement(self, generation: str) -> str:

@@ -1,0 +1,113 @@
+"""What `raydog validate` catches that would otherwise show only once instances run (and bill):
+each test starts from `raydog init`'s YellowDog starter, valid as written, and makes one
+mistake a new user makes."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from raydog_core import validation
+from raydog_core.errors import ConfigError, ConfigErrors
+from tests.commands import raydog
+
+
+@pytest.fixture
+def starter(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """`raydog init`'s YellowDog folder, with the SSH key its config names (in a private HOME);
+    the working directory is that folder, as the docs say."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    key = tmp_path / ".ssh" / "raydog"
+    key.parent.mkdir()
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    assert raydog("init", "starter", cwd=tmp_path).returncode == 0
+    folder = tmp_path / "starter"
+    monkeypatch.chdir(folder)
+    validation.validate(validation.load_file(folder / "cluster.yaml"))  # valid as written
+    return folder
+
+
+def problems(folder: Path, edit: Callable[[dict[str, Any]], None] | None = None) -> list[str]:
+    """Every problem `raydog validate` finds in the folder's cluster.yaml, after ``edit``."""
+    path = folder / "cluster.yaml"
+    config = validation.load_file(path)
+    if edit is not None:
+        edit(config)
+        path.write_text(yaml.safe_dump(config))
+    try:
+        validation.validate(validation.load_file(path))
+    except ConfigErrors as errors:
+        return [str(error) for error in errors.errors]
+    except ConfigError as error:
+        return [str(error)]
+    return []
+
+
+def test_an_empty_userdata_file_is_refused(starter: Path) -> None:
+    (starter / "node-setup-worker.sh").write_text("")
+    (found,) = problems(starter)
+    assert found.startswith("available_node_types.cpu_worker.node_config.userdata: ")
+    assert f"{starter / 'node-setup-worker.sh'} is empty" in found
+
+
+def test_node_setup_writes_nothing_when_it_fails(starter: Path, tmp_path: Path) -> None:
+    """`> FILE` empties the file before the command runs; `-o FILE` writes all or nothing."""
+    written = raydog("node-setup", "cluster.yaml", "--node-type", "head", "-o", "fresh.sh")
+    assert written.returncode == 0, written.stderr
+    printed = raydog("node-setup", "cluster.yaml", "--node-type", "head")
+    assert (starter / "fresh.sh").read_text() == printed.stdout
+    before = (starter / "node-setup-head.sh").read_text()
+    (tmp_path / ".ssh" / "raydog").unlink()  # the key it must read
+    for target in ("node-setup-head.sh", "new.sh"):
+        failed = raydog("node-setup", "cluster.yaml", "--node-type", "head", "-o", target)
+        assert failed.returncode == 2
+        assert "auth.ssh_private_key: file not found" in failed.stderr
+    assert (starter / "node-setup-head.sh").read_text() == before
+    assert sorted(p.name for p in starter.iterdir() if p.name.endswith(".sh")) == [
+        "fresh.sh",
+        "node-setup-head.sh",
+        "node-setup-worker.sh",
+    ]
+
+
+def test_a_missing_ssh_key_file_is_refused(starter: Path, tmp_path: Path) -> None:
+    (tmp_path / ".ssh" / "raydog").unlink()
+    (found,) = problems(starter)
+    assert found.startswith(f"auth.ssh_private_key: file not found: {tmp_path}/.ssh/raydog ")
+
+
+def test_no_ssh_key_where_ray_and_the_tunnel_need_one(starter: Path) -> None:
+    (found,) = problems(starter, lambda config: config["auth"].pop("ssh_private_key"))
+    assert found.startswith("auth.ssh_private_key: missing: the sshtunnel transport reaches")
+    assert "`raydog node-setup` gives its public half to the yellowdog nodes" in found
+
+
+def test_the_local_backend_with_the_default_ssh_tunnel_is_refused(tmp_path: Path) -> None:
+    assert raydog("init", "--compute", "local", str(tmp_path / "c")).returncode == 0
+    path = tmp_path / "c" / "cluster.yaml"
+    config = yaml.safe_load(path.read_text())
+    del config["provider"]["transport"]  # the default: sshtunnel
+    path.write_text(yaml.safe_dump(config))
+    result = raydog("validate", str(path))
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[0].startswith(
+        "error: provider.transport: the sshtunnel transport reaches the head over SSH, but the "
+        "local backend's nodes are not reached over SSH"
+    )
+
+
+def test_every_node_type_whose_names_do_not_fit_is_named(starter: Path) -> None:
+    """YellowDog's names are at most 60 characters: the plugin's check, for each node type."""
+
+    def lengthen(config: dict[str, Any]) -> None:
+        config["cluster_name"] = "a-cluster-name-of-forty-characters-x1234"
+
+    found = dict(line.split(": ", 1) for line in problems(starter, lengthen))
+    assert sorted(found) == ["available_node_types.cpu_worker", "available_node_types.head"]
+    assert "worker pool names of 61 characters" in found["available_node_types.head"]
+    assert "worker pool names of 67 characters" in found["available_node_types.cpu_worker"]
