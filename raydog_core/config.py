@@ -146,30 +146,34 @@ class RayDogConfig:
             cluster_name=self.cluster_name,
             head_node_type=self.head_node_type,
             node_types=self.node_types,
-            head_script=task_scripts.compose(
-                self.head_script,
-                ray_environment=task_scripts.ray_exports(
-                    is_head=True, autoscaler_v2=self.autoscaler_v2
-                ),
-                setup_wait=self.setup_wait(head=True),
-                head_server_command=server,
-            ),
+            head_script=self.task_script(self.head_node_type, True, server),
             worker_script=task_scripts.compose(
                 self.worker_script,
                 ray_environment=task_scripts.ray_exports(
                     is_head=False, autoscaler_v2=self.autoscaler_v2
                 ),
-                setup_wait=self.setup_wait(head=False),
+                setup_wait=node_setup.task_wait(self, "", head=False),
             ),
+            worker_scripts={name: self.task_script(name, False) for name in self.node_types},
             auth=self.auth,
             head_setup=(store.head_server_install() or "") if store is not None else "",
             clock=clock.of_cluster(self.cluster_name),
         )
 
-    def setup_wait(self, head: bool) -> str | None:
-        """On backends whose nodes run RayDog's node setup, the wait for it to finish (with the
-        configured time limit) that goes in front of every task script."""
-        return node_setup.task_wait(self, head)
+    def task_script(self, node_type: str, head: bool, server: str | None = None) -> str:
+        """What a node of ``node_type`` runs: the configured script, after what the core puts
+        in front of it (``task_scripts.compose``): Ray's environment, the type's resources,
+        the wait for RayDog's setup where the type runs it, the tag store's server."""
+        spec = self.node_types.get(node_type)
+        return task_scripts.compose(
+            self.head_script if head else self.worker_script,
+            ray_environment=task_scripts.ray_exports(
+                is_head=head, autoscaler_v2=self.autoscaler_v2
+            ),
+            resources=task_scripts.resource_exports(node_type, spec.resources) if spec else None,
+            setup_wait=node_setup.task_wait(self, node_type, head),
+            head_server_command=server,
+        )
 
 
 # --- Ray's defaults ------------------------------------------------------------------------
@@ -645,7 +649,7 @@ def _node_type(name: str, raw: Any) -> NodeTypeSpec:
     with problems.collect():
         node_config = mapping(entry.get("node_config", {}), f"{path}.node_config")
     with problems.collect():
-        resources = mapping(entry.get("resources", {}), f"{path}.resources")
+        resources = _resources(entry.get("resources", {}), f"{path}.resources")
     counts = {"min_workers": 0, "max_workers": 0}
     for key in counts:
         value = entry.get(key, 0)
@@ -663,6 +667,25 @@ def _node_type(name: str, raw: Any) -> NodeTypeSpec:
     return NodeTypeSpec(
         name, dict(node_config), dict(resources), counts["min_workers"], counts["max_workers"]
     )
+
+
+def _resources(value: Any, path: str) -> Mapping[str, Any]:
+    """A node type's ``resources``: numbers >= 0, whole where ``ray start`` takes an option of
+    its own (``--num-cpus``...), since the task scripts start Ray with exactly these."""
+    resources = mapping(value, path)
+    problems = Problems()
+    for name, amount in resources.items():
+        with problems.collect():
+            valid = isinstance(amount, (int, float)) and not isinstance(amount, bool)
+            if not valid or not math.isfinite(amount) or amount < 0:
+                raise ConfigError(f"{path}.{name}", f"expected a number >= 0, got {amount!r}")
+            if name in task_scripts.RESOURCE_VARIABLES and not float(amount).is_integer():
+                raise ConfigError(
+                    f"{path}.{name}",
+                    f"expected a whole number (ray start takes no fraction of it), got {amount!r}",
+                )
+    problems.raise_any()
+    return resources
 
 
 def _files_to_upload(value: Any) -> tuple[str, ...]:

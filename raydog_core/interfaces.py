@@ -204,6 +204,15 @@ class ClusterSpec:
     auth: Mapping[str, Any] = field(default_factory=dict)
     clock: Clock = field(default=SYSTEM_CLOCK, compare=False)
     """The time the backend lives in: the machine's, or a simulation's (``raydog simulate``)."""
+    worker_scripts: Mapping[str, str] = field(default_factory=dict)
+    """Each worker node type's own script, where the core made one per type (its resources,
+    whether it waits for RayDog's setup); a type not in it runs ``worker_script``."""
+
+    def script(self, node_type: str, is_head: bool) -> str:
+        """The bash a node runs: what backends hand their nodes."""
+        if is_head:
+            return self.head_script
+        return self.worker_scripts.get(node_type, self.worker_script)
 
 
 @dataclass(frozen=True)
@@ -245,6 +254,15 @@ class ComputeBackend(ABC):
 
     def __init__(self, spec: ClusterSpec, **options: Any) -> None:
         self.spec = spec
+
+    @classmethod
+    def boot_setup(cls, node_config: Mapping[str, Any]) -> str | None:
+        """Optional, with :attr:`runs_node_setup`: the script a node of this ``node_config``
+        runs as it boots (its userdata), or None when the config names none. The core waits
+        for RayDog's setup only on nodes whose boot script is RayDog's
+        (``node_setup.is_raydog_setup``); with None it takes the node to run RayDog's setup
+        (from the image). No I/O: ``file:`` references are already read."""
+        return None
 
     @abstractmethod
     def launch(self, request: LaunchRequest) -> list[str]:

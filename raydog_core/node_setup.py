@@ -8,7 +8,9 @@ own wheel (``head_packages``), so Ray's launcher needs no edit and no PYTHONPATH
 
 On some platforms (YellowDog) a node's agent starts taking tasks before the setup has finished,
 so the setup ends by writing a marker file, and the core puts a wait for that marker in front
-of every task script it hands a backend whose nodes run this setup (``runs_node_setup``).
+of the task scripts of nodes that run this setup (``runs_raydog_setup``): on a backend whose
+nodes run it (``runs_node_setup``), unless the node type's userdata is a setup that never
+writes the marker (``is_raydog_setup``), such as a yellowdog-ray config's.
 
 The setup runs as root at boot, perhaps without ``HOME``; the node's tasks and ``ray up``'s SSH
 commands run as another user (YellowDog's ``yd-agent``). So everything they run lives under
@@ -108,6 +110,28 @@ def runs_node_setup(compute: PluginChoice) -> bool:
     return bool(getattr(plugin, "runs_node_setup", False))
 
 
+def is_raydog_setup(userdata: str) -> bool:
+    """Whether a node's boot script (userdata) is RayDog's node setup, whose end marker tasks
+    can wait for: it names the marker (``SETUP_FINISHED``), as every setup ``raydog
+    node-setup`` prints does, and a setup of one's own that writes it. Someone else's setup
+    (yellowdog-ray's example, say) never writes it, so tasks must not wait for it."""
+    return SETUP_FINISHED in userdata
+
+
+def runs_raydog_setup(config: RayDogConfig, node_type: str) -> bool:
+    """Whether nodes of this type run RayDog's node setup, so that their tasks (and the head's
+    setup commands) wait for it: on a backend whose nodes run it (``runs_node_setup``), unless
+    the type's boot script (``ComputeBackend.boot_setup``: its userdata) is not RayDog's."""
+    compute = config.compute
+    plugin = plugins.load("compute", compute.name, compute.paths[""])
+    if not getattr(plugin, "runs_node_setup", False):
+        return False
+    spec = config.node_types.get(node_type)
+    boot = getattr(plugin, "boot_setup", None)
+    userdata = boot(spec.node_config) if spec is not None and boot is not None else None
+    return userdata is None or is_raydog_setup(userdata)
+
+
 def _wait_line(marker: str, seconds: int, waiting: str, expired: str, done: str) -> str:
     """One line of shell that holds until ``marker`` exists, for at most ``seconds``; then it
     says ``expired`` and exits 1."""
@@ -137,11 +161,12 @@ def wait_command(timeout_minutes: float, before: str = "starting this task") -> 
     )
 
 
-def task_wait(config: RayDogConfig, head: bool) -> str | None:
-    """What the core puts first in every task script on a backend whose nodes run this setup:
-    wait for it to finish; on a head that gets raydog as wheels, also for ``ray up`` to have
-    installed them (it does so after syncing the cluster's files, before it starts Ray)."""
-    if not runs_node_setup(config.compute):
+def task_wait(config: RayDogConfig, node_type: str, head: bool) -> str | None:
+    """What the core puts first in the task script of a node that runs this setup
+    (``runs_raydog_setup``): wait for it to finish; on a head that gets raydog as wheels, also
+    for ``ray up`` to have installed them (it does so after syncing the cluster's files, before
+    it starts Ray)."""
+    if not runs_raydog_setup(config, node_type):
         return None
     minutes = config.setup_options.timeout_minutes
     lines = [
@@ -169,8 +194,11 @@ def task_wait(config: RayDogConfig, head: bool) -> str | None:
 
 
 def ships_wheels(config: RayDogConfig) -> bool:
-    """Whether the head gets the client's raydog as wheels (see ``head_packages``)."""
-    return config.setup_options.raydog_install == "wheel" and runs_node_setup(config.compute)
+    """Whether the head gets the client's raydog as wheels (see ``head_packages``): into the
+    venv of RayDog's setup, so only on a head that runs it."""
+    return config.setup_options.raydog_install == "wheel" and runs_raydog_setup(
+        config, config.head_node_type
+    )
 
 
 def stage_head_wheels(config: RayDogConfig) -> list[Path]:
@@ -184,8 +212,9 @@ def stage_head_wheels(config: RayDogConfig) -> list[Path]:
 def head_setup_commands(config: RayDogConfig, commands: list[str]) -> list[str]:
     """Ray's ``head_setup_commands`` with RayDog's first: Ray runs them over SSH after syncing
     the cluster's files and before its start commands; they wait for the node's setup, then
-    install the wheels that came with the files, offline, and say so for the head's task."""
-    if not runs_node_setup(config.compute):
+    install the wheels that came with the files, offline, and say so for the head's task.
+    A head whose setup is someone else's gets neither: its setup installs raydog itself."""
+    if not runs_raydog_setup(config, config.head_node_type):
         return commands
     wheels_come = ships_wheels(config)
     before = "installing RayDog" if wheels_come else "starting Ray"

@@ -3,10 +3,16 @@
 A config that names no ``ray_head_node_task_script`` / ``ray_worker_node_task_script`` gets the
 defaults below. They run unchanged on every compute backend: what a backend knows about a node
 arrives as environment variables, and the ones only some backends set (the ``local`` backend's
-per-node ports and temp folder) are passed to ``ray start`` only when present.
+per-node ports and temp folder) are passed to ``ray start`` only when present. The node type's
+``resources`` arrive the same way on every backend (``resource_exports``), so Ray offers
+exactly what its autoscaler plans with (``resources: {CPU: 0}`` keeps work off the head).
 """
 
 from __future__ import annotations
+
+import json
+import shlex
+from collections.abc import Mapping
 
 DEFAULT_HEAD_SCRIPT = """#!/usr/bin/env bash
 # RayDog's default head task: Ray's head with the autoscaling config `ray up` uploads, and
@@ -27,6 +33,11 @@ exec ray start --head --block \\
     ${RAYDOG_NODE_IP:+"--node-ip-address=$RAYDOG_NODE_IP"} \\
     ${RAYDOG_CLIENT_PORT:+"--ray-client-server-port=$RAYDOG_CLIENT_PORT"} \\
     ${RAYDOG_DASHBOARD_AGENT_PORT:+"--dashboard-agent-listen-port=$RAYDOG_DASHBOARD_AGENT_PORT"} \\
+    ${RAYDOG_NUM_CPUS:+"--num-cpus=$RAYDOG_NUM_CPUS"} \\
+    ${RAYDOG_NUM_GPUS:+"--num-gpus=$RAYDOG_NUM_GPUS"} \\
+    ${RAYDOG_MEMORY:+"--memory=$RAYDOG_MEMORY"} \\
+    ${RAYDOG_OBJECT_STORE_MEMORY:+"--object-store-memory=$RAYDOG_OBJECT_STORE_MEMORY"} \\
+    ${RAYDOG_RESOURCES:+"--resources=$RAYDOG_RESOURCES"} \\
     ${RAY_TMPDIR:+"--temp-dir=$RAY_TMPDIR/ray"} \\
     --disable-usage-stats
 """
@@ -42,6 +53,11 @@ exec ray start --block \\
     --address="${RAY_ADDRESS:-$RAY_HEAD_IP:6379}" \\
     ${RAYDOG_NODE_IP:+"--node-ip-address=$RAYDOG_NODE_IP"} \\
     ${RAYDOG_DASHBOARD_AGENT_PORT:+"--dashboard-agent-listen-port=$RAYDOG_DASHBOARD_AGENT_PORT"} \\
+    ${RAYDOG_NUM_CPUS:+"--num-cpus=$RAYDOG_NUM_CPUS"} \\
+    ${RAYDOG_NUM_GPUS:+"--num-gpus=$RAYDOG_NUM_GPUS"} \\
+    ${RAYDOG_MEMORY:+"--memory=$RAYDOG_MEMORY"} \\
+    ${RAYDOG_OBJECT_STORE_MEMORY:+"--object-store-memory=$RAYDOG_OBJECT_STORE_MEMORY"} \\
+    ${RAYDOG_RESOURCES:+"--resources=$RAYDOG_RESOURCES"} \\
     ${RAY_TMPDIR:+"--temp-dir=$RAY_TMPDIR/ray"} \\
     --disable-usage-stats
 """
@@ -53,6 +69,39 @@ WAIT_FOR_HEAD_RAY = (
 )
 """RayDog's default ``head_start_ray_commands``: the head's task script starts Ray, so ``ray up``
 only waits for it (Ray writes ``ray_current_cluster`` into its temp folder once it runs)."""
+
+
+RESOURCE_VARIABLES = {
+    "CPU": "RAYDOG_NUM_CPUS",
+    "GPU": "RAYDOG_NUM_GPUS",
+    "memory": "RAYDOG_MEMORY",
+    "object_store_memory": "RAYDOG_OBJECT_STORE_MEMORY",
+}
+"""The resources ``ray start`` takes as options of their own (``--num-cpus``, ``--num-gpus``,
+``--memory``, ``--object-store-memory``; whole numbers, memory in bytes), and the variable each
+reaches a task script in."""
+CUSTOM_RESOURCES_VARIABLE = "RAYDOG_RESOURCES"
+"""Every other resource of the node type, as the JSON object ``ray start --resources`` takes."""
+
+
+def resource_exports(node_type: str, resources: Mapping[str, float]) -> str:
+    """Bash exporting a node type's ``resources`` for the Ray its script starts: the variables
+    of ``RESOURCE_VARIABLES`` and ``CUSTOM_RESOURCES_VARIABLE``, each only when the type names
+    such a resource (Ray detects the rest itself, as it does under its own launcher)."""
+    lines = [f"# Set by RayDog: the resources of node type {node_type}, for ray start"]
+    for name, variable in RESOURCE_VARIABLES.items():
+        if name in resources:
+            lines.append(f"export {variable}={_whole(resources[name])}")
+    custom = {name: value for name, value in resources.items() if name not in RESOURCE_VARIABLES}
+    if custom:
+        text = json.dumps(custom, sort_keys=True, separators=(",", ":"))
+        lines.append(f"export {CUSTOM_RESOURCES_VARIABLE}={shlex.quote(text)}")
+    return "\n".join(lines) if len(lines) > 1 else ""
+
+
+def _whole(value: float) -> str:
+    """A whole number as ``ray start`` takes it (``2.0`` is ``2``); config checks refuse others."""
+    return str(int(value)) if float(value).is_integer() else str(value)
 
 
 AUTOSCALER_V2_VARIABLE = "RAY_enable_autoscaler_v2"
@@ -84,6 +133,7 @@ def compose(
     script: str,
     *,
     ray_environment: str | None = None,
+    resources: str | None = None,
     setup_wait: str | None = None,
     head_server_command: str | None = None,
 ) -> str:
@@ -91,14 +141,16 @@ def compose(
 
     Everything the core puts in front of a task script is added here, in order, after the
     script's shebang (or bash's): what Ray's autoscaler v2 needs (``ray_exports``), the wait
-    for the node's setup to finish (``node_setup.task_wait``), then the tag store's server on
-    the head.
+    for the node's setup to finish (``node_setup.task_wait``), the node type's resources
+    (``resource_exports``), then the tag store's server on the head.
     """
     prefix: list[str] = []
     if ray_environment:
         prefix.append(ray_environment)
     if setup_wait:
         prefix.append(setup_wait.rstrip("\n"))
+    if resources:
+        prefix.append(resources)
     if head_server_command:
         prefix += ["# Started by RayDog: the tag store's server", head_server_command]
     if not prefix:

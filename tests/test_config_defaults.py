@@ -149,6 +149,38 @@ def test_default_scripts_pass_only_the_settings_a_node_has(tmp_path: Path) -> No
     assert f"--autoscaling-config={tmp_path}/ray_bootstrap_config.yaml" in head
 
 
+def test_default_scripts_start_ray_with_exactly_the_node_types_resources(tmp_path: Path) -> None:
+    """What Ray's autoscaler plans with (``available_node_types.<type>.resources``) is what
+    each node's ``ray start`` offers: ``{CPU: 0}`` keeps work off the head."""
+    shim = tmp_path / "ray"
+    shim.write_text('#!/bin/sh\nfor a in "$@"; do echo "$a"; done\n')
+    shim.chmod(0o755)
+    (tmp_path / "ray_bootstrap_config.yaml").write_text("x: 1\n")
+    config = memory_cluster_config()
+    types = config["available_node_types"]
+    types["head"]["resources"] = {"CPU": 0}
+    types["gpu"] = {
+        "resources": {"CPU": 8.0, "GPU": 1, "memory": 2**33, "accel": 0.5, 'say "hi"': 2},
+        "max_workers": 1,
+    }
+    parsed = raydog_config.parse(config)
+    spec = parsed.cluster_spec(None)
+    env = {"PATH": f"{tmp_path}:/usr/bin:/bin", "HOME": str(tmp_path), "RAY_HEAD_IP": "10.0.0.5"}
+
+    def args(script: str) -> list[str]:
+        ran = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True)
+        assert ran.returncode == 0, ran.stderr
+        return ran.stdout.splitlines()
+
+    head = args(spec.script("head", is_head=True))
+    assert "--num-cpus=0" in head and not any(a.startswith("--resources") for a in head)
+    gpu = args(spec.script("gpu", is_head=False))
+    assert {"--num-cpus=8", "--num-gpus=1", f"--memory={2**33}"} <= set(gpu)
+    (custom,) = [a.removeprefix("--resources=") for a in gpu if a.startswith("--resources=")]
+    assert json.loads(custom) == {"accel": 0.5, 'say "hi"': 2}
+    assert "--num-cpus=2" in args(spec.script("cpu", is_head=False))
+
+
 @pytest.mark.parametrize("value", [["echo", "hi"], 42, {"run": "x"}, "  "])
 def test_a_script_of_the_wrong_type_names_the_key(value: Any) -> None:
     config = memory_cluster_config(ray_head_node_task_script=value)

@@ -11,9 +11,10 @@ from typing import Any
 import pytest
 
 from raydog_core import config as raydog_config
+from raydog_core import node_setup
 from raydog_core.errors import ConfigError
 from raydog_core.interfaces import ClusterSpec
-from raydog_core.node_setup import SETUP_FINISHED_ENV, end_marker
+from raydog_core.node_setup import SETUP_FINISHED, SETUP_FINISHED_ENV, end_marker
 from tests.conftest import memory_cluster_config
 
 WORKER_TASK = (
@@ -137,8 +138,10 @@ def test_nodes_without_a_setup_phase_do_not_wait() -> None:
             ray_worker_node_task_script=WORKER_TASK,
         )
         spec = spec_of(cluster)
-        assert spec.head_script == "#!/bin/bash\nsleep 1\n", compute
+        assert spec.head_script.endswith("\nsleep 1\n"), compute
         assert spec.worker_script == WORKER_TASK, compute
+        for script in (spec.head_script, *spec.worker_scripts.values()):
+            assert SETUP_FINISHED not in script, compute
 
 
 @pytest.mark.parametrize("value", [0, -1, "ten", True, None])
@@ -164,3 +167,54 @@ def test_the_node_setup_ends_by_writing_the_marker(tmp_path: Path) -> None:
     # What the backend appends (the tag store's install, extra_userdata) runs with the venv's
     # Python, not the system's.
     assert "\n. /etc/profile.d/raydog.sh  # the rest of this setup" in result.stdout
+
+
+# A node setup that is not RayDog's, in the shape of yellowdog-ray's example setup
+# (github yellowdog/raydog, examples/autoscaler/scripts/example-node-setup.sh): the YellowDog
+# agent, then Python and Ray in a venv of the agent's user; it writes no RayDog marker.
+OTHER_SETUP = (
+    "#!/usr/bin/bash\nset -euo pipefail\n"
+    "curl -LsSf https://example.invalid/yd-agent-installer.sh | bash\n"
+    "uv venv --python 3.11 /opt/yellowdog/agent/venv\n"
+    "echo 'source /opt/yellowdog/agent/venv/bin/activate' >> /opt/yellowdog/agent/.bashrc\n"
+)
+
+
+def test_only_nodes_whose_userdata_is_raydogs_setup_wait_for_it() -> None:
+    """yellowdog-ray's setup never writes RayDog's marker: its nodes' tasks (and the head's
+    setup commands) must not wait 20 minutes for it. Nodes with RayDog's setup still do."""
+    cluster = yellowdog_config(ray_worker_node_task_script=WORKER_TASK)
+    types = cluster["available_node_types"]
+    types["head"]["node_config"]["userdata"] = OTHER_SETUP
+    types["cpu"]["node_config"]["userdata"] = setup_script("echo extra\n")
+    types["other"] = {
+        "resources": {"CPU": 2},
+        "max_workers": 2,
+        "node_config": {"compute_requirement_template": "t", "userdata": OTHER_SETUP},
+    }
+    spec = spec_of(cluster)
+    assert SETUP_FINISHED not in spec.head_script
+    assert SETUP_FINISHED not in spec.script("other", is_head=False)
+    assert SETUP_FINISHED in spec.script("cpu", is_head=False)
+    parsed = raydog_config.parse(cluster)
+    assert node_setup.head_setup_commands(parsed, ["echo mine"]) == ["echo mine"]
+    assert not node_setup.ships_wheels(parsed)
+
+
+def test_raydogs_own_setup_is_recognised() -> None:
+    """What `raydog node-setup` prints (and a hand-written setup that writes the marker, as
+    examples/yellowdog/docker-setup.sh does) is RayDog's setup; other userdata is not."""
+    parsed = raydog_config.parse(yellowdog_config())
+    versions = node_setup.Versions("3.11.9", "2.49.2", "0.1.0")
+    for node_type in ("head", "cpu"):
+        assert node_setup.is_raydog_setup(node_setup.common_setup(parsed, node_type, versions))
+    docker = Path(__file__).parents[1] / "examples" / "yellowdog" / "docker-setup.sh"
+    assert node_setup.is_raydog_setup(docker.read_text())
+    assert not node_setup.is_raydog_setup(OTHER_SETUP)
+
+
+def test_without_userdata_the_image_is_taken_to_run_raydogs_setup() -> None:
+    """A node type with no userdata boots an image: RayDog cannot tell, so its tasks wait."""
+    spec = spec_of(yellowdog_config())
+    assert SETUP_FINISHED in spec.head_script
+    assert SETUP_FINISHED in spec.script("cpu", is_head=False)

@@ -71,7 +71,8 @@ def test_file_references_stay_references_and_travel_as_files(
     remote = raydog_config.remote_file(config["cluster_name"], "file:scripts/head.sh")
     assert bootstrapped["file_mounts"][remote] == "scripts/head.sh"
     client = RayDogNodeProvider(section, config["cluster_name"])
-    assert client.compute.spec.head_script.endswith("#!/bin/bash\necho head\n")
+    head_script = client.compute.spec.head_script
+    assert head_script.startswith("#!/bin/bash\n") and head_script.endswith("\necho head\n")
     # On the head: the synced copy under the SSH user's home, wherever the command runs.
     head_home = tmp_path / "head-home"
     copy = head_home / remote.removeprefix("~/")

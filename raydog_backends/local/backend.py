@@ -13,7 +13,7 @@ Environment of every node (task script and commands run through the command runn
 ``RAYDOG_CLUSTER_NAME``, ``RAYDOG_NODE_TYPE``, ``RAYDOG_NODE_ID``, ``RAYDOG_NODE_IP``,
 ``RAY_HEAD_IP``, ``RAYDOG_GCS_PORT`` (the head's Ray port), ``RAYDOG_CLIENT_PORT`` (the head's
 Ray client port), ``RAYDOG_DASHBOARD_AGENT_PORT`` (this node's), ``RAY_TMPDIR`` (this node's Ray
-temp folder), ``RAY_OVERRIDE_RESOURCES`` (the node type's resources), ``HOME``, and ``RAY_ADDRESS``
+temp folder), ``HOME``, and ``RAY_ADDRESS``
 (the head's Ray address: ``ray.init()`` and ``ray status`` must not guess, as they would pick any
 Ray running on the machine). Ray binds several ports on every address, so nodes sharing a machine
 must use these ports, not Ray's defaults.
@@ -211,7 +211,7 @@ class LocalComputeBackend(ComputeBackend):
         Path(record.tmp_dir).mkdir(mode=0o700, exist_ok=True)
         # Recorded before it starts: even a launcher that dies next leaves a findable node.
         self.folder.write(record)
-        script = self.spec.head_script if request.is_head else self.spec.worker_script
+        script = self.spec.script(request.node_type, request.is_head)
         env = node_environment(self.spec, self.folder, record, record if request.is_head else head)
         process = NodeProcess.start(
             script,

@@ -132,9 +132,6 @@ def node_environment(
         env["RAY_ADDRESS"] = f"{head.ip}:{head.ports['gcs']}"
         env["RAYDOG_GCS_PORT"] = str(head.ports["gcs"])
         env["RAYDOG_CLIENT_PORT"] = str(head.ports["client"])
-    resources = spec.node_types[record.node_type].resources
-    if resources:
-        env["RAY_OVERRIDE_RESOURCES"] = json.dumps(dict(resources))
     return env
 
 

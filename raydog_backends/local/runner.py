@@ -41,7 +41,4 @@ class LocalCommandRunner(ThisMachineCommandRunner):
         env = node_environment(self.spec, self.folder, record, head)
         env[TOKEN_VARIABLE] = record.token
         env[DETACH_VARIABLE] = "1"
-        # The node's resources are for the Ray the task script starts; Ray's updater passes them
-        # itself to the start commands it runs, and a job's own ray.init() must not inherit them.
-        env.pop("RAY_OVERRIDE_RESOURCES", None)
         return NodeHere(self.folder.home(record.node_id), record.ip, env)

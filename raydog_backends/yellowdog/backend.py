@@ -14,8 +14,8 @@ what this costs in API calls and what it leaves behind (nothing).
 
 from __future__ import annotations
 
-from collections.abc import Collection
-from typing import TYPE_CHECKING
+from collections.abc import Collection, Mapping
+from typing import TYPE_CHECKING, Any
 
 from raydog_backends.yellowdog.addresses import Addresses
 from raydog_backends.yellowdog.api import API_ERRORS, Api, is_refusal, reason
@@ -27,7 +27,7 @@ from raydog_backends.yellowdog.cluster import (
 )
 from raydog_backends.yellowdog.describe import Describer
 from raydog_backends.yellowdog.launch import Launcher
-from raydog_backends.yellowdog.options import Options
+from raydog_backends.yellowdog.options import Options, userdata_of
 from raydog_backends.yellowdog.pools import Pools
 from raydog_backends.yellowdog.teardown import shutdown_everything
 from raydog_core.errors import BackendError
@@ -201,6 +201,12 @@ class YellowDogComputeBackend(ComputeBackend):
                 )
             )
         return checks
+
+    @classmethod
+    def boot_setup(cls, node_config: Mapping[str, Any]) -> str | None:
+        """The node type's ``userdata`` and ``extra_userdata``: the core waits for RayDog's
+        setup only where they run it (a yellowdog-ray setup never writes its marker)."""
+        return userdata_of(node_config)
 
     def node_setup_script(self, node_type: str, common: str) -> str:
         """The YellowDog agent first: it runs the node's task and creates the ``yd-agent``

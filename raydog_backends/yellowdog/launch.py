@@ -250,7 +250,7 @@ class Launcher:
         }
         if head_ip is not None:
             environment["RAY_HEAD_IP"] = head_ip
-        script = _task_script(self.spec.head_script if group.is_head else self.spec.worker_script)
+        script = _task_script(self.spec.script(group.node_type, group.is_head))
         names = [self.options.names.task(group.node_type, launch, i) for i in range(count)]
         what = f"{count} {group.node_type!r} task(s) to task group {group.id}"
         failure = ""

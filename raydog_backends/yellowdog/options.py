@@ -136,15 +136,20 @@ def _node_type_config(name: str, node_config: Mapping[str, Any], nodes: int) -> 
             "missing: the id or name of the YellowDog compute requirement template "
             "that this node type's instances are made from",
         )
-    parts = [node_config.get("userdata"), node_config.get("extra_userdata")]
-    userdata = "\n".join(part.rstrip("\n") for part in parts if part) or None
     return NodeTypeConfig(
         template,
         max(1, nodes),
         node_config.get("images_id"),
-        userdata,
+        userdata_of(node_config),
         node_config.get("metrics_enabled", False),
     )
+
+
+def userdata_of(node_config: Mapping[str, Any]) -> str | None:
+    """What a node of this type runs as it boots: ``userdata`` then ``extra_userdata`` (as
+    yellowdog-ray joins them), or None when it names neither."""
+    parts = [node_config.get("userdata"), node_config.get("extra_userdata")]
+    return "\n".join(part.rstrip("\n") for part in parts if isinstance(part, str) and part) or None
 
 
 def _check_name(option: str, value: str) -> None:

@@ -170,7 +170,7 @@ class Nodes:
         if not node.registered and now >= node.ready_at:
             self._register(node, pool, now)
         if node.registered and not node.setup_done and now >= node.setup_done_at:
-            self.processes.finish_setup(node)
+            self.processes.finish_setup(node, pool.usage.userData)
         if node.registered and node.task_id is None and not node.queue:
             timeout = seconds(pool.properties.idleNodeShutdown)
             scale = self.account.config.time_scale
@@ -211,7 +211,7 @@ class Nodes:
         # The agent takes tasks at once; the setup goes on (YellowDog agent installer README).
         node.setup_done_at = now + config.setup_delay
         if config.setup_delay <= 0:
-            self.processes.finish_setup(node)
+            self.processes.finish_setup(node, pool.usage.userData)
 
     def end(
         self, node: NodeRecord, status: NodeStatus, reason: str, fail_tasks: bool = True

@@ -34,6 +34,7 @@ from raydog_backends.process_nodes.addresses import LoopbackAddresses, free_port
 from raydog_backends.process_nodes.processes import TOKEN_VARIABLE, NodeProcess, stop_all
 from raydog_backends.process_nodes.shims import NODE_DIR_VARIABLE, write_shims
 from raydog_backends.yellowdog_emulator.records import EmulatorConfig, NodeRecord, TaskRecord
+from raydog_core import node_setup
 
 NOT_INHERITED = ("HOME", "PWD", "OLDPWD")
 NOT_INHERITED_PREFIXES = ("RAY_", "RAYDOG_", "YD_API_")
@@ -44,6 +45,9 @@ ENVIRONMENT_FILE = "environment.json"
 SETUP_FINISHED_VARIABLE = "RAYDOG_SETUP_FINISHED"
 """Where ``raydog node-setup``'s marker goes on a machine that runs several nodes."""
 SETUP_FINISHED_FILE = "setup-finished"
+AGENT_INSTALLER = "yd-agent-installer"
+"""What a setup that installs the YellowDog agent runs (github yellowdog/resources,
+``agent-install/linux/yd-agent-installer.sh``)."""
 
 
 class NodeProcesses:
@@ -72,8 +76,9 @@ class NodeProcesses:
             shutil.rmtree(node.lease, ignore_errors=True)
             node.lease = None
 
-    def finish_setup(self, node: NodeRecord) -> None:
-        """The node's setup has installed Python and Ray and written its marker."""
+    def finish_setup(self, node: NodeRecord, userdata: str | None) -> None:
+        """The node's setup has installed Python and Ray, and written RayDog's marker if it is
+        a setup that writes one (``leaves_marker``)."""
         node.setup_done = True
         if not (self.config.run_tasks and self.config.loopback_ips):
             return
@@ -85,7 +90,8 @@ class NodeProcesses:
             if program.is_file() and os.access(program, os.X_OK) and not installed.exists():
                 installed.write_text(f'#!/bin/sh\nexec {shlex.quote(str(program))} "$@"\n')
                 installed.chmod(0o755)
-        (folder / SETUP_FINISHED_FILE).write_text("finished (emulated setup)\n")
+        if leaves_marker(userdata):
+            (folder / SETUP_FINISHED_FILE).write_text("finished (emulated setup)\n")
 
     def node_folder(self, node: NodeRecord) -> Path:
         if node.folder is None:
@@ -189,6 +195,17 @@ class NodeProcesses:
         if self._scratch is None:
             self._scratch = Path(tempfile.mkdtemp(prefix="yellowdog-emulator-"))
         return self._scratch
+
+
+def leaves_marker(userdata: str | None) -> bool:
+    """Whether a node's setup leaves RayDog's setup-finished marker. A whole setup in the
+    userdata (one that installs the YellowDog agent, as yellowdog-ray's example setup
+    ``examples/autoscaler/scripts/example-node-setup.sh`` and ``raydog node-setup``'s do) leaves
+    it only if it writes it (``node_setup.is_raydog_setup``); otherwise the image was prepared
+    with RayDog's setup, which left it."""
+    if userdata is None or AGENT_INSTALLER not in userdata:
+        return True
+    return node_setup.is_raydog_setup(userdata)
 
 
 def _short(ydid: str) -> str:
