@@ -160,7 +160,24 @@ class TagStoreChangesContract:
         assert stale.token.epoch != token.epoch
 
 
-class TagStoreContract(TagStoreChangesContract):
+class TagStoreValueLimitContract:
+    """The optional ``max_value_bytes`` (TagStore interface 3); skips for a store without it.
+    Part of :class:`TagStoreContract`."""
+
+    def test_values_as_long_as_max_value_bytes_round_trip(
+        self, make_store: MakeStore, cluster: str
+    ) -> None:
+        """Interface 3: the limit a store declares is one it can hold (two bytes a character)."""
+        store = make_store(cluster)
+        limit = store.max_value_bytes
+        if limit is None:
+            pytest.skip(f"{type(store).__name__} declares no max_value_bytes")
+        name, value = "\u00e9" * (limit // 2) + "n" * (limit % 2), "v" * limit
+        store.update({"n1": {name: value}})
+        assert store.load_all() == {"n1": {name: value}}
+
+
+class TagStoreContract(TagStoreChangesContract, TagStoreValueLimitContract):
     """Provide a fixture ``make_store``: ``make_store(cluster_name) -> TagStore``, connected.
 
     Two stores made for the same cluster name must see the same data (they model the client
@@ -279,18 +296,6 @@ class TagStoreContract(TagStoreChangesContract):
         store.update({"n1": {"a": "1"}})
         store.close()
         assert make_store(cluster).load_all() == {"n1": {"a": "1"}}
-
-    def test_values_as_long_as_max_value_bytes_round_trip(
-        self, make_store: MakeStore, cluster: str
-    ) -> None:
-        """Interface 3: the limit a store declares is one it can hold (two bytes a character)."""
-        store = make_store(cluster)
-        limit = store.max_value_bytes
-        if limit is None:
-            pytest.skip(f"{type(store).__name__} declares no max_value_bytes")
-        name, value = "\u00e9" * (limit // 2) + "n" * (limit % 2), "v" * limit
-        store.update({"n1": {name: value}})
-        assert store.load_all() == {"n1": {name: value}}
 
     def test_load_all_returns_a_copy(self, make_store: MakeStore, cluster: str) -> None:
         store = make_store(cluster)
