@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import re
 import stat
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -1089,6 +1091,23 @@ def test_the_head_launch_shows_progress_in_rays_cli_output(
     printed = capsys.readouterr().out
     assert "RayDog: waiting for the head node of" in printed and head in printed
     assert "RayDog: the head node runs at" in printed
+
+
+def test_a_config_without_a_lifetime_gets_yellowdog_rays_one_hour_and_ray_up_says_so(
+    backends: Callable[..., YellowDogComputeBackend], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """yellowdog-ray's default lifetime was 1 hour (``CLUSTER_LIFETIME_DEFAULT_HOURS``): the
+    same YAML must not bill longer under RayDog. ``ray up`` prints the lifetime and the end."""
+    backend = backends()
+    backend.launch(HEAD)
+    backend.launch(workers(1))
+    cluster = backend.clusters.attach(refresh=True)
+    assert cluster is not None
+    timeouts = {g.runSpecification.taskTimeout for g in cluster.work_requirement.taskGroups or []}
+    assert timeouts == {timedelta(hours=1)}
+    printed = capsys.readouterr().out
+    assert "RayDog: cluster lifetime 1 h (provider.cluster_lifetime_hours; default 1)" in printed
+    assert re.search(r"ends the head by \d{4}-\d\d-\d\d \d\d:\d\d UTC at the latest", printed)
 
 
 def test_ray_runs_commands_over_ssh(backends: Callable[..., YellowDogComputeBackend]) -> None:

@@ -27,7 +27,7 @@ from raydog_backends.yellowdog.cluster import (
 )
 from raydog_backends.yellowdog.describe import Describer
 from raydog_backends.yellowdog.launch import Launcher
-from raydog_backends.yellowdog.options import Options, userdata_of
+from raydog_backends.yellowdog.options import DEFAULT_LIFETIME_HOURS, Options, userdata_of
 from raydog_backends.yellowdog.pools import Pools
 from raydog_backends.yellowdog.teardown import shutdown_everything
 from raydog_core.errors import BackendError
@@ -54,7 +54,7 @@ class YellowDogComputeBackend(ComputeBackend):
         *,
         cluster_namespace: str = "default",
         cluster_tag: str | None = None,
-        cluster_lifetime_hours: float = 24.0,
+        cluster_lifetime_hours: float = DEFAULT_LIFETIME_HOURS,
         head_node_build_timeout_minutes: float = 20.0,
         idle_node_shutdown_minutes: float = 1.0,
         idle_pool_shutdown_minutes: float = 10.0,
@@ -66,7 +66,8 @@ class YellowDogComputeBackend(ComputeBackend):
 
         - ``cluster_namespace``: the YellowDog namespace of everything the cluster creates.
         - ``cluster_tag``: the tag of its work requirement and pools (default: the cluster's name).
-        - ``cluster_lifetime_hours``: each task's timeout: no node outlives it.
+        - ``cluster_lifetime_hours``: each task's timeout: no node outlives it. The default
+          is yellowdog-ray's (1 hour); ``ray up`` says when the head will end.
         - ``head_node_build_timeout_minutes``: how long ``ray up`` waits for the head to run
           (and a pool's node boot timeout).
         - ``idle_node_shutdown_minutes``: a node without a task shuts down after this.

@@ -21,6 +21,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
+from datetime import datetime, timezone
 
 from yellowdog_client.model import (
     RunSpecification,
@@ -42,7 +43,7 @@ from raydog_backends.yellowdog.cluster import (
     Group,
 )
 from raydog_backends.yellowdog.names import launch_id, launch_tag, stamp
-from raydog_backends.yellowdog.options import Options
+from raydog_backends.yellowdog.options import DEFAULT_LIFETIME_HOURS, Options
 from raydog_backends.yellowdog.pools import CapacityChange, Pools
 from raydog_core.errors import BackendError
 from raydog_core.interfaces import ClusterSpec
@@ -108,6 +109,7 @@ class Launcher:
                 (task_id,) = self._add_tasks(cluster, group, 1, launch, tag, None)
             address = self._wait_until_running(task_id, cluster, node_type, deadline)
             self.remember_head(cluster.id, address)
+            self._report_lifetime()
             return [task_id]
         except BaseException as exc:
             cleaned = self._undo_head(cluster, creating, capacity)
@@ -359,6 +361,20 @@ class Launcher:
                 )
             time.sleep(min(delay, remaining))
             delay = min(delay * 2, MAX_POLL_SECONDS)
+
+    def _report_lifetime(self) -> None:
+        """Say how long the cluster lives, in ``ray up``'s output: each task's timeout is the
+        cluster's lifetime, so the head's task ends by then (and the cluster with it)."""
+        lifetime = self.options.lifetime
+        ends = (datetime.now(timezone.utc) + lifetime).strftime("%Y-%m-%d %H:%M UTC")
+        report(
+            "cluster lifetime %g h (provider.cluster_lifetime_hours; default %g): YellowDog ends "
+            "the head by %s at the latest, and each worker %g h after it starts",
+            lifetime.total_seconds() / 3600,
+            DEFAULT_LIFETIME_HOURS,
+            ends,
+            lifetime.total_seconds() / 3600,
+        )
 
     def _head_private_ip(self, cluster: Cluster) -> str:
         with self._heads_lock:

@@ -14,6 +14,11 @@ from raydog_core.interfaces import ClusterSpec
 MAX_NODES_PER_POOL = 10_000
 """The platform's limit on a worker pool's nodes (yellowdog-cli README, "maxNodes")."""
 
+DEFAULT_LIFETIME_HOURS = 1.0
+"""``cluster_lifetime_hours`` when a config does not set it: yellowdog-ray's default
+(``CLUSTER_LIFETIME_DEFAULT_HOURS``, yellowdog-ray 2.0.0 ``yellowdog_ray/raydog/autoscaler.py``),
+so a config written for it bills no longer under RayDog."""
+
 NODE_CONFIG_KEYS: dict[str, type] = {
     "compute_requirement_template": str,
     "images_id": str,
