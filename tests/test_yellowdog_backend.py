@@ -33,7 +33,9 @@ from yellowdog_client.model import (
 from yellowdog_client.platform_client import PlatformClient
 
 from raydog_backends.yellowdog import YellowDogComputeBackend
+from raydog_backends.yellowdog import launch as launch_module
 from raydog_backends.yellowdog.credentials import SECRET_FILE
+from raydog_backends.yellowdog.launch import Launcher
 from raydog_backends.yellowdog.names import ClusterNames, slug
 from raydog_backends.yellowdog_emulator import Emulator, EmulatorClient, EmulatorConfig
 from raydog_core import state
@@ -752,6 +754,99 @@ def test_a_launch_whose_reply_was_lost_is_neither_duplicated_nor_orphaned(
     live_tasks = {t for t, status in statuses.items() if status not in FINISHED_TASK}
     assert live_tasks == {head, *started}
     wait_until(lambda: running(backend, started), "the workers to run")
+
+
+def is_task_add(request: dict[str, Any]) -> bool:
+    return bool(request["method"] == "POST" and request["path"].endswith("/tasks"))
+
+
+class RecordedClock:
+    """The machine's time, with waits recorded instead of slept."""
+
+    def __init__(self) -> None:
+        self.slept: list[float] = []
+
+    def now(self) -> float:
+        return time.monotonic()
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+
+
+def test_a_resent_batch_refused_for_its_names_is_taken_as_applied(
+    backends: Callable[..., YellowDogComputeBackend],
+    emulator_client: EmulatorClient,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An add applied but whose reply was lost, which the look-up after it did not find yet: the
+    batch sent again is refused ("Task names must be unique within task group"), and that
+    refusal means the first was applied (as the YellowDog CLI takes it); the names are looked up
+    and the launch returns the tasks made once."""
+    backend = backends(api_max_attempts=2)
+    (head,) = backend.launch(HEAD)
+    real_named = Launcher._named
+    lookups: list[dict[str, str]] = []
+
+    def behind_once(self: Launcher, *args: Any) -> dict[str, str]:
+        found = {} if not lookups else real_named(self, *args)
+        lookups.append(found)
+        return found
+
+    monkeypatch.setattr(Launcher, "_named", behind_once)
+    emulator_client.fail(r"/tasks$", 503, method="POST", nth=1, after_apply=True)
+    started = backend.launch(workers(3))
+    adds = [r["status"] for r in emulator_client.requests() if is_task_add(r)]
+    assert adds[-2:] == [503, 400], "the resent batch was refused"
+    statuses = {t["id"]: t["status"] for t in emulator_client.state()["tasks"]}
+    assert {t for t, status in statuses.items() if status not in FINISHED_TASK} == {
+        head,
+        *started,
+    }
+    assert len(set(started)) == 3
+
+
+def test_a_launch_is_added_in_batches_the_platform_accepts(
+    backends: Callable[..., YellowDogComputeBackend],
+    emulator_client: EmulatorClient,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """At most 10,000 tasks per add (yellowdog-cli ``submit.py``), here made 2 to see the split."""
+    backend = backends()
+    backend.launch(HEAD)
+    monkeypatch.setattr(launch_module, "MAX_TASKS_PER_ADD", 2)
+    before = emulator_client.request_count()
+    started = backend.launch(workers(5))
+    adds = [r for r in emulator_client.requests(before) if is_task_add(r)]
+    assert [len(r["body"]) for r in adds] == [2, 2, 1]
+    assert len(set(started)) == 5
+
+
+@pytest.mark.parametrize("retry_after", [7, None])
+def test_an_add_refused_with_429_waits_as_the_platform_asks(
+    yd_env: str,
+    emulator_client: EmulatorClient,
+    monkeypatch: pytest.MonkeyPatch,
+    retry_after: int | None,
+) -> None:
+    """``Retry-After`` when the 429 carries it, else the SDK's own policy: full jitter up to
+    10 s, then 20 s (``RetryProperties``, ``full_jitter_retry.py``), not a second or two."""
+    clock = RecordedClock()
+    spec = dataclasses.replace(make_spec(), clock=clock)
+    backend = make_backend(spec, api_max_attempts=3)
+    try:
+        backend.launch(HEAD)
+        monkeypatch.setattr(launch_module.random, "random", lambda: 0.99)
+        emulator_client.fail(
+            r"/tasks$", 429, method="POST", nth=1, times=2, retry_after=retry_after
+        )
+        started = backend.launch(workers(2))
+        emulator_client.clear_faults()
+        assert len(started) == 2
+        expected = [7.0, 7.0] if retry_after is not None else [9.9, 19.8]
+        assert clock.slept == pytest.approx(expected)
+    finally:
+        backend.shutdown()
+        backend.close()
 
 
 def test_a_provisioning_failure_ends_the_waiting_nodes_with_the_reason_ray_sees(

@@ -13,6 +13,8 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+import requests
+import urllib3
 from yellowdog_client.common.json import Json
 from yellowdog_client.model import (
     ApiKey,
@@ -668,11 +670,12 @@ def test_a_work_requirement_holds_at_most_1000_task_groups(client: PlatformClien
         client.work_client.update_work_requirement(made)
 
 
-def test_a_reply_lost_after_the_request_applied_makes_a_retried_add_twice(
+def test_a_retried_add_whose_reply_was_lost_is_refused_as_a_duplicate(
     emulator: Emulator,
 ) -> None:
     """The SDK retries POSTs on 429/5xx (``platform_client.py``, ``full_jitter_retry.py``): a
-    batch whose reply was lost is added again; only its tasks' names tell the two apart."""
+    batch whose reply was lost is sent again, and refused because its task names are taken
+    (yellowdog-cli ``submit.py``: "Task names must be unique within task group")."""
     retrying = PlatformClient.create(
         ServicesSchema(
             defaultUrl=emulator.url,
@@ -689,11 +692,62 @@ def test_a_reply_lost_after_the_request_applied_makes_a_retried_add_twice(
         r"/work/taskGroups/[^/]+/tasks$", 503, method="POST", nth=1, after_apply=True
     )
     batch = [Task(taskType="bash", taskData="x", name="node-1")]
-    added = retrying.work_client.add_tasks_to_task_group_by_id(first_group(made), batch)
-    assert len(added) == 1
+    with pytest.raises(InvalidRequestException, match="Task names must be unique within task"):
+        retrying.work_client.add_tasks_to_task_group_by_id(first_group(made), batch)
     tasks = retrying.work_client.get_tasks(TaskSearch(workRequirementId=made.id)).list_all()
-    assert [t.name for t in tasks] == ["node-1", "node-1"]
+    assert [t.name for t in tasks] == ["node-1"]
     retrying.close()
+
+
+def test_task_names_are_unique_within_a_group_and_a_batch_holds_at_most_10000(
+    client: PlatformClient,
+) -> None:
+    """yellowdog-cli ``submit.py``: duplicate names are refused, and a batch holds 1-10,000."""
+    made = client.work_client.add_work_requirement(requirement("unique"))
+    group_id = first_group(made)
+    duplicate = pytest.raises(InvalidRequestException, match="Task names must be unique")
+    with duplicate:
+        client.work_client.add_tasks_to_task_group_by_id(
+            group_id, [Task(taskType="bash", name="twice"), Task(taskType="bash", name="twice")]
+        )
+    client.work_client.add_tasks_to_task_group_by_id(group_id, [Task(taskType="bash", name="a")])
+    with duplicate:
+        client.work_client.add_tasks_to_task_group_by_id(
+            group_id, [Task(taskType="bash", name="b"), Task(taskType="bash", name="a")]
+        )
+    with pytest.raises(InvalidRequestException, match="at most 10,000"):
+        client.work_client.add_tasks_to_task_group_by_id(
+            group_id, [Task(taskType="bash") for _ in range(10_001)]
+        )
+    tasks = client.work_client.get_tasks(TaskSearch(workRequirementId=made.id)).list_all()
+    assert [t.name for t in tasks] == ["a"], "a refused batch adds nothing"
+    other = client.work_client.add_work_requirement(requirement("other"))
+    client.work_client.add_tasks_to_task_group_by_id(
+        first_group(other), [Task(taskType="bash", name="a")]
+    )
+
+
+def test_a_429_can_ask_the_client_to_wait(
+    emulator: Emulator, client: PlatformClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 429 with ``Retry-After`` reaches the caller as requests' HTTPError showing both; the
+    SDK's own retry waits that long (urllib3's ``Retry``, under ``full_jitter_retry.py``)."""
+    control = EmulatorClient(emulator.url)
+    control.fail(r"^/work/requirements$", 429, method="POST", nth=1, retry_after=7)
+    with pytest.raises(requests.HTTPError) as refused:
+        client.work_client.add_work_requirement(requirement("limited"))
+    assert refused.value.response.status_code == 429
+    assert refused.value.response.headers["Retry-After"] == "7"
+    slept: list[float] = []
+    monkeypatch.setattr(urllib3.util.retry.time, "sleep", slept.append)
+    retrying = PlatformClient.create(
+        ServicesSchema(defaultUrl=emulator.url, retry=RetryProperties(maxAttempts=1)),
+        ApiKey(KEY_ID, SECRET),
+    )
+    control.fail(r"^/work/requirements$", 429, method="POST", nth=1, retry_after=7)
+    assert retrying.work_client.add_work_requirement(requirement("waited")).id
+    retrying.close()
+    assert slept == [7]
 
 
 def test_a_provisioning_failure_ends_the_pool_without_nodes(

@@ -1,17 +1,22 @@
 """The YellowDog API as the backend uses it: two SDK clients and one way to report a failure.
 
 The SDK retries every request on 429 and 5xx, POST included (``platform_client.py``,
-``full_jitter_retry.py``). That is right for reads and for requests the platform refuses to
-apply twice, but a retried ``add_tasks_to_task_group`` whose first reply was lost adds its batch
-twice. So the backend has a second client that never retries, for the calls it makes idempotent
-itself: it names what it creates and looks the names up after a failure (``launch.py``).
+``full_jitter_retry.py``), as the platform asks: a 429's ``Retry-After``, else full jitter from
+10 s growing to 60 s (``RetryProperties``' defaults, which the backend keeps); never a POST after
+a read timeout. That is right for reads and for requests the platform refuses to apply twice.
+Adding tasks is retried by the backend itself, through a second client that never retries: it
+names what it creates, waits as the SDK would, and looks the names up after a failure, so that
+a batch applied but whose reply was lost is neither sent twice nor taken for a failure
+(``launch.py``).
 """
 
 from __future__ import annotations
 
+import email.utils
 import os
 import threading
 from collections.abc import Callable
+from datetime import datetime, timezone
 from typing import TypeVar
 
 import requests
@@ -33,6 +38,11 @@ T = TypeVar("T")
 
 API_ERRORS = (BaseCustomException, requests.RequestException)
 REFUSALS = (400, 404, 409)
+TOO_MANY_REQUESTS = 429
+MAX_TASKS_PER_ADD = 10_000
+"""The most tasks one add request may carry (yellowdog-cli ``submit.py``, batch size 1-10,000)."""
+DUPLICATE_TASK_NAME = "Task names must be unique within task group"
+"""How the platform refuses a batch that repeats a task name (yellowdog-cli ``submit.py``)."""
 
 
 class Api:
@@ -103,6 +113,34 @@ def is_refusal(exc: BaseException) -> bool:
         return True
     response = getattr(exc, "response", None)
     return isinstance(exc, requests.HTTPError) and getattr(response, "status_code", 0) in REFUSALS
+
+
+def is_duplicate_task_name(exc: BaseException) -> bool:
+    """The platform refused a batch because a task name is taken; whatever the error's type
+    (unconfirmed), its text says so (``str`` of an HTTPError holds the response body)."""
+    return DUPLICATE_TASK_NAME in str(exc)
+
+
+def is_too_many_requests(exc: BaseException | None) -> bool:
+    response = getattr(exc, "response", None)
+    return getattr(response, "status_code", 0) == TOO_MANY_REQUESTS
+
+
+def retry_after(exc: BaseException | None) -> float | None:
+    """The seconds a response's ``Retry-After`` asks for (a number or an HTTP date), or None."""
+    response = getattr(exc, "response", None)
+    value = getattr(response, "headers", {}).get("Retry-After")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
 
 
 def reason(exc: BaseException) -> str:

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 
 from yellowdog_client.model import (
+    RetryProperties,
     RunSpecification,
     Task,
     TaskGroup,
@@ -33,7 +34,18 @@ from yellowdog_client.model import (
 )
 
 from raydog_backends.yellowdog.addresses import Address, Addresses
-from raydog_backends.yellowdog.api import API_ERRORS, Api, all_items, call, is_refusal, reason
+from raydog_backends.yellowdog.api import (
+    API_ERRORS,
+    MAX_TASKS_PER_ADD,
+    Api,
+    all_items,
+    call,
+    is_duplicate_task_name,
+    is_refusal,
+    is_too_many_requests,
+    reason,
+    retry_after,
+)
 from raydog_backends.yellowdog.api import task_errors as errors_of
 from raydog_backends.yellowdog.cluster import (
     HEAD_GROUP_TAG,
@@ -255,9 +267,12 @@ class Launcher:
         script = _task_script(self.spec.script(group.node_type, group.is_head))
         names = [self.options.names.task(group.node_type, launch, i) for i in range(count)]
         what = f"{count} {group.node_type!r} task(s) to task group {group.id}"
+        found: dict[str, str] = {}
         failure = ""
+        pause = 0.0
         for attempt in range(self.api.max_attempts):
-            found = self._named_after_failure(cluster, launch, group.id, attempt) if failure else {}
+            if failure:
+                found = self._named_after(pause, cluster, launch, group.id)
             missing = [
                 Task(
                     name=name,
@@ -271,30 +286,51 @@ class Launcher:
                 if name not in found
             ]
             try:
-                if missing:
+                for start in range(0, len(missing), MAX_TASKS_PER_ADD):
                     made = self.api.once.work_client.add_tasks_to_task_group_by_id(
-                        group.id, missing
+                        group.id, missing[start : start + MAX_TASKS_PER_ADD]
                     )
                     found.update({t.name: t.id for t in made if t.name and t.id})
             except API_ERRORS as exc:
+                if is_duplicate_task_name(exc):
+                    # An earlier attempt was applied after all, its reply lost: the YellowDog
+                    # CLI takes the refusal so too (submit.py). Its names are looked up next.
+                    failure, pause = reason(exc), 0.0
+                    continue
                 if is_refusal(exc):
                     raise BackendError("add", what, reason(exc)) from exc
-                failure = reason(exc)
+                failure, pause = reason(exc), self._pause(exc, attempt)
                 continue
             if all(name in found for name in names):
                 return [found[name] for name in names]
             failure = f"YellowDog returned {len(found)} of {count} named tasks"
-        found = self._named_after_failure(cluster, launch, group.id, self.api.max_attempts)
+            pause = self._pause(None, attempt)
+        found = self._named_after(pause, cluster, launch, group.id)
         if all(name in found for name in names):
             return [found[name] for name in names]  # the last attempt was applied after all
         raise BackendError("add", what, failure)
 
-    def _named_after_failure(
-        self, cluster: Cluster, launch: str, group_id: str, attempt: int
+    @staticmethod
+    def _pause(exc: BaseException | None, attempt: int) -> float:
+        """How long to wait after a failed add. A 429: what it asks (``Retry-After``), else the
+        SDK's own policy (full jitter, from 10 s growing to 60 s: ``RetryProperties``,
+        ``full_jitter_retry.py``). Anything else: a short pause that grows with each attempt
+        (full jitter too), time for a request applied after all to show."""
+        if is_too_many_requests(exc):
+            asked = retry_after(exc)
+            if asked is not None:
+                return asked
+            first = RetryProperties.DEFAULT_INITIAL_RETRY_INTERVAL.total_seconds()
+            ceiling = RetryProperties.DEFAULT_MAX_RETRY_INTERVAL.total_seconds()
+            return random.random() * min(ceiling, first * 2**attempt)
+        return random.random() * min(MAX_POLL_SECONDS, 0.5 * 2**attempt)
+
+    def _named_after(
+        self, pause: float, cluster: Cluster, launch: str, group_id: str
     ) -> dict[str, str]:
-        """``_named``, after a pause that grows with each attempt (with full jitter, as the
-        SDK's own retry waits): time for an applied request to show, and for a 429 to pass."""
-        time.sleep(random.random() * min(MAX_POLL_SECONDS, 0.5 * 2**attempt))
+        """``_named``, after ``pause`` seconds on the cluster's clock."""
+        if pause > 0:
+            self.spec.clock.sleep(pause)
         return self._named(cluster, launch, group_id)
 
     def _named(self, cluster: Cluster, launch: str, group_id: str | None) -> dict[str, str]:

@@ -91,11 +91,14 @@ class EmulatorClient:
         times: int | None = None,
         latency: float = 0.0,
         after_apply: bool = False,
+        retry_after: int | None = None,
     ) -> None:
         """Fail API calls whose path matches the regex ``path``: only the ``nth`` one (counting
         from 1) if given, else every one (or the first ``times``). ``after_apply``: the request
         is served first (its change made) and only its reply fails, as when a reply is lost; a
-        client that retries (the SDK retries POSTs on 429 and 5xx) then sends it twice."""
+        client that retries (the SDK retries POSTs on 429 and 5xx) then sends it twice.
+        ``retry_after``: the failure's ``Retry-After`` header, in seconds (with status 429, the
+        SDK raises requests' HTTPError, whose response shows both)."""
         body: dict[str, Any] = {
             "path": path,
             "status": status,
@@ -108,6 +111,8 @@ class EmulatorClient:
             body["nth"] = nth
         if times is not None:
             body["times"] = times
+        if retry_after is not None:
+            body["retry_after"] = retry_after
         self._call("POST", "faults", body)
 
     def delay(self, path: str, seconds: float, *, method: str | None = None) -> None:

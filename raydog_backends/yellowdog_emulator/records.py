@@ -41,6 +41,11 @@ NAME_RULE = re.compile(r"[a-z]([a-z0-9_-]*[a-z0-9])?")
 MAX_NAME = 60
 MAX_SLICE = 1000
 MAX_NODES_PER_POOL = 10_000
+MAX_TASKS_PER_ADD = 10_000
+"""The most tasks one add request may carry (yellowdog-cli ``submit.py``: a batch size outside
+1-10,000 is refused; unconfirmed that the platform refuses more, so the stricter choice)."""
+DUPLICATE_TASK_NAME = "Task names must be unique within task group"
+"""The platform's words when a batch repeats a task name (yellowdog-cli ``submit.py``)."""
 """The platform's limit on a worker pool's nodes (yellowdog-cli README, ``maxNodes``)."""
 
 

@@ -26,9 +26,13 @@ from raydog_backends.yellowdog_emulator.platform import Platform
 from raydog_backends.yellowdog_emulator.records import ApiError, EmulatorConfig, Query
 from raydog_backends.yellowdog_emulator.routes import ROUTES
 
+Reply = tuple[int, Any, dict[str, str]]
+"""Status, JSON payload, extra headers."""
+
 logger = logging.getLogger(__name__)
 
 TICK_SECONDS = 0.02
+TOO_MANY_REQUESTS = 429
 AUTH_PREFIX = "yd-key "
 
 
@@ -49,6 +53,9 @@ class Fault:
     after_apply: bool = False
     """Serve the request (its change is made), then fail its reply: what a client sees when a
     reply is lost; the SDK retries POSTs too on 429 and 5xx (``platform_client.py``)."""
+    retry_after: int | None = None
+    """Seconds the failure's ``Retry-After`` header asks the client to wait: the SDK honours it
+    on a 429 (``full_jitter_retry.py``, through urllib3's ``Retry``)."""
     seen: int = 0
 
     def applies(self, method: str, path: str) -> bool:
@@ -79,6 +86,7 @@ class Fault:
             times=None if times is None else int(times),
             latency=float(body.get("latency", 0.0)),
             after_apply=bool(body.get("after_apply", False)),
+            retry_after=None if body.get("retry_after") is None else int(body["retry_after"]),
         )
 
 
@@ -91,9 +99,7 @@ class Api:
         self.requests: list[dict[str, Any]] = []
         self._lock = threading.Lock()
 
-    def handle(
-        self, method: str, path: str, query: Query, authorization: str, body: Any
-    ) -> tuple[int, Any]:
+    def handle(self, method: str, path: str, query: Query, authorization: str, body: Any) -> Reply:
         key_id, secret = _key(authorization)
         with self._lock:
             record: dict[str, Any] = {
@@ -112,9 +118,9 @@ class Api:
         delay = sum(f.latency for f in matching)
         if delay:
             time.sleep(delay)
-        status, payload = self._answer(method, path, query, key_id, secret, body, fired)
-        record["status"] = status
-        return status, payload
+        reply = self._answer(method, path, query, key_id, secret, body, fired)
+        record["status"] = reply[0]
+        return reply
 
     def _answer(
         self,
@@ -125,15 +131,15 @@ class Api:
         secret: str | None,
         body: Any,
         fired: list[Fault],
-    ) -> tuple[int, Any]:
+    ) -> Reply:
         injected = [f for f in fired if not f.after_apply]
         if injected:
-            return _injected(injected[0].status)
+            return _injected(injected[0])
         expected = self.platform.config.api_key
         if not key_id or not secret or (expected is not None and f"{key_id}:{secret}" != expected):
-            return 401, _error(ApiError(401, "unknown API key", "NotAuthorisedException"))
+            return 401, _error(ApiError(401, "unknown API key", "NotAuthorisedException")), {}
         status, payload = self._serve(method, path, query, body)
-        return _injected(fired[0].status) if fired else (status, payload)
+        return _injected(fired[0]) if fired else (status, payload, {})
 
     def _serve(self, method: str, path: str, query: Query, body: Any) -> tuple[int, Any]:
         for route_method, pattern, handler in ROUTES:
@@ -172,8 +178,15 @@ def _key(authorization: str) -> tuple[str | None, str | None]:
     return key_id or None, secret or None
 
 
-def _injected(status: int) -> tuple[int, Any]:
-    return status, _error(ApiError(status, "failure injected by the emulator", _kind(status)))
+def _injected(fault: Fault) -> Reply:
+    headers = {} if fault.retry_after is None else {"Retry-After": str(fault.retry_after)}
+    if fault.status == TOO_MANY_REQUESTS:
+        # Without an errorType, so that the SDK raises requests' HTTPError, whose response
+        # shows the status and Retry-After (a custom exception carries neither). What the
+        # platform's 429 body holds is unconfirmed.
+        return fault.status, {"message": "Too Many Requests"}, headers
+    error = ApiError(fault.status, "failure injected by the emulator", _kind(fault.status))
+    return fault.status, _error(error), headers
 
 
 def _kind(status: int) -> str:
@@ -220,13 +233,14 @@ class _RequestHandler(BaseHTTPRequestHandler):
         except (ValueError, OSError) as exc:
             self._send(400, _error(ApiError(400, f"unreadable request body: {exc}")))
             return
+        headers: dict[str, str] = {}
         if path.startswith("/emulator/"):
             status, payload = _control(self.server.emulator, method, path, query, body)
         else:
-            status, payload = self.server.emulator.api.handle(
+            status, payload, headers = self.server.emulator.api.handle(
                 method, path, query, self.headers.get("Authorization", ""), body
             )
-        self._send(status, payload)
+        self._send(status, payload, headers)
 
     def _body(self) -> Any:
         length = int(self.headers.get("Content-Length") or 0)
@@ -235,9 +249,11 @@ class _RequestHandler(BaseHTTPRequestHandler):
             raw = gzip.decompress(raw)
         return json.loads(raw) if raw.strip() else None
 
-    def _send(self, status: int, payload: Any) -> None:
+    def _send(self, status: int, payload: Any, headers: Mapping[str, str] | None = None) -> None:
         data = json.dumps(payload).encode() if payload is not None else b""
         self.send_response(status)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()

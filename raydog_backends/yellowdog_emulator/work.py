@@ -18,6 +18,8 @@ from yellowdog_client.model import (
 
 from raydog_backends.yellowdog_emulator.processes import NodeProcesses
 from raydog_backends.yellowdog_emulator.records import (
+    DUPLICATE_TASK_NAME,
+    MAX_TASKS_PER_ADD,
     Account,
     ApiError,
     Query,
@@ -176,12 +178,22 @@ class Work:
             raise ApiError(400, f"work requirement {requirement.name} is {requirement.status}")
         if group.status not in OPEN_GROUP:
             raise ApiError(400, f"task group {group.name} is {group.status}")
+        if len(tasks) > MAX_TASKS_PER_ADD:
+            raise ApiError(
+                400,
+                f"{len(tasks):,} tasks in one request; at most {MAX_TASKS_PER_ADD:,} are allowed",
+            )
         task_types = group.runSpecification.taskTypes
+        names = {t.task.name for t in self.account.tasks.values() if t.group_id == group_id}
         for task in tasks:
             if task.taskType not in task_types:
                 raise ApiError(400, f"task type {task.taskType!r} is not one of {task_types}")
             if task.name is not None:
                 check_name("task name", task.name)
+                if task.name in names:
+                    # The whole batch is refused, whatever its other tasks (the stricter choice).
+                    raise ApiError(400, f"{DUPLICATE_TASK_NAME} {group.name}: {task.name}")
+                names.add(task.name)
             if task.tag is not None:
                 check_name("task tag", task.tag)
         for task in tasks:
