@@ -41,6 +41,10 @@ class ChangeToken:
 
     epoch: str
     version: int
+    write: str = ""
+    """Optional (TagStore interface 4): the id of the write that took ``version``, so that a
+    store restored to an older copy, which has since moved on past ``version`` with other
+    writes, is told apart from the one the reader saw; "" when the store keeps no such ids."""
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,11 @@ class Changes:
     """Each node created or changed since the token, with all of its tags."""
     deleted: Collection[str] = ()
     """Nodes deleted since the token (and not created again)."""
+    rewound: bool = False
+    """Optional (TagStore interface 4): the store's history does not hold the token (it is
+    behind it, or took another write at its version): it was restored to an older copy, so
+    writes the caller saw may be lost. ``full`` is then True. A version lower than the token's
+    counts as rewound whatever this says."""
 
 
 class TagStore(ABC):

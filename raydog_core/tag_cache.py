@@ -25,6 +25,7 @@ it did before (Ray's own handler runs, or the process ends by it).
 from __future__ import annotations
 
 import atexit
+import itertools
 import logging
 import os
 import signal
@@ -44,6 +45,8 @@ T = TypeVar("T")
 DEFAULT_READ_TIMEOUT = 2.0
 # How long closing the cache (the end of `ray up`, `ray down`) waits for held writes to be sent.
 CLOSE_TIMEOUT = 30.0
+# The deletes of this process remembered to be made again should the store come back older.
+DELETES_KEPT = 10_000
 
 
 class NotReady(Exception):
@@ -75,6 +78,11 @@ class TagCache:
         self._pending_updates: dict[str, Tags] = {}
         self._pending_deletes: set[str] = set()
         self._in_flight: set[str] = set()
+        # What this process wrote and the store acknowledged (each node's last value of every
+        # tag it wrote; the nodes it deleted, newest last): sent again should the store come
+        # back older than it (restored from a backup). Changed by the sender only.
+        self._written: dict[str, Tags] = {}
+        self._deleted: dict[str, None] = {}
         self._reads_wanted = 0
         self._reads_done = 0
         self._reads_ok = 0
@@ -272,9 +280,11 @@ class TagCache:
         try:
             if deletes:
                 self._call(lambda: self._store.delete(deletes))
+                self._acknowledged_deletes(deletes)
             sent_deletes = True
             if updates:
                 self._call(lambda: self._store.update(updates))
+                self._acknowledged_updates(updates)
             sent_updates = True
         except Exception as exc:  # whatever the store said, the batch is kept
             problem = str(exc)
@@ -291,6 +301,21 @@ class TagCache:
             logger.info("RayDog: held tag writes sent to the tag store")
             self._last_problem = None
         return sent_updates
+
+    def _acknowledged_deletes(self, deletes: Collection[str]) -> None:
+        for node_id in deletes:
+            self._written.pop(node_id, None)
+            self._deleted.pop(node_id, None)
+            self._deleted[node_id] = None
+        extra = len(self._deleted) - DELETES_KEPT
+        for node_id in list(itertools.islice(self._deleted, max(extra, 0))):
+            del self._deleted[node_id]
+
+    def _acknowledged_updates(self, updates: Mapping[str, Tags]) -> None:
+        for node_id, tags in updates.items():
+            self._deleted.pop(node_id, None)
+            known = self._written.get(node_id)
+            self._written[node_id] = {**known, **tags} if known else tags
 
     def _within_limit(self, updates: dict[str, Tags]) -> dict[str, Tags]:
         """The batch without the values the store cannot hold (its limit can drop once
@@ -335,13 +360,16 @@ class TagCache:
         if self._incremental:
             previous = self._token
             changes = self._call(lambda: self._store.changes_since(previous))
-            lost = previous is not None and (
-                changes.token.epoch != previous.epoch or changes.token.version < previous.version
+            restored = previous is not None and (
+                changes.token.epoch == previous.epoch
+                and (changes.token.version < previous.version or changes.rewound)
             )
+            lost = restored or (previous is not None and changes.token.epoch != previous.epoch)
             self._token = changes.token
         else:
             nodes = self._call(self._store.load_all)
             lost = not nodes and self._store_had_nodes
+            restored = False
             self._store_had_nodes = bool(nodes)
             changes = Changes(ChangeToken("", 0), True, nodes)
         self._read_once = True
@@ -349,7 +377,7 @@ class TagCache:
             if lost or first:
                 self._reloads += 1
             if lost:
-                self._refill(changes.updated)
+                self._refill(changes.updated, restored)
             if changes.full:
                 fresh: dict[str, Tags] = {}
                 for node_id in changes.updated.keys() | self._pending_updates.keys():
@@ -363,21 +391,39 @@ class TagCache:
             for node_id, remote in changes.updated.items():
                 self._set(intern(node_id), self._overlaid(node_id, remote))
 
-    def _refill(self, remote: Mapping[str, Tags]) -> None:
-        """With ``_cond`` held: the store lost data; queue what this cache knows that it lacks."""
-        refilled = 0
+    def _refill(self, remote: Mapping[str, Tags], restored: bool) -> None:
+        """With ``_cond`` held: the store lost data. Queue every tag this cache knows that the
+        store lacks, and the deletes this process made of nodes the store has again. A store
+        ``restored`` to an older copy (same epoch, behind what this cache saw) also gets back
+        each value this process wrote (and the store acknowledged) that it holds otherwise:
+        the copy has the value from before. After a new epoch, what the store holds was
+        written since, so it is newer and stays."""
+        refilled: set[str] = set()
         for node_id, known in self._tags.items():
             there = remote.get(node_id, {})
-            missing = {name: value for name, value in known.items() if name not in there}
-            if missing and node_id not in self._pending_deletes:
+            mine = self._written.get(node_id, {})
+            newer = {
+                name: value
+                for name, value in known.items()
+                if name not in there or (restored and name in mine and there[name] != value)
+            }
+            if newer and node_id not in self._pending_deletes:
                 held = self._pending_updates.get(node_id, {})
-                self._pending_updates[node_id] = {**missing, **held}
-                refilled += 1
-        if refilled:
+                self._pending_updates[node_id] = {**newer, **held}
+                refilled.add(node_id)
+        deleted_again = [
+            node_id
+            for node_id in self._deleted
+            if node_id in remote and node_id not in self._pending_updates
+        ]
+        self._pending_deletes.update(deleted_again)
+        if refilled or deleted_again:
             logger.warning(
-                "RayDog: the tag store lost data (restarted empty, flushed or failed over); "
-                "sending back the tags of %d node(s) this provider knows",
-                refilled,
+                "RayDog: the tag store lost data or came back older (restarted empty, flushed, "
+                "failed over or restored from a copy); sending back the tags of %d node(s) and "
+                "the deletes of %d this provider knows",
+                len(refilled),
+                len(deleted_again),
             )
 
     def _overlaid(self, node_id: str, remote: Tags | None) -> Tags | None:

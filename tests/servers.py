@@ -193,6 +193,21 @@ class KeyValueServer:
         self.stop()
         self.start()
 
+    def save_copy(self) -> bytes:
+        """A backup of the whole server, as an operator takes one (SAVE, then its RDB file)."""
+        admin = self.client()
+        try:
+            admin.save()
+        finally:
+            admin.close()
+        return (self.folder / "dump.rdb").read_bytes()
+
+    def restore_copy(self, copy: bytes) -> None:
+        """Restart from an older backup (without appendonly, the RDB file is what it loads)."""
+        self.stop()
+        (self.folder / "dump.rdb").write_bytes(copy)
+        self.start()
+
 
 @contextlib.contextmanager
 def key_value_server(

@@ -90,6 +90,16 @@ class TestKeyValueStoreContract(TagStoreContract):
         """A real restart of the server, without persistence: every key is gone."""
         return server.restart
 
+    @pytest.fixture
+    def restore_store(self, server: KeyValueServer) -> Callable[[], Callable[[], None]]:
+        """A real restore: the server restarted from an RDB file saved before."""
+
+        def save() -> Callable[[], None]:
+            copy = server.save_copy()
+            return lambda: server.restore_copy(copy)
+
+        return save
+
 
 # --- options ---------------------------------------------------------------------------------
 

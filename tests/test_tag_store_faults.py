@@ -368,3 +368,68 @@ def test_a_process_ended_by_a_signal_sends_its_held_writes_first(
     finally:
         reader.close()
     assert sum(1 for i in range(count) if there.get(f"n{i}") == {"k": str(i)}) == count
+
+
+def settled(*providers: RayDogNodeProvider) -> None:
+    """Each provider reads the store and sends what that made it queue, twice over."""
+    for _ in range(2):
+        for provider in providers:
+            provider.refresh()
+            assert provider.tags.flush(timeout=30)
+
+
+@pytest.mark.timeout(120)
+def test_a_store_restored_from_an_older_copy_gets_back_every_newer_write_and_delete(
+    server: KeyValueServer, providers: Callable[..., RayDogNodeProvider]
+) -> None:
+    """Restored from a backup, the store had the old values of tags written since and the
+    nodes deleted since: the provider sent back only tag names it lacked."""
+    provider = providers(server.port, workers=4)
+    workers = sorted(n for n in provider.non_terminated_nodes({}) if not provider._is_head(n))
+    copy = server.save_copy()
+    provider.set_node_tags(workers[0], {TAG_RAY_LAUNCH_CONFIG: "hash-new", "k": "new"})
+    provider.terminate_nodes([workers[1]])
+    created = provider.create_node({}, {**worker_tags(), TAG_RAY_LAUNCH_CONFIG: "hash-cpu"}, 1)
+    assert provider.tags.flush(timeout=30)
+    provider.refresh()
+    expected = stored(server, provider)
+
+    server.restore_copy(copy)
+    assert workers[1] in stored(server, provider)  # the copy is older: the deleted node is back
+    settled(provider)
+    assert stored(server, provider) == expected
+    assert expected[workers[0]]["k"] == "new" and set(created) <= set(expected)
+
+
+@pytest.mark.timeout(120)
+def test_two_writers_over_a_restored_store_each_send_back_their_writes_and_see_the_others(
+    server: KeyValueServer, providers: Callable[..., RayDogNodeProvider]
+) -> None:
+    """The second writer goes on writing after the restore, past the version the first had
+    seen: only the id of the write that took that version tells the first the store went back."""
+    first = providers(server.port, workers=4)
+    second = RayDogNodeProvider(first.provider_config, first.cluster_name)
+    try:
+        workers = sorted(n for n in first.non_terminated_nodes({}) if not first._is_head(n))
+        settled(first, second)
+        copy = server.save_copy()
+        first.set_node_tags(workers[0], {"first": "before the restore"})
+        second.set_node_tags(workers[1], {"second": "before the restore"})
+        second.terminate_nodes([workers[2]])
+        settled(first, second)
+
+        server.restore_copy(copy)
+        for round_ in range(30):  # the second writes on without reading first
+            second.set_node_tags(workers[3], {"second-after": str(round_)})
+            assert second.tags.flush(timeout=30)
+        settled(first, second)
+
+        there = stored(server, first)
+        assert there[workers[0]]["first"] == "before the restore"
+        assert there[workers[1]]["second"] == "before the restore"
+        assert there[workers[3]]["second-after"] == "29"
+        assert workers[2] not in there
+        for provider in (first, second):
+            assert provider.tags.all() == there, "a cache was left without the other's writes"
+    finally:
+        second.close()

@@ -13,6 +13,10 @@ one slot should the server be a Redis/Valkey cluster)::
                                 are dropped past TOMBSTONES)
     raydog:{<c>}:epoch          a random id set by the first write: a restart without persistence
                                 or a flush loses it with the data, so readers see a new epoch
+    raydog:{<c>}:writes         sorted set: the id of each of the last WRITES_KEPT writes, scored
+                                by the version it took: a reader's token names the write it saw,
+                                so a store restored to an older copy is told apart even once
+                                its version has moved past the reader's again
 
 Every operation is one round trip whatever the number of nodes, and runs as one server-side Lua
 script that both servers run (so a version is taken atomically with the write it numbers, and two
@@ -46,6 +50,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_PORT = 16667
 TOMBSTONES = 10_000
+WRITES_KEPT = 10_000
 MAX_VALUE_BYTES = 512 * 1024
 """The longest tag name or value sent. A server closes the connection on an argument over its
 ``proto-max-bulk-len`` (1 MiB at the least it can be set to), which looks like an outage and
@@ -55,7 +60,13 @@ URL_PASSWORD_SECRET = "tag-store-url-password"
 _VARIABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 LOG_FILE = "tag-store.log"
 
-# KEYS (every script): nodes, version, changed, deleted, horizon, epoch; ARGV[1]: node key prefix.
+# KEYS (every script): nodes, version, changed, deleted, horizon, epoch, writes; ARGV[1]: node key
+# prefix. A write's id is its candidate epoch (random per call).
+_LOG_WRITE = f"""
+redis.call('ZADD', KEYS[7], version, ARGV[2])
+local logged = redis.call('ZCARD', KEYS[7]) - {WRITES_KEPT}
+if logged > 0 then redis.call('ZREMRANGEBYRANK', KEYS[7], 0, logged - 1) end
+"""
 _LOAD_ALL = """
 local nodes = {}
 for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
@@ -68,9 +79,13 @@ return cjson.encode(nodes)
 """
 
 # ARGV: prefix, candidate epoch, node count, then per node: id, tag count, name, value, ...
-_UPDATE = """
+_UPDATE = (
+    """
 local version = redis.call('INCR', KEYS[2])
 redis.call('SET', KEYS[6], ARGV[2], 'NX')
+"""
+    + _LOG_WRITE
+    + """
 local i = 4
 for _ = 1, tonumber(ARGV[3]) do
   local id, count = ARGV[i], tonumber(ARGV[i + 1])
@@ -87,11 +102,16 @@ for _ = 1, tonumber(ARGV[3]) do
 end
 return version
 """
+)
 
 # ARGV: prefix, candidate epoch, tombstones kept, then the node ids.
-_DELETE = """
+_DELETE = (
+    """
 local version = redis.call('INCR', KEYS[2])
 redis.call('SET', KEYS[6], ARGV[2], 'NX')
+"""
+    + _LOG_WRITE
+    + """
 for i = 4, #ARGV do
   local id = ARGV[i]
   redis.call('SREM', KEYS[1], id)
@@ -107,15 +127,24 @@ if extra > 0 then
 end
 return version
 """
+)
 
-# ARGV: prefix, the caller's epoch, the caller's version (-1: none). Answers
-# [epoch, version, full, {id: tags}, [deleted ids]]; reads only, so replicas can run it.
+# ARGV: prefix, the caller's epoch, the caller's version (-1: none), the id of the write that
+# took it ('': unknown). Answers [epoch, version, full, {id: tags}, [deleted ids], the id of the
+# write that took version, rewound]; reads only, so replicas can run it.
 _CHANGES = """
 local epoch = redis.call('GET', KEYS[6]) or ''
 local version = tonumber(redis.call('GET', KEYS[2]) or '0')
 local horizon = tonumber(redis.call('GET', KEYS[5]) or '0')
 local since = tonumber(ARGV[3])
-local full = ARGV[2] ~= epoch or since < horizon or since > version
+local rewound = ARGV[2] == epoch and since > version
+local unverified = false
+if ARGV[2] == epoch and ARGV[4] ~= '' and since > 0 and not rewound then
+  local took = redis.call('ZRANGEBYSCORE', KEYS[7], since, since)
+  rewound = #took > 0 and took[1] ~= ARGV[4]
+  unverified = #took == 0
+end
+local full = ARGV[2] ~= epoch or since < horizon or rewound or unverified
 local ids
 if full then
   ids = redis.call('SMEMBERS', KEYS[1])
@@ -131,7 +160,8 @@ for _, id in ipairs(ids) do
 end
 local deleted = {}
 if not full then deleted = redis.call('ZRANGEBYSCORE', KEYS[4], '(' .. since, '+inf') end
-return cjson.encode({epoch, version, full, nodes, deleted})
+local write = redis.call('ZRANGEBYSCORE', KEYS[7], version, version)[1] or ''
+return cjson.encode({epoch, version, full, nodes, deleted, write, rewound})
 """
 
 
@@ -223,8 +253,9 @@ class KeyValueTagStore(TagStore):
         self._address = ("", 0)
         base = f"raydog:{{{quote(cluster_name, safe='')}}}"
         self._keys = [
-            f"{base}:{name}" for name in ("nodes", "version", "changed", "deleted", "horizon")
-        ] + [f"{base}:epoch"]
+            f"{base}:{name}"
+            for name in ("nodes", "version", "changed", "deleted", "horizon", "epoch", "writes")
+        ]
         self._node_prefix = f"{base}:node:"
 
     @classmethod
@@ -354,11 +385,19 @@ class KeyValueTagStore(TagStore):
         return nodes
 
     def changes_since(self, token: ChangeToken | None) -> Changes:
-        epoch, version = (token.epoch, token.version) if token is not None else ("", -1)
-        answer = json.loads(self._run("changes", [epoch, version]))
-        new_epoch, new_version, full, updated, deleted = answer
+        epoch, version, write = (
+            (token.epoch, token.version, token.write) if token is not None else ("", -1, "")
+        )
+        answer = json.loads(self._run("changes", [epoch, version, write]))
+        new_epoch, new_version, full, updated, deleted, new_write, rewound = answer
         # cjson encodes an empty table as {}: no nodes and no deletes look alike, both empty.
-        return Changes(ChangeToken(new_epoch, int(new_version)), full, updated, list(deleted))
+        return Changes(
+            ChangeToken(new_epoch, int(new_version), new_write),
+            full,
+            updated,
+            list(deleted),
+            rewound,
+        )
 
     def update(self, updates: Mapping[str, Mapping[str, str]]) -> None:
         if not updates:

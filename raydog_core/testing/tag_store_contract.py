@@ -12,6 +12,7 @@ from raydog_core.interfaces import Changes, ChangeToken, Tags, TagStore, offers_
 
 MakeStore = Callable[[str], TagStore]
 RestartStore = Callable[[], None]
+SaveCopy = Callable[[], Callable[[], None]]
 
 
 class Mirror:
@@ -43,6 +44,14 @@ class TagStoreChangesContract:
         """Override: make the store's server lose every cluster's data, as a restart without
         persistence does (stores made before keep working, reconnecting if they must)."""
         pytest.skip("no restart_store fixture: the restart test of changes_since does not run")
+
+    @pytest.fixture
+    def restore_store(self) -> SaveCopy:
+        """Override: a callable that saves a copy of the store's data and returns one that puts
+        it back, as a restore from a backup does (same epoch, older data and version)."""
+        pytest.skip(
+            "no restore_store fixture: the restored-copy test of changes_since does not run"
+        )
 
     @pytest.fixture
     def changes_store(self, make_store: MakeStore, cluster: str) -> TagStore:
@@ -158,6 +167,26 @@ class TagStoreChangesContract:
         stale = changes_store.changes_since(token)
         assert stale.full and stale.updated == {"n3": {"c": "3"}}
         assert stale.token.epoch != token.epoch
+
+    def test_a_store_restored_from_an_older_copy_is_rewound_for_a_reader_past_it(
+        self, changes_store: TagStore, make_store: MakeStore, cluster: str, restore_store: SaveCopy
+    ) -> None:
+        """Interface 4: restored, then written past the reader's version by another writer, the
+        store still tells the reader it went back (``rewound``) and gives it everything."""
+        reader = Mirror(changes_store)
+        changes_store.update({"n1": {"a": "old"}})
+        reader.follow()
+        put_back = restore_store()
+        changes_store.update({"n1": {"a": "new"}})
+        changes_store.delete(["n1"])
+        reader.follow()
+        put_back()
+        writer = make_store(cluster)
+        for round_ in range(5):
+            writer.update({"n2": {"b": str(round_)}})
+        changes = reader.follow()
+        assert changes.full and changes.rewound
+        assert reader.nodes == {"n1": {"a": "old"}, "n2": {"b": "4"}}
 
 
 class TagStoreValueLimitContract:
