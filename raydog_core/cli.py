@@ -132,7 +132,7 @@ def _plugins() -> int:
 
 def _validate(path: Path) -> int:
     cluster = validation.load_file(path)
-    parsed = validation.validate(cluster)
+    parsed = validation.validate(cluster, for_launch=True)
     for note in validation.notes(cluster):
         print(f"note: {note}")
     print(

@@ -59,12 +59,14 @@ def load_file(path: Path) -> dict[str, Any]:
     return loaded
 
 
-def validate(cluster_config: Mapping[str, Any]) -> RayDogConfig:
+def validate(cluster_config: Mapping[str, Any], for_launch: bool = False) -> RayDogConfig:
     """Every check that needs no credentials and no network, as ``raydog validate`` runs them.
 
     What ``ray up`` would refuse, in the order it would: the keys Ray reads before any provider
     code runs, Ray's schema on the config with RayDog's defaults filled in, then RayDog's own
-    section and every plugin's options. Every problem found is raised together.
+    section and every plugin's options. ``for_launch`` adds what only launching nodes needs (the
+    SSH key); ``raydog status`` and ``doctor`` look at a cluster without it. Every problem found
+    is raised together.
     """
     if not isinstance(cluster_config, Mapping):
         raise ConfigError("(top level)", f"expected a mapping of keys, got {shown(cluster_config)}")
@@ -103,8 +105,9 @@ def validate(cluster_config: Mapping[str, Any]) -> RayDogConfig:
     if isinstance(provider, Mapping):
         with problems.collect():
             parsed = check(effective)
-        with problems.collect():
-            _check_ssh_key(parse(effective, Problems()))
+        if for_launch:
+            with problems.collect():
+                _check_ssh_key(parse(effective, Problems()))
     _raise_unique(problems.found)
     assert parsed is not None
     return parsed

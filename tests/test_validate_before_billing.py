@@ -28,7 +28,7 @@ def starter(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     assert raydog("init", "starter", cwd=tmp_path).returncode == 0
     folder = tmp_path / "starter"
     monkeypatch.chdir(folder)
-    validation.validate(validation.load_file(folder / "cluster.yaml"))  # valid as written
+    validation.validate(validation.load_file(folder / "cluster.yaml"), for_launch=True)
     return folder
 
 
@@ -40,7 +40,7 @@ def problems(folder: Path, edit: Callable[[dict[str, Any]], None] | None = None)
         edit(config)
         path.write_text(yaml.safe_dump(config))
     try:
-        validation.validate(validation.load_file(path))
+        validation.validate(validation.load_file(path), for_launch=True)
     except ConfigErrors as errors:
         return [str(error) for error in errors.errors]
     except ConfigError as error:
