@@ -35,7 +35,7 @@ from ray.autoscaler.tags import (
 )
 
 from raydog_core import config as raydog_config
-from raydog_core import node_setup
+from raydog_core import node_setup, state
 from raydog_core.errors import BackendError, RayDogError
 from raydog_core.interfaces import (
     ComputeBackend,
@@ -48,6 +48,7 @@ from raydog_core.interfaces import (
     Transport,
 )
 from raydog_core.node_setup import VERSIONS_TAG, Versions
+from raydog_core.progress import report
 from raydog_core.tag_cache import NotReady, TagCache
 
 logger = logging.getLogger(__name__)
@@ -201,6 +202,15 @@ class RayDogNodeProvider(NodeProvider):
         with self._lock:
             self._nodes.clear()
         self.transport.close()
+        if not self.raydog_config.on_head:
+            removed = state.forget_cluster(self.cluster_name)
+            if removed is not None:
+                report(
+                    "removed this cluster's saved credentials and secrets (%s); set %s=1 to "
+                    "keep them",
+                    removed,
+                    state.KEEP_VARIABLE,
+                )
 
     def set_node_tags(self, node_id: str, tags: dict[str, str]) -> None:
         self.tags.update({node_id: tags})

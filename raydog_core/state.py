@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import os
 import secrets as _random
+import shutil
 from pathlib import Path
 
 REMOTE_HOME = "~/.raydog"
+KEEP_VARIABLE = "RAYDOG_KEEP_CLUSTER_SECRETS"
+"""Set to 1 where ``ray down`` runs to keep the cluster's folder (credentials and secrets)."""
 
 
 def raydog_home() -> Path:
@@ -58,3 +61,15 @@ def cluster_secret(cluster_name: str, name: str) -> str:
     value = _random.token_urlsafe(32)
     write_secret(cluster_name, name, value)
     return value
+
+
+def forget_cluster(cluster_name: str) -> Path | None:
+    """Once the whole cluster is down: its folder on this machine (the saved credentials, the
+    tag store's password, known host keys, staged wheels) goes too, unless ``KEEP_VARIABLE`` is
+    1. Returns the folder removed, if any: a secret a cluster no longer needs is one less to
+    leak, and the next ``ray up`` makes them afresh."""
+    folder = cluster_dir(cluster_name)
+    if os.environ.get(KEEP_VARIABLE) == "1" or not folder.exists():
+        return None
+    shutil.rmtree(folder)
+    return folder

@@ -1161,6 +1161,32 @@ def test_the_node_provider_runs_a_cluster_on_yellowdog(
         MemoryTagStore.forget(name)
 
 
+@pytest.mark.parametrize("keep", [False, True])
+def test_ray_down_removes_the_clusters_saved_credentials_unless_asked_to_keep_them(
+    yd_env: str, monkeypatch: pytest.MonkeyPatch, keep: bool
+) -> None:
+    """As Ray's `ray down` ends a cluster: the batch with the head, then
+    cleanup_cluster_resources. The key saved for the head has no use once the cluster is gone."""
+    from raydog_backends.memory.tag_store import MemoryTagStore
+    from tests.ray_helpers import head_tags
+
+    if keep:
+        monkeypatch.setenv(state.KEEP_VARIABLE, "1")
+    name = f"down-{uuid.uuid4().hex[:6]}"
+    provider = provider_on_yellowdog(name)
+    try:
+        (head,) = provider.create_node(node_config(), head_tags(), 1)
+        saved = state.secret_path(name, SECRET_FILE)
+        assert saved.is_file()  # the set found, kept for the head
+        provider.terminate_nodes([head])
+        provider.cleanup_cluster_resources()
+        assert saved.exists() is keep
+        assert state.cluster_dir(name).exists() is keep
+    finally:
+        provider.close()
+        MemoryTagStore.forget(name)
+
+
 def test_the_head_pool_userdata_gains_the_tag_store_install(
     backends: Callable[..., YellowDogComputeBackend], emulator_client: EmulatorClient
 ) -> None:

@@ -3,6 +3,7 @@ from a parent folder; `doctor` says which source, never the secret."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -86,7 +87,7 @@ def test_the_set_is_kept_for_the_head_with_its_url(workdir: Path) -> None:
     load("c1", {**KEY, "YD_API_URL": "https://eu.yellowdog.ai"}, None)
     on_head = load("c1", {}, None)
     assert (on_head.key_id, on_head.url) == ("key-id", "https://eu.yellowdog.ai")
-    assert on_head.source == str(state.secret_path("c1", credentials.SECRET_FILE))
+    assert on_head.source == f"the saved copy {state.secret_path('c1', credentials.SECRET_FILE)}"
 
 
 def test_doctor_says_which_source_and_never_the_secret(yd_env: str) -> None:
@@ -98,6 +99,28 @@ def test_doctor_says_which_source_and_never_the_secret(yd_env: str) -> None:
     detail = checks["yellowdog credentials"].detail
     assert detail == f"key {KEY_ID} from the environment"
     assert all(SECRET not in check.detail + check.fix for check in checks.values())
+
+
+def test_doctor_names_the_saved_copy_when_it_is_the_one_used(
+    yd_env: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The copy an earlier `ray up` saved is read last, and `doctor` says when it is used."""
+    spec = make_spec()
+    load(spec.cluster_name, dict(os.environ), None)  # what `ray up` saves
+    for variable in credentials.VARIABLES:
+        monkeypatch.delenv(variable)
+    backend = make_backend(spec)
+    try:
+        checks = {check.name: check for check in backend.preflight()}
+    finally:
+        backend.close()
+    saved = state.secret_path(spec.cluster_name, SECRET_FILE)
+    assert checks["yellowdog credentials"].detail == (
+        f"key {KEY_ID} from the saved copy {saved} (neither the environment nor "
+        f"{Path.cwd() / '.env'} sets one: the copy an earlier `ray up` saved is used; "
+        "`ray down` removes it)"
+    )
+    assert checks["yellowdog api"].ok
 
 
 TRICKY = [
@@ -119,7 +142,7 @@ def test_the_saved_set_comes_back_byte_for_byte_on_the_head(workdir: Path, secre
     load("c1", {"YD_API_KEY_ID": key_id, "YD_API_KEY_SECRET": secret}, None)
     on_head = load("c1", {}, None)
     assert (on_head.key_id, on_head.secret) == (key_id, secret)
-    assert on_head.source == str(state.secret_path("c1", SECRET_FILE))
+    assert on_head.source == f"the saved copy {state.secret_path('c1', SECRET_FILE)}"
 
 
 def test_an_unreadable_saved_set_is_replaced_by_the_next_one_found(workdir: Path) -> None:

@@ -15,8 +15,10 @@ what this costs in API calls and what it leaves behind (nothing).
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from raydog_backends.yellowdog import credentials
 from raydog_backends.yellowdog.addresses import Addresses
 from raydog_backends.yellowdog.api import API_ERRORS, Api, is_refusal, reason
 from raydog_backends.yellowdog.cluster import (
@@ -162,7 +164,13 @@ class YellowDogComputeBackend(ComputeBackend):
             found = self.api.credentials()
         except BackendError as exc:
             return [Check("yellowdog credentials", False, exc.reason, "set them, or add a .env")]
-        checks = [Check("yellowdog credentials", True, f"key {found.key_id} from {found.source}")]
+        detail = f"key {found.key_id} from {found.source}"
+        if found.source == credentials.saved_source(self.api.cluster_name):
+            detail += (
+                f" (neither the environment nor {Path.cwd() / credentials.DOTENV} sets one: the "
+                "copy an earlier `ray up` saved is used; `ray down` removes it)"
+            )
+        checks = [Check("yellowdog credentials", True, detail)]
         try:
             requirements = self.clusters.work_requirements(LIVE_WORK_REQUIREMENT)
             pools = self.clusters.pools(LIVE_POOL)

@@ -3,7 +3,8 @@
 Sources, first found wins: the environment (``YD_API_KEY_ID``, ``YD_API_KEY_SECRET``, optionally
 ``YD_API_URL``), then a ``.env`` file in the working directory of the ``ray`` or ``raydog``
 command (only there: never in a parent folder, where a file nobody chose could send the key to
-another URL), then the copy kept in the cluster's private folder. A source that names some of the
+another URL), then the copy kept in the cluster's private folder (``raydog doctor`` says when that
+copy is the one used; ``ray down`` removes it with the folder). A source that names some of the
 variables but not the key and its secret is an error, not a reason to mix it with another: the
 URL always comes from the same source as the key (or from the backend's ``api_url`` option, or
 the default). The URL must be ``https://``; ``http://`` only for a loopback address (the
@@ -66,8 +67,8 @@ def load(cluster_name: str, environ: Mapping[str, str], api_url: str | None) -> 
         sources.append((str(dotenv), dotenv_values(dotenv)))
     saved = state.read_secret(cluster_name, SECRET_FILE)
     if saved:
-        saved_path = str(state.secret_path(cluster_name, SECRET_FILE))
-        sources.append((saved_path, _parse_saved(saved, saved_path)))
+        path = str(state.secret_path(cluster_name, SECRET_FILE))
+        sources.append((saved_source(cluster_name), _parse_saved(saved, path)))
     for source, values in sources:
         present = [name for name in VARIABLES if values.get(name)]
         if not present:
@@ -93,6 +94,11 @@ def load(cluster_name: str, environ: Mapping[str, str], api_url: str | None) -> 
         f"no API key: set {KEY_ID} and {KEY_SECRET} (and {API_URL}) in the environment "
         f"or in a {DOTENV} file in the working directory"
     )
+
+
+def saved_source(cluster_name: str) -> str:
+    """How a set read from the cluster's saved copy names its source (``raydog doctor``)."""
+    return f"the saved copy {state.secret_path(cluster_name, SECRET_FILE)}"
 
 
 def check_url(url: str, source: str) -> None:
