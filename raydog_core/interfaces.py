@@ -117,6 +117,18 @@ class TagStore(ABC):
         """
         raise NotImplementedError
 
+    def update_unless_deleted(
+        self, updates: Mapping[str, Mapping[str, str]], launched: Collection[str]
+    ) -> Collection[str]:
+        """Optional (TagStore interface 5): ``update``, except that a node the store holds a
+        tombstone for (deleted, and not written since) stays deleted and its write is dropped,
+        unless the node is in ``launched`` (the write comes from the node's own launch).
+        Returns the nodes whose writes were dropped. The check is atomic with the write, so a
+        late writer (a thread finishing after the node was terminated, a cache that missed the
+        delete) cannot bring a deleted node back. Stores without it: the core calls ``update``.
+        """
+        raise NotImplementedError
+
     def head_server_install(self) -> str | None:
         """Optional: shell that installs this store's server on the head when it is missing.
 
@@ -137,6 +149,11 @@ class TagStore(ABC):
 def offers_changes(store: TagStore) -> bool:
     """Whether ``store`` implements the optional :meth:`TagStore.changes_since`."""
     return type(store).changes_since is not TagStore.changes_since
+
+
+def offers_tombstones(store: TagStore) -> bool:
+    """Whether ``store`` implements the optional :meth:`TagStore.update_unless_deleted`."""
+    return type(store).update_unless_deleted is not TagStore.update_unless_deleted
 
 
 class Transport(ABC):

@@ -187,7 +187,8 @@ class RayDogNodeProvider(NodeProvider):
                     ),
                 )
         base = {**tags, TAG_RAY_CLUSTER_NAME: self.cluster_name, TAG_RAY_USER_NODE_TYPE: node_type}
-        self.tags.update({node_id: base for node_id in node_ids})
+        # The launch's own write: the only one that may bring back a node id deleted before.
+        self.tags.update({node_id: base for node_id in node_ids}, launched=True)
         return {node_id: node_id for node_id in node_ids}
 
     def cleanup_cluster_resources(self, node_ids: Collection[str] = ()) -> None:

@@ -37,7 +37,15 @@ from sys import intern
 from typing import TypeVar
 
 from raydog_core.errors import TagValueError, UnreachableError
-from raydog_core.interfaces import Changes, ChangeToken, Endpoint, Tags, TagStore, offers_changes
+from raydog_core.interfaces import (
+    Changes,
+    ChangeToken,
+    Endpoint,
+    Tags,
+    TagStore,
+    offers_changes,
+    offers_tombstones,
+)
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -69,6 +77,7 @@ class TagCache:
         self._retry_seconds = retry_seconds
         self._read_timeout = read_timeout
         self._incremental = offers_changes(store)
+        self._tombstones = offers_tombstones(store)
         # _cond guards the cache's state (held for microseconds, never across I/O); _io_lock
         # serialises the store's calls (the sender's, and close's).
         self._cond = threading.Condition()
@@ -77,6 +86,8 @@ class TagCache:
         self._tags: dict[str, Tags] = {}
         self._pending_updates: dict[str, Tags] = {}
         self._pending_deletes: set[str] = set()
+        # Nodes whose held writes include their own launch's: a tombstone does not stop those.
+        self._pending_launches: set[str] = set()
         self._in_flight: set[str] = set()
         # What this process wrote and the store acknowledged (each node's last value of every
         # tag it wrote; the nodes it deleted, newest last): sent again should the store come
@@ -140,9 +151,11 @@ class TagCache:
 
     # --- writes: return at once ----------------------------------------------------------------
 
-    def update(self, updates: Mapping[str, Mapping[str, str]]) -> None:
+    def update(self, updates: Mapping[str, Mapping[str, str]], launched: bool = False) -> None:
         """Merge tags; refuses the whole call (TagValueError) if any name or value is not text,
-        or is longer than the store can hold."""
+        or is longer than the store can hold. ``launched``: the nodes' own launch writes them,
+        which brings back a node deleted before (any other write to a deleted node is dropped
+        by a store that keeps tombstones)."""
         # Node ids are interned: the provider's lookups then match by identity (10,000 a tick).
         limit = self._store.max_value_bytes
         checked = [(node_id, _checked(node_id, tags, limit)) for node_id, tags in updates.items()]
@@ -152,6 +165,8 @@ class TagCache:
                 self._tags[node_id] = {**self._tags.get(node_id, {}), **tags}
                 held = self._pending_updates.get(node_id)
                 self._pending_updates[node_id] = {**held, **tags} if held else tags
+                if launched:
+                    self._pending_launches.add(node_id)
             self._wake_sender()
 
     def delete(self, node_ids: Collection[str]) -> None:
@@ -161,6 +176,7 @@ class TagCache:
             for node_id in node_ids:
                 self._tags.pop(node_id, None)
                 self._pending_updates.pop(node_id, None)
+                self._pending_launches.discard(node_id)
                 self._pending_deletes.add(node_id)
             self._wake_sender()
 
@@ -273,6 +289,7 @@ class TagCache:
         with self._cond:
             updates, self._pending_updates = self._pending_updates, {}
             deletes, self._pending_deletes = self._pending_deletes, set()
+            launches, self._pending_launches = self._pending_launches, set()
             self._in_flight = updates.keys() | deletes
         updates = self._within_limit(updates)
         sent_deletes = sent_updates = False
@@ -283,8 +300,8 @@ class TagCache:
                 self._acknowledged_deletes(deletes)
             sent_deletes = True
             if updates:
-                self._call(lambda: self._store.update(updates))
-                self._acknowledged_updates(updates)
+                dropped = self._call(lambda: self._send_updates(updates, launches))
+                self._acknowledged_updates(updates, dropped)
             sent_updates = True
         except Exception as exc:  # whatever the store said, the batch is kept
             problem = str(exc)
@@ -292,6 +309,7 @@ class TagCache:
             with self._cond:
                 if not sent_updates:
                     self._requeue(updates, set() if sent_deletes else deletes)
+                    self._pending_launches |= launches & self._pending_updates.keys()
                     self._last_failed_attempt = attempt
                 self._in_flight = set()
         if problem is not None:
@@ -311,11 +329,33 @@ class TagCache:
         for node_id in list(itertools.islice(self._deleted, max(extra, 0))):
             del self._deleted[node_id]
 
-    def _acknowledged_updates(self, updates: Mapping[str, Tags]) -> None:
+    def _send_updates(self, updates: dict[str, Tags], launches: set[str]) -> Collection[str]:
+        """The updates, in one call; the nodes whose writes the store's tombstones dropped."""
+        if not self._tombstones:
+            self._store.update(updates)
+            return ()
+        return self._store.update_unless_deleted(updates, launches & updates.keys())
+
+    def _acknowledged_updates(self, updates: Mapping[str, Tags], dropped: Collection[str]) -> None:
+        dropped = set(dropped)
         for node_id, tags in updates.items():
+            if node_id in dropped:
+                continue
             self._deleted.pop(node_id, None)
             known = self._written.get(node_id)
             self._written[node_id] = {**known, **tags} if known else tags
+        if not dropped:
+            return
+        with self._cond:
+            for node_id in dropped:
+                if node_id not in self._pending_updates:
+                    self._tags.pop(node_id, None)
+        logger.info(
+            "RayDog: tag writes for %d deleted node(s) dropped (the tag store keeps their "
+            "deletes): %s",
+            len(dropped),
+            ", ".join(sorted(dropped)[:10]) + (" ..." if len(dropped) > 10 else ""),
+        )
 
     def _within_limit(self, updates: dict[str, Tags]) -> dict[str, Tags]:
         """The batch without the values the store cannot hold (its limit can drop once
@@ -393,7 +433,8 @@ class TagCache:
 
     def _refill(self, remote: Mapping[str, Tags], restored: bool) -> None:
         """With ``_cond`` held: the store lost data. Queue every tag this cache knows that the
-        store lacks, and the deletes this process made of nodes the store has again. A store
+        store lacks, and the deletes this process made (all: a tombstone stops a writer that missed
+        the delete from bringing the node back). A store
         ``restored`` to an older copy (same epoch, behind what this cache saw) also gets back
         each value this process wrote (and the store acknowledged) that it holds otherwise:
         the copy has the value from before. After a new epoch, what the store holds was
@@ -411,17 +452,17 @@ class TagCache:
                 held = self._pending_updates.get(node_id, {})
                 self._pending_updates[node_id] = {**newer, **held}
                 refilled.add(node_id)
+        # Every one, not only those the store has: their tombstones then stop a writer that
+        # missed the delete from bringing the node back later.
         deleted_again = [
-            node_id
-            for node_id in self._deleted
-            if node_id in remote and node_id not in self._pending_updates
+            node_id for node_id in self._deleted if node_id not in self._pending_updates
         ]
         self._pending_deletes.update(deleted_again)
         if refilled or deleted_again:
             logger.warning(
                 "RayDog: the tag store lost data or came back older (restarted empty, flushed, "
                 "failed over or restored from a copy); sending back the tags of %d node(s) and "
-                "the deletes of %d this provider knows",
+                "the deletes of %d node(s) this provider knows",
                 len(refilled),
                 len(deleted_again),
             )

@@ -12,6 +12,7 @@ from raydog_core.interfaces import ClusterSpec, ComputeBackend, TagStore
 from raydog_core.testing import ComputeBackendContract, TagStoreContract
 from raydog_core.testing.tag_store_contract import (
     TagStoreChangesContract,
+    TagStoreTombstoneContract,
     TagStoreValueLimitContract,
 )
 from tests.tag_store_checks import check_tombstones_are_bounded
@@ -137,7 +138,11 @@ def test_tag_store_contract_passes_the_unbroken_template(pytester: pytest.Pytest
     result = pytester.runpytest_inprocess("-q", "-p", "no:cacheprovider")
     optional = [
         name
-        for contract in (TagStoreChangesContract, TagStoreValueLimitContract)
+        for contract in (
+            TagStoreChangesContract,
+            TagStoreTombstoneContract,
+            TagStoreValueLimitContract,
+        )
         for name in dir(contract)
         if name.startswith("test_")
     ]

@@ -433,3 +433,57 @@ def test_two_writers_over_a_restored_store_each_send_back_their_writes_and_see_t
             assert provider.tags.all() == there, "a cache was left without the other's writes"
     finally:
         second.close()
+
+
+@pytest.mark.timeout(120)
+def test_a_late_write_for_a_deleted_node_does_not_bring_it_back(
+    server: KeyValueServer, providers: Callable[..., RayDogNodeProvider]
+) -> None:
+    """A second process (a `ray up` that read the tags before) writes to a node the head's
+    autoscaler terminated: the store keeps the delete, and the late writer forgets the node."""
+    head = providers(server.port, workers=3)
+    late = RayDogNodeProvider(head.provider_config, head.cluster_name)
+    try:
+        settled(head, late)
+        workers = sorted(n for n in head.non_terminated_nodes({}) if not head._is_head(n))
+        head.terminate_nodes([workers[0]])
+        assert head.tags.flush(timeout=30)
+        late.set_node_tags(workers[0], {TAG_RAY_NODE_STATUS: "up-to-date"})
+        late.set_node_tags(workers[1], {TAG_RAY_NODE_STATUS: "up-to-date"})
+        assert late.tags.flush(timeout=30)
+        there = stored(server, head)
+        assert workers[0] not in there
+        assert there[workers[1]][TAG_RAY_NODE_STATUS] == "up-to-date"
+        assert workers[0] not in late.tags.node_ids()
+        relaunched = {**worker_tags(), TAG_RAY_LAUNCH_CONFIG: "hash-cpu"}
+        head.tags.update({workers[0]: relaunched}, launched=True)  # its own launch: it may
+        assert head.tags.flush(timeout=30)
+        assert workers[0] in stored(server, head)
+    finally:
+        late.close()
+
+
+@pytest.mark.timeout(120)
+def test_a_deleted_node_stays_deleted_after_a_flush_when_a_cache_that_missed_it_refills(
+    server: KeyValueServer, providers: Callable[..., RayDogNodeProvider]
+) -> None:
+    """FLUSHALL, then the cache that made a delete refills (its tombstones), then one that
+    never saw the delete sends back all it knows: the node does not come back."""
+    head = providers(server.port, workers=3)
+    stale = RayDogNodeProvider(head.provider_config, head.cluster_name)
+    try:
+        settled(head, stale)
+        workers = sorted(n for n in head.non_terminated_nodes({}) if not head._is_head(n))
+        head.terminate_nodes([workers[0]])
+        assert head.tags.flush(timeout=30)
+        admin = server.client()
+        admin.flushall()
+        admin.close()
+        settled(head)
+        assert stale.tags.refresh(timeout=30)  # a new epoch: it sends back all it knows
+        assert stale.tags.flush(timeout=30)
+        there = stored(server, head)
+        assert workers[0] not in there
+        assert set(workers[1:]) <= set(there)
+    finally:
+        stale.close()

@@ -78,7 +78,9 @@ end
 return cjson.encode(nodes)
 """
 
-# ARGV: prefix, candidate epoch, node count, then per node: id, tag count, name, value, ...
+# ARGV: prefix, candidate epoch, node count, then per node: id, '1' if a tombstone of the node
+# lets the write through (its own launch, or a plain update), tag count, name, value, ... Answers
+# the ids whose writes a tombstone dropped.
 _UPDATE = (
     """
 local version = redis.call('INCR', KEYS[2])
@@ -86,21 +88,27 @@ redis.call('SET', KEYS[6], ARGV[2], 'NX')
 """
     + _LOG_WRITE
     + """
+local dropped = {}
 local i = 4
 for _ = 1, tonumber(ARGV[3]) do
-  local id, count = ARGV[i], tonumber(ARGV[i + 1])
-  i = i + 2
-  redis.call('SADD', KEYS[1], id)
+  local id, revives, count = ARGV[i], ARGV[i + 1] == '1', tonumber(ARGV[i + 2])
+  i = i + 3
   local last = i + 2 * count - 1
-  while i <= last do
-    local chunk = math.min(last, i + 999)
-    redis.call('HSET', ARGV[1] .. id, unpack(ARGV, i, chunk))
-    i = chunk + 1
+  if not revives and redis.call('ZSCORE', KEYS[4], id) then
+    dropped[#dropped + 1] = id
+    i = last + 1
+  else
+    redis.call('SADD', KEYS[1], id)
+    while i <= last do
+      local chunk = math.min(last, i + 999)
+      redis.call('HSET', ARGV[1] .. id, unpack(ARGV, i, chunk))
+      i = chunk + 1
+    end
+    redis.call('ZADD', KEYS[3], version, id)
+    redis.call('ZREM', KEYS[4], id)
   end
-  redis.call('ZADD', KEYS[3], version, id)
-  redis.call('ZREM', KEYS[4], id)
 end
-return version
+return dropped
 """
 )
 
@@ -412,14 +420,26 @@ class KeyValueTagStore(TagStore):
         )
 
     def update(self, updates: Mapping[str, Mapping[str, str]]) -> None:
+        self._update(updates, None)
+
+    def update_unless_deleted(
+        self, updates: Mapping[str, Mapping[str, str]], launched: Collection[str]
+    ) -> list[str]:
+        return self._update(updates, launched)
+
+    def _update(
+        self, updates: Mapping[str, Mapping[str, str]], launched: Collection[str] | None
+    ) -> list[str]:
+        """One script call; with ``launched`` given, tombstones drop writes to other nodes."""
         if not updates:
-            return
+            return []
         args: list[str | int] = [uuid.uuid4().hex, len(updates)]
         for node_id, tags in updates.items():
-            args += [node_id, len(tags)]
+            revives = launched is None or node_id in launched
+            args += [node_id, "1" if revives else "0", len(tags)]
             for name, value in tags.items():
                 args += [name, value]
-        self._run("update", args)
+        return list(self._run("update", args))
 
     def delete(self, node_ids: Collection[str]) -> None:
         ids = list(node_ids)

@@ -83,15 +83,31 @@ class MemoryTagStore(TagStore):
             return Changes(now, False, updated, _since(cluster.deleted, token.version))
 
     def update(self, updates: Mapping[str, Mapping[str, str]]) -> None:
+        self._update(updates, None)
+
+    def update_unless_deleted(
+        self, updates: Mapping[str, Mapping[str, str]], launched: Collection[str]
+    ) -> list[str]:
+        return self._update(updates, launched)
+
+    def _update(
+        self, updates: Mapping[str, Mapping[str, str]], launched: Collection[str] | None
+    ) -> list[str]:
+        """Merge; with ``launched`` given, writes to tombstoned nodes not in it are dropped."""
+        dropped: list[str] = []
         with self._lock:
             cluster = self._cluster()
             if not updates:
-                return
+                return dropped
             cluster.version += 1
             for node_id, tags in updates.items():
+                if launched is not None and node_id in cluster.deleted and node_id not in launched:
+                    dropped.append(node_id)
+                    continue
                 cluster.nodes[node_id] = {**cluster.nodes.get(node_id, {}), **tags}
                 cluster.touch(cluster.changed, node_id)
                 cluster.deleted.pop(node_id, None)
+        return dropped
 
     def delete(self, node_ids: Collection[str]) -> None:
         with self._lock:

@@ -8,7 +8,14 @@ from collections.abc import Callable
 
 import pytest
 
-from raydog_core.interfaces import Changes, ChangeToken, Tags, TagStore, offers_changes
+from raydog_core.interfaces import (
+    Changes,
+    ChangeToken,
+    Tags,
+    TagStore,
+    offers_changes,
+    offers_tombstones,
+)
 
 MakeStore = Callable[[str], TagStore]
 RestartStore = Callable[[], None]
@@ -189,6 +196,37 @@ class TagStoreChangesContract:
         assert reader.nodes == {"n1": {"a": "old"}, "n2": {"b": "4"}}
 
 
+class TagStoreTombstoneContract:
+    """The optional ``update_unless_deleted`` (TagStore interface 5); skips for a store without
+    it. Part of :class:`TagStoreContract`."""
+
+    @pytest.fixture
+    def tombstone_store(self, make_store: MakeStore, cluster: str) -> TagStore:
+        store = make_store(cluster)
+        if not offers_tombstones(store):
+            pytest.skip(f"{type(store).__name__} does not offer update_unless_deleted")
+        return store
+
+    def test_a_late_write_to_a_deleted_node_is_dropped_and_named(
+        self, tombstone_store: TagStore
+    ) -> None:
+        tombstone_store.update({"gone": {"a": "1"}, "kept": {"a": "1"}})
+        tombstone_store.delete(["gone"])
+        dropped = tombstone_store.update_unless_deleted(
+            {"gone": {"a": "late"}, "kept": {"a": "2"}, "new": {"a": "1"}}, ()
+        )
+        assert list(dropped) == ["gone"]
+        assert tombstone_store.load_all() == {"kept": {"a": "2"}, "new": {"a": "1"}}
+
+    def test_the_nodes_own_launch_brings_it_back(self, tombstone_store: TagStore) -> None:
+        tombstone_store.update({"n1": {"a": "1"}})
+        tombstone_store.delete(["n1"])
+        assert not tombstone_store.update_unless_deleted({"n1": {"b": "2"}}, ["n1"])
+        assert tombstone_store.load_all() == {"n1": {"b": "2"}}
+        assert not tombstone_store.update_unless_deleted({"n1": {"c": "3"}}, ())
+        assert tombstone_store.load_all() == {"n1": {"b": "2", "c": "3"}}
+
+
 class TagStoreValueLimitContract:
     """The optional ``max_value_bytes`` (TagStore interface 3); skips for a store without it.
     Part of :class:`TagStoreContract`."""
@@ -206,7 +244,9 @@ class TagStoreValueLimitContract:
         assert store.load_all() == {"n1": {name: value}}
 
 
-class TagStoreContract(TagStoreChangesContract, TagStoreValueLimitContract):
+class TagStoreContract(
+    TagStoreChangesContract, TagStoreTombstoneContract, TagStoreValueLimitContract
+):
     """Provide a fixture ``make_store``: ``make_store(cluster_name) -> TagStore``, connected.
 
     Two stores made for the same cluster name must see the same data (they model the client
