@@ -205,11 +205,12 @@ class RayDogNodeProvider(NodeProvider):
         self.transport.close()
         if not self.raydog_config.on_head:
             removed = state.forget_cluster(self.cluster_name)
-            if removed is not None:
+            if removed:
                 report(
-                    "removed this cluster's saved credentials and secrets (%s); set %s=1 to "
-                    "keep them",
-                    removed,
+                    "removed this cluster's saved credentials and secrets from %s (%s); set "
+                    "%s=1 to keep them",
+                    state.cluster_dir(self.cluster_name),
+                    ", ".join(removed),
                     state.KEEP_VARIABLE,
                 )
 

@@ -63,13 +63,14 @@ def cluster_secret(cluster_name: str, name: str) -> str:
     return value
 
 
-def forget_cluster(cluster_name: str) -> Path | None:
+def forget_cluster(cluster_name: str) -> list[str]:
     """Once the whole cluster is down: its folder on this machine (the saved credentials, the
     tag store's password, known host keys, staged wheels) goes too, unless ``KEEP_VARIABLE`` is
-    1. Returns the folder removed, if any: a secret a cluster no longer needs is one less to
+    1. Returns the names of what it held: a secret a cluster no longer needs is one less to
     leak, and the next ``ray up`` makes them afresh."""
     folder = cluster_dir(cluster_name)
-    if os.environ.get(KEEP_VARIABLE) == "1" or not folder.exists():
-        return None
+    if os.environ.get(KEEP_VARIABLE) == "1" or not folder.is_dir():
+        return []
+    held = sorted(path.name for path in folder.iterdir())
     shutil.rmtree(folder)
-    return folder
+    return held
