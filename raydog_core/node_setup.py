@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import platform
+import re
 import shlex
 import subprocess
 from collections.abc import Mapping
@@ -293,7 +294,7 @@ def common_setup(
         what += " (workers need no raydog)"
     lines = [
         "#!/usr/bin/env bash",
-        f"# RayDog node setup: cluster {config.cluster_name}, node type {node_type}"
+        f"{HEADER}cluster {config.cluster_name}, node type {node_type}"
         f" ({'head' if is_head else 'worker'}); pinned to the client's {versions}",
         "set -euo pipefail",
         "",
@@ -342,6 +343,32 @@ def common_setup(
     return "\n".join(lines) + "\n"
 
 
+HEADER = "# RayDog node setup: "
+_HEADER_LINE = re.compile(
+    rf"^{re.escape(HEADER)}cluster \S+, node type \S+ \((head|worker)\); "
+    r"pinned to the client's (.*)$",
+    re.MULTILINE,
+)
+END_HOOK = "trap raydog_setup_finished EXIT"
+"""The line of ``end_marker`` that makes the setup write its marker when it has succeeded."""
+
+
+@dataclass(frozen=True)
+class WrittenFor:
+    """What a setup ``raydog node-setup`` printed was made for (its first comment says)."""
+
+    head: bool
+    versions: Versions
+
+
+def written_for(userdata: str) -> WrittenFor | None:
+    """What ``raydog node-setup`` made this setup for; None for a setup it did not print."""
+    match = _HEADER_LINE.search(userdata)
+    if match is None:
+        return None
+    return WrittenFor(head=match.group(1) == "head", versions=Versions.parse(match.group(2)))
+
+
 def end_marker(note: str) -> str:
     """Bash that marks the end of the script it starts: the marker goes away now and is written
     (atomically) when the whole script has succeeded, so whatever a backend appends to the
@@ -362,5 +389,5 @@ def end_marker(note: str) -> str:
         '  mv -f "$raydog_marker.tmp" "$raydog_marker"\n'
         '  echo "RayDog: node setup finished ($raydog_marker)"\n'
         "}\n"
-        "trap raydog_setup_finished EXIT\n"
+        f"{END_HOOK}\n"
     )

@@ -15,13 +15,15 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from raydog_core import plugins
+from raydog_core import node_setup, plugins
 from raydog_core.config import (
     MODULE,
     RAY_REQUIRED,
     RayDogConfig,
     check,
+    file_references,
     fill_defaults,
+    local_file,
     mapping,
     parse,
     reached_over_ssh,
@@ -108,6 +110,8 @@ def validate(cluster_config: Mapping[str, Any], for_launch: bool = False) -> Ray
         if for_launch:
             with problems.collect():
                 _check_ssh_key(parse(effective, Problems()))
+            if parsed is not None:
+                problems.found += _node_setup_problems(parsed, effective)
     _raise_unique(problems.found)
     assert parsed is not None
     return parsed
@@ -145,6 +149,62 @@ def _check_ssh_key(parsed: RayDogConfig) -> None:
             f"file not found: {path.absolute()} (taken relative to the folder you run `ray` in; "
             f"make it with `ssh-keygen -t ed25519 -N '' -f {path}`, {then})",
         )
+
+
+def _node_setup_problems(parsed: RayDogConfig, written: Mapping[str, Any]) -> list[ConfigError]:
+    """Each node type whose tasks wait for RayDog's setup (``node_setup.runs_raydog_setup``) and
+    whose boot script is one ``raydog node-setup`` printed: made for its role (head or worker)
+    and this client's Python and Ray, still ending with its marker, and on the head giving the
+    nodes the key of ``auth.ssh_private_key``. Otherwise its tasks wait out the setup's time
+    limit, Ray refuses the versions, or ``ray up`` cannot reach the head: all once it runs."""
+    compute = plugins.load("compute", parsed.compute.name, parsed.compute.paths[""])
+    boot = getattr(compute, "boot_setup", None)
+    if not getattr(compute, "runs_node_setup", False) or boot is None:
+        return []
+    client = node_setup.Versions.of_this_client()
+    try:
+        key = node_setup.public_key(dict(parsed.auth))
+    except ConfigError:
+        key = None  # `_check_ssh_key` names it
+    found = []
+    for name, spec in parsed.node_types.items():
+        userdata = boot(spec.node_config)
+        if userdata is None or not node_setup.runs_raydog_setup(parsed, name):
+            continue
+        made = node_setup.written_for(userdata)
+        if made is None:
+            continue  # a setup of one's own that writes the marker: nothing to compare
+        head = name == parsed.head_node_type
+        wrong = []
+        if made.head != head:
+            wrong.append(f"it was made for a {'head' if made.head else 'worker'}")
+        if (made.versions.python, made.versions.ray) != (client.python, client.ray):
+            wrong.append(
+                f"it installs python={made.versions.python} ray={made.versions.ray}, this client "
+                f"has python={client.python} ray={client.ray} (Ray refuses to mix them)"
+            )
+        if node_setup.END_HOOK not in userdata:
+            wrong.append(
+                f"it no longer writes its marker {node_setup.SETUP_FINISHED} "
+                f"(`{node_setup.END_HOOK}` is gone), so every task would wait for it and fail"
+            )
+        if head and key is not None and key not in userdata:
+            wrong.append(
+                "it does not give the head the key of auth.ssh_private_key (made before that "
+                "key, or for another), so `ray up` could not reach the head"
+            )
+        if wrong:
+            raw = mapping(written.get("available_node_types", {}), "").get(name, {})
+            files = [ref for _, ref in file_references(raw.get("node_config", {}))]
+            target = local_file(files[0]) if len(files) == 1 else "FILE"
+            found.append(
+                ConfigError(
+                    f"available_node_types.{name}.node_config",
+                    f"its setup (from `raydog node-setup`) does not fit: {'; '.join(wrong)}. Run "
+                    f"`raydog node-setup CONFIG --node-type {name} -o {target}` again",
+                )
+            )
+    return found
 
 
 def _non_text_keys(value: Any, path: str = "") -> Iterator[ConfigError]:

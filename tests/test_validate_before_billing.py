@@ -4,12 +4,14 @@ mistake a new user makes."""
 
 from __future__ import annotations
 
+import platform
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+import ray
 import yaml
 
 from raydog_core import validation
@@ -111,3 +113,43 @@ def test_every_node_type_whose_names_do_not_fit_is_named(starter: Path) -> None:
     assert sorted(found) == ["available_node_types.cpu_worker", "available_node_types.head"]
     assert "worker pool names of 61 characters" in found["available_node_types.head"]
     assert "worker pool names of 67 characters" in found["available_node_types.cpu_worker"]
+
+
+def test_a_node_setup_made_before_the_key_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`raydog init` before the key exists, then the key: the head's setup does not have it."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert raydog("init", "starter", cwd=tmp_path).returncode == 0
+    key = tmp_path / ".ssh" / "raydog"
+    key.parent.mkdir()
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    monkeypatch.chdir(tmp_path / "starter")
+    (found,) = problems(tmp_path / "starter")
+    assert found.startswith("available_node_types.head.node_config: its setup ")
+    assert "does not give the head the key of auth.ssh_private_key" in found
+    assert "--node-type head -o node-setup-head.sh` again" in found
+
+
+def test_the_heads_setup_on_a_worker_is_refused(starter: Path) -> None:
+    head = (starter / "node-setup-head.sh").read_text()
+    (starter / "node-setup-worker.sh").write_text(head)
+    (found,) = problems(starter)
+    assert found.startswith("available_node_types.cpu_worker.node_config: its setup ")
+    assert "it was made for a head" in found
+
+
+def test_a_setup_for_other_versions_of_python_and_ray_is_refused(starter: Path) -> None:
+    """A client whose Ray changed since `raydog node-setup`: Ray would refuse the nodes."""
+    worker = starter / "node-setup-worker.sh"
+    text = worker.read_text()
+    worker.write_text(text.replace(f" ray={ray.__version__} ", " ray=2.0.0 ", 1))
+    (found,) = problems(starter)
+    assert f"it installs python={platform.python_version()} ray=2.0.0, this client has" in found
+
+
+def test_a_setup_that_no_longer_writes_its_marker_is_refused(starter: Path) -> None:
+    worker = starter / "node-setup-worker.sh"
+    worker.write_text(worker.read_text().replace("trap raydog_setup_finished EXIT\n", ""))
+    (found,) = problems(starter)
+    assert "it no longer writes its marker /opt/raydog/setup-finished" in found
