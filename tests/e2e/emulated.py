@@ -1,0 +1,111 @@
+"""A Ray cluster on the YellowDog emulator (``--run-tasks --loopback-ips``), watched through the
+emulator's own view: shared by the emulator's end-to-end tests."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from yellowdog_client.model import TaskStatus
+
+from raydog_backends.process_nodes.addresses import free_port, listening_sockets
+from raydog_backends.process_nodes.processes import NodeProcess
+from raydog_backends.yellowdog_emulator import EmulatorClient
+from raydog_backends.yellowdog_emulator.processes import ENVIRONMENT_FILE, NODE_FILE
+from raydog_core.interfaces import NodeInfo, NodeState
+from raydog_core.testing.lifecycle import RayCluster
+from tests.yellowdog_fixtures import KEY_ID, SECRET
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLE = REPO / "examples" / "yellowdog" / "emulator"
+CLEANUP_SECONDS = 60.0
+"""How long `ray down`'s cancelled tasks and pools get to be gone (the emulator stops them)."""
+
+
+@dataclass
+class EmulatedCluster(RayCluster):
+    """A cluster of examples/yellowdog/emulator, watched through the emulator's own view."""
+
+    emulator_url: str = ""
+    task_folders: dict[str, Path] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.env.update(
+            YD_API_URL=self.emulator_url, YD_API_KEY_ID=KEY_ID, YD_API_KEY_SECRET=SECRET
+        )
+        self.emulator = EmulatorClient(self.emulator_url)
+
+    def write_config(self) -> Path:
+        config: dict[str, Any] = yaml.safe_load((EXAMPLE / "cluster.yaml").read_text())
+        config["cluster_name"] = self.cluster_name
+        config["idle_timeout_minutes"] = self.idle_timeout_minutes
+        config["provider"]["tag_store"] = {"type": "valkey", "port": free_port()}
+        path = self.folder / "cluster.yaml"
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        return path
+
+    def nodes(self) -> dict[str, NodeInfo]:
+        """Tasks not finished, as Ray nodes; remembers each task's folder to check cleanup."""
+        state = self.emulator.state()
+        addresses = {node["id"]: node for node in state["nodes"]}
+        found = {}
+        for task in state["tasks"]:
+            if task["work_dir"]:
+                self.task_folders[task["id"]] = Path(task["work_dir"])
+            if TaskStatus[task["status"]].finished:
+                continue
+            environment = task["environment"]
+            node = addresses.get(task["node_id"] or "", {})
+            running = task["status"] == "EXECUTING"
+            found[task["id"]] = NodeInfo(
+                task["id"],
+                environment["RAYDOG_NODE_TYPE"],
+                "RAY_HEAD_IP" not in environment,
+                NodeState.RUNNING if running else NodeState.PENDING,
+                node.get("private_ip"),
+                node.get("instance_public_ip"),  # the platform gives it on the instance
+                task["status"],
+            )
+        return found
+
+    def leftovers(self) -> list[str]:
+        deadline = time.monotonic() + CLEANUP_SECONDS
+        while (found := self._leftovers()) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        return found
+
+    def _leftovers(self) -> list[str]:
+        found = list(self.emulator.leaks())
+        found += [f"node {node['id']} ({node['status']})" for node in self.emulator.live_nodes()]
+        addresses, ports = set(), set()
+        for task_id, folder in self.task_folders.items():
+            with contextlib.suppress(OSError, ValueError):
+                environment = json.loads((folder / ENVIRONMENT_FILE).read_text())
+                addresses.add(environment["RAYDOG_NODE_IP"])
+                ports.update(
+                    int(environment[name])
+                    for name in ("RAYDOG_GCS_PORT", "RAYDOG_CLIENT_PORT")
+                    if "RAY_HEAD_IP" not in environment
+                )
+                ports.add(int(environment["RAYDOG_DASHBOARD_AGENT_PORT"]))
+                if Path(environment["RAY_TMPDIR"]).exists():
+                    found.append(f"Ray temp folder of {task_id}: {environment['RAY_TMPDIR']}")
+            with contextlib.suppress(OSError, ValueError):
+                node = json.loads((folder / NODE_FILE).read_text())
+                members = NodeProcess.attach(node["pid"], node["start_ticks"], node["token"])
+                if pids := members.members():
+                    found.append(f"processes of {task_id}: {pids}")
+        for address, port in sorted(listening_sockets()):
+            if address in addresses or port in ports:
+                found.append(f"listening socket {address}:{port}")
+        return found
+
+    def destroy(self) -> None:
+        """Cancel everything on the emulator, which stops every task process it started."""
+        self.emulator.reset()
