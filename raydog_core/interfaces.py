@@ -329,7 +329,7 @@ class ComputeBackend(ABC):
         return None
 
     def preflight(self) -> list[Check]:
-        """Optional: checks for ``raydog doctor`` (credentials accepted, templates found...).
+        """Optional: checks for ``raydog doctor`` (credentials accepted, leftovers...).
 
         May call the platform, but must create nothing.
         """

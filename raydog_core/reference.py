@@ -6,7 +6,8 @@ from the signature, its description from a ``- ``name``: text`` line in the cons
 docstring. A plugin that subclasses another one listed is described by how its options differ
 from that one's ("the same options as ..."), never by a repeated table. A test regenerates the
 sections and compares, so the reference cannot drift.
-Rewrite them with ``python -m raydog_core.reference --write docs/configuration.md``.
+Rewrite them with ``python -m raydog_core.reference --write`` (from the repository's root; or
+``--write FILE``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ BEGIN = "<!-- BEGIN GENERATED: plugin options (python -m raydog_core.reference -
 END = "<!-- END GENERATED: plugin options -->"
 KEYS_BEGIN = "<!-- BEGIN GENERATED: top-level keys (python -m raydog_core.reference --write) -->"
 KEYS_END = "<!-- END GENERATED: top-level keys -->"
+CONFIGURATION_DOC = Path("docs/configuration.md")
 _DOC_LINE = re.compile(r"^\s*-\s*``(\w+)``:\s*(.*)$")
 
 
@@ -139,12 +141,27 @@ def rewrite(document: str) -> str:
     return document
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--write", type=Path, help="rewrite the generated sections of this file")
-    args = parser.parse_args()
+    parser.add_argument(
+        "--write",
+        type=Path,
+        nargs="?",
+        const=CONFIGURATION_DOC,
+        metavar="FILE",
+        help=f"rewrite the generated sections of FILE (default: {CONFIGURATION_DOC}, from the "
+        "repository's root)",
+    )
+    args = parser.parse_args(argv)
     if args.write:
-        args.write.write_text(rewrite(args.write.read_text()))
+        try:
+            text = args.write.read_text()
+        except OSError as exc:
+            parser.error(
+                f"cannot read {args.write}: {exc.strerror} (run it from the repository's root)"
+            )
+        args.write.write_text(rewrite(text))
+        print(f"rewrote the generated sections of {args.write}")
     else:
         print(top_level_keys())
         print()

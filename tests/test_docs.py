@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 from raydog_core import config as raydog_config
@@ -13,9 +15,25 @@ DOCS = Path(__file__).resolve().parents[1] / "docs"
 def test_plugin_option_tables_match_the_plugins() -> None:
     document = (DOCS / "configuration.md").read_text()
     assert reference.rewrite(document) == document, (
-        "docs/configuration.md is out of date: "
-        "python -m raydog_core.reference --write docs/configuration.md"
+        "docs/configuration.md is out of date: python -m raydog_core.reference --write"
     )
+
+
+def test_the_reference_is_rewritten_as_its_markers_say(tmp_path: Path) -> None:
+    """`python -m raydog_core.reference --write`, as docs/configuration.md says, from the root."""
+    (tmp_path / "docs").mkdir()
+    stale = (DOCS / "configuration.md").read_text().replace("| `upscaling_speed` |", "| `x` |", 1)
+    (tmp_path / "docs" / "configuration.md").write_text(stale)
+    result = subprocess.run(
+        [sys.executable, "-m", "raydog_core.reference", "--write"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "docs" / "configuration.md").read_text() == (
+        DOCS / "configuration.md"
+    ).read_text()
 
 
 def test_every_provider_key_and_ray_default_is_documented() -> None:
@@ -61,3 +79,28 @@ def test_a_subclass_plugin_is_described_by_what_differs_from_its_base() -> None:
     assert "| `size` | `int` | `2` | how many. |" in different
     assert "| `port` | `int` | `0` | which port. |" in different
     assert "`zone` |" not in different
+
+
+def test_every_built_in_plugin_is_listed_where_the_docs_list_them() -> None:
+    """The tables of built-in plugins (README, docs/plugins.md) name what `raydog plugins` shows."""
+    from raydog_core import plugins
+
+    documents = {"README.md": DOCS.parent / "README.md", "docs/plugins.md": DOCS / "plugins.md"}
+    for name, path in documents.items():
+        lines = path.read_text().splitlines()
+        for kind in plugins.GROUPS:
+            row_start = "| " + {"compute": "compute backend"}.get(kind, kind.replace("_", " "))
+            (row,) = [line for line in lines if line.startswith(row_start)]
+            built_in = [i.name for i in plugins.installed(kind) if i.distribution == "raydog"]
+            missing = [plugin for plugin in built_in if f"`{plugin}`" not in row]
+            assert not missing, f"{name}: the {kind} row does not list {missing}"
+
+
+def test_the_readme_names_every_system_package_ci_installs() -> None:
+    import re
+
+    ci = (DOCS.parent / ".ci" / "run").read_text()
+    packages = re.findall(r"missing\+=\(([\w.-]+)\)", ci)
+    assert packages, "no `missing+=(...)` lines in .ci/run"
+    develop = (DOCS.parent / "README.md").read_text().split("## Develop", 1)[1]
+    assert [p for p in packages if f"`{p}`" not in develop] == []
