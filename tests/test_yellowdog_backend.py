@@ -21,6 +21,8 @@ import pytest
 from ray.autoscaler._private.util import hash_launch_conf
 from yellowdog_client.model import (
     ApiKey,
+    AutoShutdown,
+    ComputeRequirementSummarySearch,
     ComputeRequirementTemplateUsage,
     InstanceSearch,
     ProvisionedWorkerPoolProperties,
@@ -445,6 +447,55 @@ def test_pools_set_max_nodes_and_task_groups_never_queue_tasks_on_busy_nodes(
     finally:
         sdk.close()
     assert max_nodes == {"head": 1, "cpu": 7}
+
+
+def test_every_compute_requirement_ends_itself_at_the_clusters_lifetime(
+    backends: Callable[..., YellowDogComputeBackend],
+    emulator: Emulator,
+    emulator_client: EmulatorClient,
+) -> None:
+    """A client lost before it ends anything, with workers whose agents never register (a pool
+    shutdown could not reach them, nor would idle shutdowns): the platform terminates every
+    compute requirement at the cluster's lifetime by itself (``autoShutdown``, SDK 15.9). Task
+    groups ask for no task retries through ``retryPolicy``, not the deprecated
+    ``maximumTaskRetries``."""
+    emulator.platform.config.time_scale = 0.001  # the cluster's hour passes in 3.6 s
+    spec = make_spec()
+    backend = backends(spec, cluster_lifetime_hours=1.0)
+    backend.launch(HEAD)
+    emulator_client.settings(boot_delay=3600)
+    backend.launch(workers(2))
+    sdk = sdk_client(emulator.url)
+    try:
+        requirements = sdk.compute_client.get_compute_requirement_summaries(
+            ComputeRequirementSummarySearch(namespace=NAMESPACE)
+        ).list_all()
+        shutdowns = [
+            sdk.compute_client.get_compute_requirement_by_id(r.id).autoShutdown
+            for r in requirements
+        ]
+        (work,) = sdk.work_client.get_work_requirements(
+            WorkRequirementSearch(namespaces=[NAMESPACE])
+        ).list_all()
+        specs = [
+            g.runSpecification
+            for g in sdk.work_client.get_work_requirement_by_id(work.id).taskGroups
+        ]
+    finally:
+        sdk.close()
+    assert shutdowns == [AutoShutdown(enabled=True, timeout=timedelta(hours=1))] * 2
+    assert {(s.retryPolicy.maxRetries, s.maximumTaskRetries) for s in specs} == {(0, None)}
+    cluster = slug(spec.cluster_name) or ""
+    wait_until(
+        lambda: (
+            not [
+                leak
+                for leak in cluster_leaks(emulator_client, cluster)
+                if not leak.startswith("work requirement")
+            ]
+        ),
+        "the platform to end every instance",
+    )
 
 
 def test_a_full_pool_is_not_grown_past_max_nodes_and_a_replacement_takes_the_freed_node(

@@ -780,6 +780,52 @@ def test_a_provisioning_failure_ends_the_pool_without_nodes(
     wait_until(lambda: task_status(client, task.id) is TaskStatus.EXECUTING, "a node at last")  # type: ignore[arg-type]
 
 
+def test_a_compute_requirement_ends_itself_at_its_auto_shutdown(
+    emulator: Emulator, client: PlatformClient
+) -> None:
+    """``ComputeRequirementTemplateUsage.autoShutdown`` (SDK 15.9): the platform terminates the
+    instances after the timeout, whatever becomes of the client; a disabled one never does."""
+    emulator.platform.config.time_scale = 0.005  # the hour below passes in 18 s; 1 min in 0.3 s
+    pools = {}
+    for name, timeout in (("ends", timedelta(minutes=1)), ("stays", timedelta(hours=1))):
+        usage = ComputeRequirementTemplateUsage(
+            templateId=TEMPLATE,
+            requirementName=name,
+            requirementNamespace=NAMESPACE,
+            targetInstanceCount=1,
+            autoShutdown=AutoShutdown(enabled=True, timeout=timeout),
+        )
+        properties = ProvisionedWorkerPoolProperties(workerTag="pool-tag", maxNodes=1)
+        pools[name] = client.worker_pool_client.provision_worker_pool(usage, properties)
+    computes = {
+        name: client.compute_client.get_compute_requirement_by_id(pool.computeRequirementId)  # type: ignore[arg-type]
+        for name, pool in pools.items()
+    }
+    assert computes["ends"].autoShutdown == AutoShutdown(True, timedelta(minutes=1))
+    assert computes["ends"].autoShutdownTime is not None
+    updated = client.compute_client.update_compute_requirement_auto_shutdown(
+        computes["stays"].id,  # type: ignore[arg-type]
+        AutoShutdown(enabled=False),
+    )
+    assert updated.autoShutdownTime is None
+    wait_until(
+        lambda: (
+            client.worker_pool_client.get_worker_pool_by_id(pools["ends"].id).status  # type: ignore[arg-type]
+            is WorkerPoolStatus.TERMINATED
+        ),
+        "the auto shutdown",
+    )
+    ended = client.compute_client.get_compute_requirement_by_id(computes["ends"].id)  # type: ignore[arg-type]
+    assert ended.status is ComputeRequirementStatus.TERMINATED
+    search = InstanceSearch(computeRequirementId=ended.id)
+    assert all(
+        i.status is not None and not i.status.alive
+        for i in client.compute_client.get_instances(search).list_all()
+    )
+    stays = client.compute_client.get_compute_requirement_by_id(computes["stays"].id)  # type: ignore[arg-type]
+    assert stays.status is not ComputeRequirementStatus.TERMINATED
+
+
 def test_a_node_can_be_missing_from_one_search(emulator: Emulator, client: PlatformClient) -> None:
     """An inconsistent search result: the node is there, one search does not list it."""
     pool_id = provision(client, "glitches", 2, maxNodes=2)

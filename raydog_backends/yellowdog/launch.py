@@ -24,6 +24,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 
 from yellowdog_client.model import (
+    RetryPolicy,
     RetryProperties,
     RunSpecification,
     Task,
@@ -201,7 +202,7 @@ class Launcher:
                 workerTags=[self.options.names.worker_tag(generation, node_type)],
                 namespaces=[self.options.namespace],
                 taskTimeout=self.options.lifetime,
-                maximumTaskRetries=0,
+                retryPolicy=RetryPolicy(maxRetries=0),  # maximumTaskRetries is deprecated
                 disablePreallocation=True,
             ),
             finishIfAllTasksFinished=False,

@@ -6,7 +6,9 @@ relied on) and resized for later launches, never beyond ``maxNodes``: a task tha
 node waits for one (tasks are not queued on busy nodes: see ``launch.py``). Ending a pool means
 shutting it down *and* terminating its compute requirement, as yellowdog-ray does (commit
 0794285): a pool shutdown is not immediate, and a node whose agent never registered cannot be
-told to stop.
+told to stop. And should the client be lost before it ends anything, each compute requirement
+ends itself after the cluster's lifetime (``ComputeRequirementTemplateUsage.autoShutdown``, SDK
+15.9), as the cluster's tasks do (their ``taskTimeout``).
 """
 
 from __future__ import annotations
@@ -93,6 +95,7 @@ class Pools:
                 "raydog-cluster": self.options.names.cluster,
                 "raydog-node-type": self.options.names.node_types[node_type],
             },
+            autoShutdown=AutoShutdown(enabled=True, timeout=self.options.lifetime),
         )
         properties = ProvisionedWorkerPoolProperties(
             createNodeWorkers=NodeWorkerTarget.per_node(1),

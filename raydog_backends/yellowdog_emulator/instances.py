@@ -8,7 +8,10 @@ computeRequirementId=pool.computeRequirementId))`` (yellowdog-ray commit 54e2599
 
 from __future__ import annotations
 
+import logging
+
 from yellowdog_client.model import (
+    AutoShutdown,
     ComputeRequirement,
     ComputeRequirementStatus,
     ComputeRequirementSummary,
@@ -26,6 +29,8 @@ from raydog_backends.yellowdog_emulator.records import (
     one,
     page,
 )
+
+logger = logging.getLogger(__name__)
 
 
 class Compute:
@@ -100,6 +105,28 @@ class Compute:
             if statuses is None or str(instance.status) in statuses
         ]
         return page(found, query, self.account.config.slice_size)
+
+    def update_auto_shutdown(
+        self, requirement_id: str, shutdown: AutoShutdown
+    ) -> ComputeRequirement:
+        """``compute_client.update_compute_requirement_auto_shutdown``: replaced, its timeout
+        restarted from now (the SDK's docstring)."""
+        compute = self._record(requirement_id)
+        if compute.requirement.status is ComputeRequirementStatus.TERMINATED:
+            raise ApiError(400, f"compute requirement {compute.requirement.name} is terminated")
+        self.account.schedule_auto_shutdown(compute, shutdown)
+        return compute.requirement
+
+    def advance(self, now: float) -> None:
+        """Compute requirements whose auto shutdown is due are terminated, instances and all."""
+        for compute in list(self.account.computes.values()):
+            due = compute.auto_shutdown_at is not None and now >= compute.auto_shutdown_at
+            if due and compute.requirement.status is not ComputeRequirementStatus.TERMINATED:
+                logger.info(
+                    "emulator: %s shuts down, its autoShutdown due", compute.requirement.name
+                )
+                compute.auto_shutdown_at = None
+                self.pools.terminate(compute)
 
     def fail_provisioning(self, template_id: str | None, reason: str) -> None:
         """From now on, provisioning from ``template_id`` (None: any template) fails."""

@@ -53,6 +53,7 @@ class Platform:
         """Move everything on to where it would be by now."""
         with self.lock:
             now = time.monotonic()
+            self.compute.advance(now)
             for pool in list(self.account.pools.values()):
                 self.pools.advance(pool, now)
             for node in list(self.account.nodes.values()):

@@ -102,6 +102,7 @@ class Pools:
         self.account.pools[pool.id] = PoolRecord(pool, usage, active_at, max_nodes)
         compute = _compute_requirement(pool, usage)
         self.account.computes[compute.id] = compute
+        self.account.schedule_auto_shutdown(compute, usage.autoShutdown)
         return pool
 
     def _max_nodes(

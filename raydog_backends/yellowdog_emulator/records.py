@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -144,6 +145,8 @@ class ComputeRecord:
     instances: dict[str, Instance] = field(default_factory=dict)
     failure: str | None = None
     """Why provisioning failed (quota, template, image), once it has."""
+    auto_shutdown_at: float | None = None
+    """When the platform terminates it by itself (its ``autoShutdown``), on the tick's clock."""
 
     @property
     def id(self) -> str:
@@ -261,6 +264,20 @@ class Account:
         if found is None or not found.registered:
             raise ApiError(404, f"no node {node_id}")
         return found
+
+    def schedule_auto_shutdown(self, compute: ComputeRecord, shutdown: AutoShutdown | None) -> None:
+        """The compute requirement ends by itself ``shutdown.timeout`` from now (scaled), whatever
+        becomes of its client (``ComputeRequirementTemplateUsage.autoShutdown``, SDK 15.9;
+        ``compute_client.update_compute_requirement_auto_shutdown``: "restart its timeout from
+        now"); a disabled one, never."""
+        compute.requirement.autoShutdown = shutdown
+        timeout = seconds(shutdown)
+        if timeout is None:
+            compute.auto_shutdown_at = compute.requirement.autoShutdownTime = None
+            return
+        scaled = timeout * self.config.time_scale
+        compute.auto_shutdown_at = time.monotonic() + scaled
+        compute.requirement.autoShutdownTime = now_utc() + timedelta(seconds=scaled)
 
     def compute_of(self, pool: PoolRecord) -> ComputeRecord:
         return self.computes[pool.pool.computeRequirementId or ""]

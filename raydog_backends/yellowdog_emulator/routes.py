@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from yellowdog_client.common.json import Json
-from yellowdog_client.model import Task, WorkRequirement
+from yellowdog_client.model import AutoShutdown, Task, WorkRequirement
 
 from raydog_backends.yellowdog_emulator.platform import Platform
 from raydog_backends.yellowdog_emulator.records import Query
@@ -71,6 +71,8 @@ _TABLE: list[tuple[str, str, Handler]] = [
     ("GET", f"/compute/requirements/{ID}", lambda p, m, q, b: p.compute.get(m["id"])),
     ("GET", f"/compute/namespaces/{NS_NAME}", lambda p, m, q, b: p.compute.get_by_name(
         m["ns"], m["name"])),
+    ("PUT", f"/compute/requirements/{ID}/autoShutdown",
+        lambda p, m, q, b: p.compute.update_auto_shutdown(m["id"], Json.load(b, AutoShutdown))),
     ("PUT", f"/compute/requirements/{ID}/transition/(?P<status>[A-Z_]+)",
         lambda p, m, q, b: p.compute.transition(m["id"], m["status"])),
     ("GET", "/compute/instances", lambda p, m, q, b: p.compute.search_instances(q)),

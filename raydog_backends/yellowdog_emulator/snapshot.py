@@ -122,6 +122,7 @@ def _compute(compute: ComputeRecord) -> dict[str, Any]:
         "status": str(status),
         "live": status is not None and status.name != "TERMINATED",
         "failure": compute.failure,
+        "auto_shutdown": seconds(requirement.autoShutdown),
         "instances": [
             {
                 "id": instance.id.instanceId if instance.id else None,
