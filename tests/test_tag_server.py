@@ -15,7 +15,7 @@ import pytest
 import valkey
 
 from raydog_backends.keyvalue import ValkeyTagStore
-from raydog_backends.keyvalue.store import PASSWORD_SECRET
+from raydog_backends.keyvalue.store import PASSWORD_SECRET, default_port
 from raydog_backends.process_nodes.processes import pid_alive
 from raydog_core import state
 from raydog_core.errors import UnreachableError
@@ -226,3 +226,40 @@ def test_a_new_password_file_moves_the_running_server_to_it(
     client = valkey.Valkey(host="127.0.0.1", port=port, password=password, socket_timeout=5)
     assert client.ping()  # a bad file is refused: the server keeps the last good password
     client.close()
+
+
+@pytest.mark.servers
+def test_clusters_without_a_port_each_get_their_own_and_serve_side_by_side(
+    supervise: Callable[..., Supervised],
+) -> None:
+    """Two local clusters on one machine: each head's server on a port of its cluster's."""
+    ports = {cluster: default_port(cluster) for cluster in ("left-cluster", "right-cluster")}
+    assert len(set(ports.values())) == 2
+    for cluster, port in ports.items():
+        state.cluster_secret(cluster, PASSWORD_SECRET)
+        assert ValkeyTagStore(cluster).head_port == port
+        supervise(cluster, port, "--server-binary", valkey_server_binary())
+    for cluster, port in ports.items():
+        wait_for_port(port, timeout=30)
+        store = ValkeyTagStore(cluster)
+        store.connect(Endpoint("127.0.0.1", port))
+        store.update({"head": {"cluster": cluster}})
+        assert store.load_all() == {"head": {"cluster": cluster}}
+        store.close()
+
+
+@pytest.mark.servers
+def test_a_port_another_clusters_server_holds_is_an_error_naming_it_not_a_restart_loop(
+    supervise: Callable[..., Supervised],
+) -> None:
+    port = free_port()
+    for cluster in ("first", "second"):
+        state.cluster_secret(cluster, PASSWORD_SECRET)
+    supervise("first", port, "--server-binary", valkey_server_binary())
+    wait_for_port(port, timeout=30)
+    second = supervise("second", port, "--server-binary", valkey_server_binary())
+    assert second.process.wait(60) == 1
+    log = second.log.read_text()
+    assert f"provider.tag_store.port {port} is taken on this machine" in log
+    assert "cluster 'first'" in log
+    assert "restart" not in log

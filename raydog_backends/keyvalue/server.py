@@ -10,7 +10,8 @@ off from 0 to 30 s while the server keeps dying at once, and each one is a line 
 password reaches the server as configuration on its standard input: never on a command line, in
 the environment or in a log. Data (the append-only file) stays in the cluster's folder on the
 head, so a restarted server comes back with every tag. SIGTERM or SIGINT stops the server, then
-the supervisor.
+the supervisor. A port another cluster's tag server holds on this machine (two ``local``
+clusters given the same port) is an error naming that cluster, not a restart loop.
 
 The password is the file's content at each start of the server, and a change of the file (a
 ``ray up`` from another machine uploads a new one) restarts the server with it at once, so the
@@ -22,19 +23,23 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ipaddress
+import json
 import logging
 import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from raydog_backends.keyvalue.store import DEFAULT_PORT, PASSWORD_SECRET
+from raydog_backends.process_nodes.processes import pid_alive
 from raydog_core import state
 
 logger = logging.getLogger("raydog.tag-server")
@@ -88,7 +93,60 @@ def main(argv: list[str] | None = None) -> int:
         data_dir,
         "yes" if args.appendonly else "no",
     )
-    return Supervisor(binary, config, PasswordFile(args.cluster, password)).run()
+    claim = PortClaim(args.cluster, args.port, addresses)
+    return Supervisor(binary, config, PasswordFile(args.cluster, password), claim).run()
+
+
+class PortClaim:
+    """Which cluster's tag server holds a port on this machine: a small file per port (in a
+    folder of this user's under the temp folder) naming the cluster and its supervisor, so a
+    second cluster given the same port is told whose it is, instead of restarting for ever."""
+
+    def __init__(self, cluster: str, port: int, addresses: Sequence[str]) -> None:
+        self.cluster = cluster
+        self.port = port
+        self.addresses = addresses
+        folder = Path(tempfile.gettempdir()) / f"raydog-tag-store-ports-{os.getuid()}"
+        self.path = folder / str(port)
+
+    def other_holder(self) -> str | None:
+        """The error to stop with: the port is taken here by another cluster's live server."""
+        if self._free():
+            self._take()
+            return None
+        try:
+            held = json.loads(self.path.read_text())
+            cluster, pid = str(held["cluster"]), int(held["pid"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        if cluster == self.cluster or not pid_alive(pid):
+            return None
+        return (
+            f"provider.tag_store.port {self.port} is taken on this machine by the tag store "
+            f"of cluster {cluster!r} (its supervisor: pid {pid}): give one of the two clusters "
+            "another port, or leave the option out (each cluster then gets a port of its own)"
+        )
+
+    def _free(self) -> bool:
+        for address in self.addresses:
+            with socket.socket() as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    probe.bind((address, self.port))
+                except OSError:
+                    return False
+        return True
+
+    def _take(self) -> None:
+        self.path.parent.mkdir(mode=0o700, exist_ok=True)
+        partial = self.path.with_suffix(f".{os.getpid()}")
+        partial.write_text(json.dumps({"cluster": self.cluster, "pid": os.getpid()}))
+        partial.replace(self.path)
+
+    def release(self) -> None:
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            if json.loads(self.path.read_text())["pid"] == os.getpid():
+                self.path.unlink()
 
 
 def _plain(cluster: str, password: str) -> bool:
@@ -211,20 +269,38 @@ class Supervisor:
     """Runs the server and starts it again whenever it ends, until told to stop; restarts it
     at once with the new password when the password file changes."""
 
-    def __init__(self, binary: str, config: Callable[[str], str], password: PasswordFile) -> None:
+    def __init__(
+        self,
+        binary: str,
+        config: Callable[[str], str],
+        password: PasswordFile,
+        claim: PortClaim,
+    ) -> None:
         self.binary = binary
         self.config = config
         self.password = password
+        self.claim = claim
         self.restarts = 0
         self._stopping = threading.Event()
         self._server: subprocess.Popen[bytes] | None = None
 
     def run(self) -> int:
-        """Serve until SIGTERM/SIGINT; 0 then, whatever the server did meanwhile."""
+        """Serve until SIGTERM/SIGINT: 0 then, whatever the server did meanwhile; 1 at once when
+        another cluster's tag server holds the port on this machine."""
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._stop)
+        try:
+            return self._supervise()
+        finally:
+            self.claim.release()
+
+    def _supervise(self) -> int:
         failures = 0
         while not self._stopping.is_set():
+            clash = self.claim.other_holder()
+            if clash is not None:
+                logger.error("%s; not starting", clash)
+                return 1
             started = time.monotonic()
             try:
                 server = self._start()

@@ -35,6 +35,7 @@ import os
 import re
 import shlex
 import uuid
+import zlib
 from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -49,6 +50,17 @@ from raydog_core.interfaces import Changes, ChangeToken, Endpoint, Tags, TagStor
 logger = logging.getLogger(__name__)
 
 DEFAULT_PORT = 16667
+PORTS_FROM_NAMES = 1000
+
+
+def default_port(cluster_name: str) -> int:
+    """16667 plus a number from 0 to 999 taken from the cluster's name: the heads of clusters
+    that share a machine (the ``local`` backend's) each get a port of their own."""
+    return (
+        DEFAULT_PORT + zlib.crc32(cluster_name.encode("utf-8", "surrogatepass")) % PORTS_FROM_NAMES
+    )
+
+
 TOMBSTONES = 10_000
 WRITES_KEPT = 10_000
 MAX_VALUE_BYTES = 512 * 1024
@@ -197,7 +209,7 @@ class KeyValueTagStore(TagStore):
         self,
         cluster_name: str,
         *,
-        port: int = DEFAULT_PORT,
+        port: int | None = None,
         url: str | None = None,
         password_env: str | None = None,
         appendonly: bool = True,
@@ -209,7 +221,10 @@ class KeyValueTagStore(TagStore):
     ) -> None:
         """Options (the cluster YAML's ``tag_store`` mapping):
 
-        - ``port``: where the server listens on the head (127.0.0.1 only).
+        - ``port``: where the server listens on the head (127.0.0.1 only); default: 16667 plus
+          a number from 0 to 999 taken from the cluster's name, so clusters whose heads share
+          a machine (``local``) do not clash. Two clusters given the same port on one machine:
+          the second one's server refuses to start, naming the first.
         - ``url``: an external server instead, in the client library's URL forms (TLS too);
           then nothing runs on the head and no transport is opened. Never with a password in
           it (Ray caches and logs the config): give that by ``password_env``. The server must
@@ -228,6 +243,8 @@ class KeyValueTagStore(TagStore):
           false by the core when it sees the head start such a server.
         """
         super().__init__(cluster_name)
+        if port is None:
+            port = default_port(cluster_name)
         if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
             raise ConfigError("port", f"expected a TCP port from 1 to 65535, got {port!r}")
         for name, seconds in (
