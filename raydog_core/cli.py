@@ -294,9 +294,14 @@ def _init(compute: str, folder: Path) -> int:
         written.append(name)
     print(f"wrote {', '.join(written)} in {folder}")
     if any(text is None for text in files.values()) and not key.is_file():
+        again = "; ".join(
+            f"raydog node-setup cluster.yaml --node-type {node_type} -o {name}"
+            for node_type, name in starter.NODE_SETUP_FILES.items()
+        )
         print(
             f"note: {key} does not exist yet, so the node setup gives no SSH access; make it "
-            "(see cluster.yaml) and run `raydog node-setup` again for each node type"
+            f"(`mkdir -p -m 700 {key.parent} && ssh-keygen -t ed25519 -N '' -f {key}`), then "
+            f"write the node setup again: {again}"
         )
     print(f"next: cd {folder} && raydog validate cluster.yaml  (then edit cluster.yaml)")
     return 0

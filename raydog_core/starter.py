@@ -80,7 +80,7 @@ provider:
   cluster_lifetime_hours: 8            # YellowDog ends everything after this, whatever happens
 
 # Ray reaches the head over SSH as this user (the YellowDog agent's). Make the key with
-#   ssh-keygen -t ed25519 -N '' -f ~/.ssh/raydog
+#   mkdir -p -m 700 ~/.ssh && ssh-keygen -t ed25519 -N '' -f ~/.ssh/raydog
 # then run `raydog node-setup` again (below) so the nodes accept it.
 auth:
   ssh_user: yd-agent

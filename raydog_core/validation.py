@@ -138,8 +138,9 @@ def _check_ssh_key(parsed: RayDogConfig) -> None:
         if needs:
             raise ConfigError(
                 "auth.ssh_private_key",
-                f"missing: {'; '.join(needs)} (make one with `ssh-keygen -t ed25519 -N '' -f "
-                f"~/.ssh/raydog`, set `ssh_private_key: ~/.ssh/raydog`, {then})",
+                f"missing: {'; '.join(needs)} (make one with `mkdir -p -m 700 ~/.ssh && "
+                "ssh-keygen -t ed25519 -N '' -f ~/.ssh/raydog`, set `ssh_private_key: "
+                f"~/.ssh/raydog`, {then})",
             )
         return
     path = Path(str(key)).expanduser()
@@ -147,7 +148,8 @@ def _check_ssh_key(parsed: RayDogConfig) -> None:
         raise ConfigError(
             "auth.ssh_private_key",
             f"file not found: {path.absolute()} (taken relative to the folder you run `ray` in; "
-            f"make it with `ssh-keygen -t ed25519 -N '' -f {path}`, {then})",
+            f"make it with `mkdir -p -m 700 {path.parent} && ssh-keygen -t ed25519 -N '' -f "
+            f"{path}`, {then})",
         )
 
 

@@ -104,3 +104,26 @@ def test_the_readme_names_every_system_package_ci_installs() -> None:
     assert packages, "no `missing+=(...)` lines in .ci/run"
     develop = (DOCS.parent / "README.md").read_text().split("## Develop", 1)[1]
     assert [p for p in packages if f"`{p}`" not in develop] == []
+
+
+def test_the_account_walkthrough_is_linked_and_its_links_resolve() -> None:
+    """docs/yellowdog-account.md is reachable from the README and the guides, and every relative
+    link in it (and in the pages that link to it) names a file and heading that exist."""
+    import re
+
+    def anchor(heading: str) -> str:
+        return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+    pages = [DOCS / "yellowdog-account.md", DOCS.parent / "README.md", DOCS / "user-guide.md"]
+    for page in [*pages[1:], DOCS / "yellowdog.md"]:
+        assert "yellowdog-account.md" in page.read_text(), f"{page.name} does not link it"
+    for page in pages:
+        for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text()):
+            if re.match(r"[a-z]+:", target):
+                continue
+            path, _, fragment = target.partition("#")
+            linked = (page.parent / path).resolve() if path else page
+            assert linked.exists(), f"{page.name}: {target} does not exist"
+            if fragment and linked.suffix == ".md":
+                headings = re.findall(r"^#+ (.*)$", linked.read_text(), re.MULTILINE)
+                assert fragment in {anchor(h) for h in headings}, f"{page.name}: {target}"
