@@ -6,7 +6,10 @@ describe tick, and the head launch and shutdown around them, counted by the Yell
 that sees the nodes running: their private addresses from a node search per node type, their
 public ones from an instance search per pool, as the platform no longer puts them on nodes),
 steady (addresses known) and re-checking (node liveness checked, every
-``node_recheck_seconds``). Run: ``python benchmarks/yellowdog_api_calls.py``.
+``node_recheck_seconds``). "booted" is how many nodes the platform booted for a scale-up: the
+emulated pool scales itself to its tasks, as the platform's does, so a scale-up of N should boot
+N nodes, or fewer where nodes idle after Ray terminated their workers can take the new tasks.
+Run: ``python benchmarks/yellowdog_api_calls.py``.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ def spec(workers: int) -> ClusterSpec:
         head_node_type="head",
         node_types={
             "head": NodeTypeSpec("head", CONFIG, {"CPU": 1}, 0, 0),
-            "cpu": NodeTypeSpec("cpu", CONFIG, {"CPU": 2}, 0, 2 * workers),
+            "cpu": NodeTypeSpec("cpu", CONFIG, {"CPU": 2}, 0, 4 * workers),
         },
         head_script=SCRIPT,
         worker_script=SCRIPT,
@@ -68,27 +71,52 @@ def wait_running(client: EmulatorClient, count: int) -> None:
     raise RuntimeError(f"{count} nodes did not come up")
 
 
-def measure(client: EmulatorClient, workers: int) -> list[tuple[str, int, str]]:
+def booted_settled(client: EmulatorClient, running: int) -> int:
+    """Nodes the platform ever booted, once ``running`` tasks execute and no node still boots
+    (nodes a scale-up boots beyond its tasks would still be booting before)."""
+    wait_running(client, running)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        nodes = client.state()["nodes"]
+        if not any(n["status"] == "BOOTING" for n in nodes):
+            return len(nodes)
+        time.sleep(0.1)
+    raise RuntimeError("nodes still booting")
+
+
+def measure(client: EmulatorClient, workers: int) -> list[tuple[str, int, str, str]]:
     count = Counted(client)
     cluster = spec(workers)
     nodes = 1 + 2 * workers
     rows = []
     client_side = YellowDogComputeBackend(cluster, api_max_attempts=1)
-    rows.append(("head launch", *count(lambda: client_side.launch(LaunchRequest("head", 1, True)))))
+    rows.append(
+        ("head launch", *count(lambda: client_side.launch(LaunchRequest("head", 1, True))), "")
+    )
     head_side = YellowDogComputeBackend(cluster, api_max_attempts=1, node_recheck_seconds=3600)
     request = LaunchRequest("cpu", workers, False)
-    rows.append((f"scale-up of {workers}, cold", *count(lambda: head_side.launch(request))))
-    rows.append((f"scale-up of {workers}, warm", *count(lambda: head_side.launch(request))))
-    wait_running(client, nodes)
-    rows.append((f"describe tick, {nodes} nodes, learning", *count(head_side.describe)))
+    booted = booted_settled(client, 1)
+    launched: list[str] = []
+    for step, running in (("cold", 1 + workers), ("warm", nodes)):
+        calls, detail = count(lambda: launched.extend(head_side.launch(request)))
+        now = booted_settled(client, running)
+        rows.append((f"scale-up of {workers}, {step}", calls, detail, str(now - booted)))
+        booted = now
+    rows.append((f"describe tick, {nodes} nodes, learning", *count(head_side.describe), ""))
     described = head_side.describe()
     public = sum(n.state is NodeState.RUNNING and bool(n.external_ip) for n in described)
     if public != nodes:
         raise RuntimeError(f"{public} of {nodes} nodes have a public address")
-    rows.append((f"describe tick, {nodes} nodes, steady", *count(head_side.describe)))
+    rows.append((f"describe tick, {nodes} nodes, steady", *count(head_side.describe), ""))
     head_side.describer.recheck_seconds = 0.0
-    rows.append((f"describe tick, {nodes} nodes, re-check", *count(head_side.describe)))
-    rows.append(("shutdown", *count(client_side.shutdown)))
+    rows.append((f"describe tick, {nodes} nodes, re-check", *count(head_side.describe), ""))
+    # Ray replaces workers whose nodes have not yet reached their idle shutdown: the platform's
+    # idle nodes can take the new tasks.
+    head_side.terminate(launched[:workers])
+    calls, detail = count(lambda: head_side.launch(request))
+    now = booted_settled(client, nodes)
+    rows.append((f"scale-up of {workers}, {workers} nodes idle", calls, detail, str(now - booted)))
+    rows.append(("shutdown", *count(client_side.shutdown), ""))
     client_side.close()
     head_side.close()
     return rows
@@ -102,10 +130,10 @@ def main() -> None:
             YD_API_KEY_ID="bench", YD_API_KEY_SECRET="bench-secret", YD_API_URL=emulator.url
         )
         client = EmulatorClient(emulator.url)
-        print(f"{'what':<40} {'API calls':>9}  requests")
+        print(f"{'what':<40} {'API calls':>9} {'booted':>6}  requests")
         for workers in (1, 10, 100):
-            for what, calls, detail in measure(client, workers):
-                print(f"{what:<40} {calls:>9}  {detail}")
+            for what, calls, detail, booted in measure(client, workers):
+                print(f"{what:<40} {calls:>9} {booted:>6}  {detail}")
             print()
 
 

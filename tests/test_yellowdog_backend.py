@@ -498,6 +498,33 @@ def test_every_compute_requirement_ends_itself_at_the_clusters_lifetime(
     )
 
 
+def test_the_platform_scales_the_pool_so_a_scale_up_of_n_boots_n_nodes_at_most(
+    backends: Callable[..., YellowDogComputeBackend], emulator_client: EmulatorClient
+) -> None:
+    """One scheduler per pool (yellowdog-cli README: the platform scales a provisioned pool to
+    its tasks): a launch adds tasks and never resizes, so a replacement takes a node idle
+    since Ray terminated its worker instead of booting one more."""
+    backend = backends(with_max_workers(make_spec(), head=0, cpu=8))
+    backend.launch(HEAD)
+    first = backend.launch(workers(2))
+    wait_until(lambda: running(backend, first), "workers to run")
+    backend.terminate(first)
+    again = backend.launch(workers(2))
+    wait_until(lambda: running(backend, again), "the replacements to run")
+    more = backend.launch(workers(3))
+    wait_until(lambda: running(backend, more), "the scale-up to run")
+    state = emulator_client.state()
+    (pool,) = [p for p in state["pools"] if "_cpu_" in p["name"]]
+    booted = [n for n in state["nodes"] if n["pool_id"] == pool["id"]]
+    assert len(booted) == 5, "2 nodes, reused by the replacements, then 3 for the scale-up"
+    resizes = [
+        r
+        for r in emulator_client.requests()
+        if r["method"] == "PUT" and "/workerPools/" in r["path"]
+    ]
+    assert resizes == []
+
+
 def test_a_full_pool_is_not_grown_past_max_nodes_and_a_replacement_takes_the_freed_node(
     backends: Callable[..., YellowDogComputeBackend], emulator_client: EmulatorClient
 ) -> None:

@@ -20,7 +20,9 @@ from yellowdog_client.model import (
     ApiKey,
     AutoShutdown,
     ComputeRequirementStatus,
+    ComputeRequirementSummarySearch,
     ComputeRequirementTemplateUsage,
+    ComputeSource,
     ComputeSourceStatus,
     InstanceSearch,
     Node,
@@ -596,7 +598,7 @@ def test_tasks_queue_on_busy_nodes_unless_preallocation_is_disabled(
 ) -> None:
     """``RunSpecification.disablePreallocation`` (SDK 13.1): without it, a task can be queued on
     a node that runs a never-ending task, and never start there."""
-    pool_id = provision(client, "queues", 1, maxNodes=2)
+    provision(client, "queues", 1, maxNodes=2)
     queues = first_group(
         client.work_client.add_work_requirement(requirement("queues", disable_preallocation=False))
     )
@@ -610,8 +612,7 @@ def test_tasks_queue_on_busy_nodes_unless_preallocation_is_disabled(
     wait_until(lambda: task_status(client, queued.id) is TaskStatus.ALLOCATED, "pre-allocation")  # type: ignore[arg-type]
     busy = node_of(client, first.id).id
     assert node_of(client, queued.id).id == busy
-    assert task_status(client, patient.id) is TaskStatus.READY
-    client.worker_pool_client.resize_worker_pool_by_id(pool_id, 2)
+    # The patient task waits for a node of its own, which the pool grows to give it.
     wait_until(lambda: task_status(client, patient.id) is TaskStatus.EXECUTING, "a new node")  # type: ignore[arg-type]
     assert node_of(client, patient.id).id != busy
     time.sleep(0.3)
@@ -750,34 +751,87 @@ def test_a_429_can_ask_the_client_to_wait(
     assert slept == [7]
 
 
-def test_a_provisioning_failure_ends_the_pool_without_nodes(
+def test_a_provisioning_failure_shows_on_the_source_and_the_requirement_is_not_ended(
     emulator: Emulator, client: PlatformClient
 ) -> None:
-    """Quota, wrong template or image: the reason is on the compute requirement's source; the
-    pool ends without a node and its tasks stay READY."""
+    """Quota, wrong template or image: the compute requirement's source is ``ERRORED`` with the
+    reason as its ``statusMessage`` and the summaries say ``healthy: false`` (SDK
+    ``ComputeSource``, ``*Summary.healthy``); nothing is terminated, the task stays READY, and
+    the pool provisions once the cause is gone."""
     control = EmulatorClient(emulator.url)
     control.fail_provisioning("quota exceeded for instance type emulated", template_id=TEMPLATE)
     made = client.work_client.add_work_requirement(requirement("unprovisioned"))
     (task,) = client.work_client.add_tasks_to_task_group_by_id(first_group(made), [bash("x")])
     pool_id = provision(client, "unprovisioned", 1, maxNodes=1)
-    pool = wait_until(
-        lambda: (
-            (found := client.worker_pool_client.get_worker_pool_by_id(pool_id)).status
-            is WorkerPoolStatus.TERMINATED
-            and found
-        ),
-        "the pool to end",
-    )
-    compute = client.compute_client.get_compute_requirement_by_id(pool.computeRequirementId)  # type: ignore[attr-defined]
-    assert compute.status is ComputeRequirementStatus.TERMINATED
-    (source,) = compute.provisionStrategy.sources or []
-    assert source.status is ComputeSourceStatus.ERRORED
+    requirement_id = client.worker_pool_client.get_worker_pool_by_id(pool_id).computeRequirementId  # type: ignore[attr-defined]
+
+    def errored_source() -> ComputeSource | None:
+        compute = client.compute_client.get_compute_requirement_by_id(requirement_id)
+        (source,) = compute.provisionStrategy.sources or []
+        return source if source.status is ComputeSourceStatus.ERRORED else None
+
+    source = wait_until(errored_source, "the source to be ERRORED")
     assert source.statusMessage == "quota exceeded for instance type emulated"
+    compute = client.compute_client.get_compute_requirement_by_id(requirement_id)
+    assert compute.status is not ComputeRequirementStatus.TERMINATED
+    (summary,) = client.compute_client.get_compute_requirement_summaries(
+        ComputeRequirementSummarySearch(namespace=NAMESPACE, name="unprovisioned")
+    ).list_all()
+    assert summary.healthy is False
+    (pool_summary,) = client.worker_pool_client.get_worker_pools(
+        WorkerPoolSearch(namespaces=[NAMESPACE], name="unprovisioned")
+    ).list_all()
+    assert pool_summary.healthy is False and not pool_summary.status.finished  # type: ignore[union-attr]
     assert client.worker_pool_client.get_nodes(NodeSearch(workerPoolId=pool_id)).list_all() == []
     assert task_status(client, task.id) is TaskStatus.READY  # type: ignore[arg-type]
     control.clear_faults()
-    provision(client, "provisioned", 1, maxNodes=1)
     wait_until(lambda: task_status(client, task.id) is TaskStatus.EXECUTING, "a node at last")  # type: ignore[arg-type]
+    (source,) = (
+        client.compute_client.get_compute_requirement_by_id(
+            requirement_id
+        ).provisionStrategy.sources
+        or []
+    )
+    assert source.status is not ComputeSourceStatus.ERRORED and source.statusMessage is None
+
+
+def test_a_pool_grows_and_shrinks_with_its_tasks_between_min_and_max_nodes(
+    emulator: Emulator, client: PlatformClient
+) -> None:
+    """ "The platform automatically scales the pool up and down to meet Task demand"
+    (yellowdog-cli README, "Worker Pools vs. Compute Requirements"): tasks alone grow a pool,
+    up to ``maxNodes``; idle nodes go, down to ``minNodes``."""
+    emulator.platform.config.time_scale = 0.005  # a minute becomes 0.3 s
+    idle = AutoShutdown(enabled=True, timeout=timedelta(minutes=1))
+    pool_id = provision(client, "scales", 0, minNodes=1, maxNodes=3, idleNodeShutdown=idle)
+    running = NodeSearch(workerPoolId=pool_id, statuses=[NodeStatus.RUNNING])
+
+    def node_count() -> int:
+        return len(client.worker_pool_client.get_nodes(running).list_all())
+
+    wait_until(lambda: node_count() == 1, "minNodes")
+    made = client.work_client.add_work_requirement(requirement("scales"))
+    tasks = client.work_client.add_tasks_to_task_group_by_id(first_group(made), [bash("x")] * 5)
+    ids = [t.id for t in tasks if t.id]
+    wait_until(
+        lambda: sum(task_status(client, i) is TaskStatus.EXECUTING for i in ids) == 3,
+        "three tasks to run",
+    )
+    time.sleep(0.3)
+    assert node_count() == 3, "no more than maxNodes"
+    assert [task_status(client, i) for i in ids].count(TaskStatus.READY) == 2
+    for task_id in ids:
+        client.work_client.cancel_task_by_id(task_id, True)
+    wait_until(lambda: node_count() == 1, "the pool to shrink back")
+    time.sleep(0.5)
+    assert node_count() == 1, "never below minNodes"
+    every = NodeSearch(workerPoolId=pool_id)
+    booted = len(client.worker_pool_client.get_nodes(every).list_all())
+    client.worker_pool_client.resize_worker_pool_by_id(pool_id, 2)  # resizes still work
+    wait_until(
+        lambda: len(client.worker_pool_client.get_nodes(every).list_all()) == booted + 1,
+        "a node for the resize",
+    )
 
 
 def test_a_compute_requirement_ends_itself_at_its_auto_shutdown(

@@ -1,14 +1,21 @@
-"""The cluster's worker pools: one per node type and generation, grown for each launch.
+"""The cluster's worker pools: one per node type and generation, which the platform scales.
 
-A pool is provisioned from its node type's compute requirement template with ``maxNodes`` set
-(yellowdog-ray and the YellowDog CLI always set it: the platform's own default is not to be
-relied on) and resized for later launches, never beyond ``maxNodes``: a task that finds no free
-node waits for one (tasks are not queued on busy nodes: see ``launch.py``). Ending a pool means
-shutting it down *and* terminating its compute requirement, as yellowdog-ray does (commit
-0794285): a pool shutdown is not immediate, and a node whose agent never registered cannot be
-told to stop. And should the client be lost before it ends anything, each compute requirement
-ends itself after the cluster's lifetime (``ComputeRequirementTemplateUsage.autoShutdown``, SDK
-15.9), as the cluster's tasks do (their ``taskTimeout``).
+A provisioned pool "automatically scales ... up and down to meet Task demand, and shuts it
+down when idle" (yellowdog-cli README, "Worker Pools vs. Compute Requirements"): so a pool is
+provisioned once, for its first launch, with ``minNodes`` 0 and ``maxNodes`` set (yellowdog-ray
+and the YellowDog CLI always set it: the platform's own default is not to be relied on), and a
+later launch only adds tasks, as yellowdog-ray does. The backend never resizes: resizing as
+well as adding tasks would be a second scheduler for the same pool, and a scale-up could boot
+more nodes than Ray asked for (e.g. while idle nodes could take the new tasks).
+
+A provisioning failure (quota, template, image) shows on the pool's compute requirement: a
+source ``ERRORED`` with its ``statusMessage`` (SDK ``ComputeSource``); the requirement need
+not end. Ending a pool means shutting it down *and* terminating its compute requirement, as
+yellowdog-ray does (commit 0794285): a pool shutdown is not immediate, and a node whose agent
+never registered cannot be told to stop. And should the client be lost before it ends
+anything, each compute requirement ends itself after the cluster's lifetime
+(``ComputeRequirementTemplateUsage.autoShutdown``, SDK 15.9), as the cluster's tasks do (their
+``taskTimeout``).
 """
 
 from __future__ import annotations
@@ -20,7 +27,10 @@ from typing import Any
 
 from yellowdog_client.model import (
     AutoShutdown,
+    ComputeRequirement,
     ComputeRequirementTemplateUsage,
+    ComputeSource,
+    ComputeSourceStatus,
     NodeWorkerTarget,
     ProvisionedWorkerPool,
     ProvisionedWorkerPoolProperties,
@@ -37,16 +47,17 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class CapacityChange:
-    """What launching did to a pool, so that a failed launch can undo it."""
+    """The pool a launch's tasks go to, and whether the launch provisioned it (then a failed
+    launch ends it)."""
 
     pool_id: str
     pool_name: str
     provisioned: bool
-    previous_size: int
 
 
 class Pools:
-    """Provisions, grows, shrinks back and ends the cluster's pools; thread-safe."""
+    """Provisions and ends the cluster's pools, and says why one cannot start its tasks;
+    thread-safe."""
 
     def __init__(self, api: Api, clusters: Clusters, options: Options, head_setup: str) -> None:
         self.api = api
@@ -56,29 +67,30 @@ class Pools:
         self._lock = threading.Lock()
         self._ids: dict[tuple[str, str], str] = {}
         """(generation, node type) -> the id of its newest pool."""
+        self._failures: dict[tuple[str, str], tuple[str, str]] = {}
+        """(generation, node type) -> (pool id, why the platform could not provision it)."""
 
     def add_capacity(self, cluster: Cluster, node_type: str, count: int) -> CapacityChange:
-        """Room for ``count`` more nodes: a new pool, or the live one resized (up to maxNodes)."""
+        """A pool for ``count`` more tasks: the live one, which the platform grows to its
+        tasks, or a new one sized for them. A live pool whose provisioning failed is ended
+        and provisioned again (the quota or image may have been fixed since)."""
         pool = self.live(cluster, node_type)
+        if pool is not None and self.failure(cluster.generation, node_type) is not None:
+            assert pool.id is not None and pool.name is not None
+            self.undo(CapacityChange(pool.id, pool.name, True))
+            pool = None
         if pool is None:
             return self.provision(cluster, node_type, count)
         assert pool.id is not None and pool.name is not None
-        pool_id = pool.id
-        previous = pool.expectedNodeCount or 0
-        change = CapacityChange(pool_id, pool.name, False, previous)
-        size = min(previous + count, self.options.node_types[node_type].max_nodes)
-        if size == previous:
-            return change
-        try:
-            call(
-                "resize",
-                f"worker pool {pool.name}",
-                lambda: self.api.sdk.worker_pool_client.resize_worker_pool_by_id(pool_id, size),
-            )
-        except BaseException:
-            self.undo(change)  # the resize may have happened, its answer lost
-            raise
-        return change
+        return CapacityChange(pool.id, pool.name, False)
+
+    def failure(self, generation: str, node_type: str) -> str | None:
+        """Why the platform could not provision the node type's newest pool, as last seen by
+        ``why_unable``; None if it has not failed (or was replaced since)."""
+        with self._lock:
+            found = self._failures.get((generation, node_type))
+            newest = self._ids.get((generation, node_type))
+        return found[1] if found is not None and found[0] == newest else None
 
     def provision(self, cluster: Cluster, node_type: str, count: int) -> CapacityChange:
         config = self.options.node_types[node_type]
@@ -120,7 +132,7 @@ class Pools:
         logger.info("YellowDog: provisioned worker pool %s (%d node(s))", name, count)
         with self._lock:
             self._ids[(cluster.generation, node_type)] = pool.id
-        return CapacityChange(pool.id, name, True, 0)
+        return CapacityChange(pool.id, name, True)
 
     def _userdata(self, node_type: str, userdata: str | None) -> str | None:
         """The node type's userdata; the head's gains the tag store server's install."""
@@ -168,9 +180,10 @@ class Pools:
             self._ids.pop((generation, node_type), None)
 
     def why_unable(self, generation: str, node_type: str) -> str | None:
-        """Why a node type's pool will never start a waiting task, or None while it may: the
-        pool ended before a node booted, or its compute requirement ended (a provisioning
-        failure: quota, template, image), with the platform's reason when it gives one.
+        """Why a node type's pool will never start a waiting task, or None while it may: a
+        source of its compute requirement is ``ERRORED`` (a provisioning failure: quota,
+        template, image; its ``statusMessage`` is the platform's reason), or the pool or its
+        compute requirement ended before a node booted.
 
         Two reads while the pool is healthy; a search of live pools only when it is not known
         or has ended (another process may have provisioned its successor). A process that never
@@ -194,26 +207,34 @@ class Pools:
             )
         failed = requirement.status if requirement is not None else None
         ended = pool.status is not None and pool.status.finished
-        if failed not in ENDED_REQUIREMENT and not ended:
+        errors = _source_errors(requirement)
+        if failed not in ENDED_REQUIREMENT and not ended and not errors:
             return None
         successor = self.newest(generation, node_type, LIVE_POOL, fresh=True)
         if successor is not None and successor != pool_id:
             return None  # its tasks wait for the new pool's nodes
         with self._lock:
             self._ids[(generation, node_type)] = pool_id  # the same answer next time
-        strategy = requirement.provisionStrategy if requirement is not None else None
-        sources = (strategy.sources if strategy is not None else None) or []
-        messages = [str(s.statusMessage) for s in sources if getattr(s, "statusMessage", None)]
-        why = f": {'; '.join(messages)}" if messages else ""
+        if errors:
+            why = (
+                f"YellowDog could not provision worker pool {pool.name}: {'; '.join(errors)}; "
+                "check the template, image and quota"
+            )
+            with self._lock:
+                self._failures[(generation, node_type)] = (pool_id, why)
+            return why
+        messages = [str(s.statusMessage) for s in _sources(requirement) if s.statusMessage]
+        detail = f": {'; '.join(messages)}" if messages else ""
         if failed in ENDED_REQUIREMENT:
             return (
                 f"YellowDog could not provision worker pool {pool.name} (its compute requirement "
-                f"is {failed}){why}; check the template, image and quota"
+                f"is {failed}){detail}; check the template, image and quota"
             )
-        return f"worker pool {pool.name} is {pool.status} and never started this node{why}"
+        return f"worker pool {pool.name} is {pool.status} and never started this node{detail}"
 
     def undo(self, change: CapacityChange) -> list[str]:
-        """Take back what a failed launch did to a pool; never raises an API error."""
+        """End the pool a failed launch provisioned (a pool it only added tasks to shrinks by
+        itself); never raises an API error."""
         if change.provisioned:
             with self._lock:
                 self._ids = {k: p for k, p in self._ids.items() if p != change.pool_id}
@@ -221,19 +242,7 @@ class Pools:
             for failure in failures:
                 logger.warning("YellowDog: %s (its idle shutdown will end it)", failure)
             return cleaned
-        try:
-            self.api.sdk.worker_pool_client.resize_worker_pool_by_id(
-                change.pool_id, change.previous_size
-            )
-            return [f"worker pool {change.pool_name} resized back to {change.previous_size}"]
-        except API_ERRORS as exc:
-            logger.warning(
-                "YellowDog: could not undo the change to worker pool %s: %s (its idle "
-                "node shutdown will remove unused nodes)",
-                change.pool_name,
-                reason(exc),
-            )
-            return []
+        return []
 
     def end(self, pool_id: str, name: str, live: bool) -> tuple[list[str], list[str]]:
         """Shut a pool down (if ``live``) and terminate its compute requirement: what was
@@ -275,3 +284,20 @@ class Pools:
     def forget(self) -> None:
         with self._lock:
             self._ids.clear()
+            self._failures.clear()
+
+
+def _sources(requirement: ComputeRequirement | None) -> list[ComputeSource]:
+    strategy = requirement.provisionStrategy if requirement is not None else None
+    return list((strategy.sources if strategy is not None else None) or [])
+
+
+def _source_errors(requirement: ComputeRequirement | None) -> list[str]:
+    """The platform's reasons for a provisioning failure: each ``ERRORED`` source's
+    ``statusMessage`` (SDK ``ComputeSource``, ``ComputeSourceStatus.ERRORED``: "The last
+    requested action ... resulted in an error")."""
+    return [
+        s.statusMessage or f"compute source {s.name} is ERRORED"
+        for s in _sources(requirement)
+        if s.status is ComputeSourceStatus.ERRORED
+    ]

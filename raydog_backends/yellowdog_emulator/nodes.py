@@ -174,7 +174,9 @@ class Nodes:
         if node.registered and node.task_id is None and not node.queue:
             timeout = seconds(pool.properties.idleNodeShutdown)
             scale = self.account.config.time_scale
-            if timeout is not None and now - node.idle_since >= timeout * scale:
+            floor = pool.properties.minNodes or 0
+            idle = timeout is not None and now - node.idle_since >= timeout * scale
+            if idle and len(self.account.pool_nodes(pool)) > floor:
                 logger.info("emulator: node %s shuts down, idle", node.id)
                 self.end(node, NodeStatus.TERMINATED, "idle node shutdown")
                 _shrink(pool)

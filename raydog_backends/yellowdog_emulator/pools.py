@@ -144,6 +144,11 @@ class Pools:
                 f"{why} is {pool.max_nodes}",
             )
         pool.pool.expectedNodeCount = size
+        nodes = self.account.pool_nodes(pool)
+        # Idle nodes go first, then booting ones, busy ones last.
+        order = sorted(nodes, key=lambda n: (n.task_id is not None, n.registered))
+        for node in order[: max(0, len(nodes) - size)]:
+            self.nodes.end(node, NodeStatus.TERMINATED, "its worker pool shrank")
         return pool.pool
 
     def get_pool(self, pool_id: str) -> ProvisionedWorkerPool:
@@ -186,7 +191,7 @@ class Pools:
             status=pool.pool.status,
             createdTime=pool.pool.createdTime,
             statusChangedTime=pool.pool.statusChangedTime,
-            healthy=True,
+            healthy=self.account.compute_of(pool).failure is None,
         )
 
     def shutdown_pool(self, pool_id: str) -> ProvisionedWorkerPool:
@@ -212,36 +217,54 @@ class Pools:
             return
         compute = self.account.compute_of(pool)
         nodes = self.account.pool_nodes(pool)
-        target = pool.pool.expectedNodeCount
-        if target > len(nodes) and not self._provisions(pool, compute):
-            return
-        for _ in range(target - len(nodes)):
-            nodes.append(self.nodes.boot(pool, now))
-        if len(nodes) > target:
-            # Idle nodes go first, then booting ones, busy ones last.
-            order = sorted(nodes, key=lambda n: (n.task_id is not None, n.registered))
-            for node in order[: len(nodes) - target]:
-                self.nodes.end(node, NodeStatus.TERMINATED, "its worker pool shrank")
-            nodes = order[len(nodes) - target :]
+        target = self._autoscaled(pool, nodes)
+        if target > len(nodes) and self._provisions(pool, compute):
+            for _ in range(target - len(nodes)):
+                nodes.append(self.nodes.boot(pool, now))
+        pool.pool.expectedNodeCount = target
         compute.requirement.targetInstanceCount = target
         compute.requirement.expectedInstanceCount = target
-        _set_compute_status(compute, ComputeRequirementStatus.RUNNING)
+        if nodes:
+            _set_compute_status(compute, ComputeRequirementStatus.RUNNING)
         self._set_running_status(pool, nodes, now)
 
+    def _autoscaled(self, pool: PoolRecord, nodes: list[NodeRecord]) -> int:
+        """How many nodes the pool wants now: what it was asked for (its initial size, a
+        resize) or, if more, one per task that runs or waits on it, between ``minNodes`` and
+        its limit. "The platform automatically scales the pool up and down to meet Task demand,
+        and shuts it down when idle" (yellowdog-cli README, "Worker Pools vs. Compute
+        Requirements"); it shrinks through its idle node shutdown, never below ``minNodes``.
+        Booting nodes count as meeting demand. A resize is obeyed as asked, whatever the
+        demand: nodes it adds beyond the tasks (e.g. while idle nodes could take them) boot,
+        idle, and cost until their idle shutdown (how the platform weighs a resize against
+        demand is not published: obeying both is the stricter choice for a client)."""
+        busy = sum(n.task_id is not None or bool(n.queue) for n in nodes)
+        demand = busy + self.account.waiting_for(pool)
+        wanted = min(max(demand, pool.properties.minNodes or 0), pool.max_nodes)
+        return max(pool.pool.expectedNodeCount, wanted)
+
     def _provisions(self, pool: PoolRecord, compute: ComputeRecord) -> bool:
-        """Whether instances can be had from the template; if not, the pool and its compute
-        requirement end without nodes, the reason on the requirement's source (SDK model:
-        ``ComputeSource.status``/``statusMessage``; ``WorkerPoolStatus.TERMINATED``)."""
+        """Whether instances can be had from the template now. If not, the reason shows as the
+        SDK models it: each source of the compute requirement ``ERRORED`` with the reason as
+        its ``statusMessage`` ("The last requested action performed by YellowDog Compute with
+        this compute source resulted in an error": ``ComputeSourceStatus``), ``healthy: false``
+        on the requirement's and the pool's summaries; the requirement itself is not
+        terminated (its status aggregates its instances': ``ComputeRequirementStatus``), and
+        the pool keeps waiting, empty, until its idle shutdown or a client ends it."""
         failures = self.account.provisioning_failures
         reason = failures.get(pool.usage.templateId, failures.get(None))
+        sources = compute.requirement.provisionStrategy.sources or []
         if reason is None:
+            compute.failure = None
+            for source in sources:
+                source.status, source.statusMessage = ComputeSourceStatus.ACTIVE, None
             return True
-        logger.info("emulator: provisioning %s fails: %s", pool.pool.name, reason)
+        if compute.failure != reason:
+            logger.info("emulator: provisioning %s fails: %s", pool.pool.name, reason)
         compute.failure = reason
-        for source in compute.requirement.provisionStrategy.sources or []:
-            source.status = ComputeSourceStatus.ERRORED
-            source.statusMessage = reason
-        self.terminate(compute)
+        for source in sources:
+            source.status, source.statusMessage = ComputeSourceStatus.ERRORED, reason
+        _set_compute_status(compute, ComputeRequirementStatus.PROVISIONING)
         return False
 
     def _set_running_status(self, pool: PoolRecord, nodes: list[NodeRecord], now: float) -> None:

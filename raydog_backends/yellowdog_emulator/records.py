@@ -27,9 +27,11 @@ from yellowdog_client.model import (
     Slice,
     Task,
     TaskGroup,
+    TaskGroupStatus,
     TaskStatus,
     WorkerStatus,
     WorkRequirement,
+    WorkRequirementStatus,
 )
 
 from raydog_backends.process_nodes.processes import NodeProcess
@@ -285,6 +287,34 @@ class Account:
     def pool_nodes(self, pool: PoolRecord) -> list[NodeRecord]:
         """Its nodes still running, booting ones included."""
         return [n for n in self.nodes.values() if n.pool_id == pool.id and n.alive]
+
+    def may_run(self, task: TaskRecord) -> bool:
+        """Whether its work requirement and task group let it start now."""
+        requirement = self.requirements[task.requirement_id]
+        group = self.groups[task.group_id][1]
+        return requirement.status is WorkRequirementStatus.RUNNING and group.status in OPEN_GROUP
+
+    def waiting_for(self, pool: PoolRecord) -> int:
+        """Tasks that could start now on a node of this pool and have none yet."""
+        return sum(
+            task.status is TaskStatus.READY
+            and self.may_run(task)
+            and runs_on(self.groups[task.group_id][1], pool.pool)
+            for task in self.tasks.values()
+        )
+
+
+OPEN_GROUP = {TaskGroupStatus.PENDING, TaskGroupStatus.RUNNING}
+
+
+def runs_on(group: TaskGroup, pool: ProvisionedWorkerPool) -> bool:
+    """Whether a group's tasks may run on the pool's workers (its run specification's worker
+    tags and namespaces)."""
+    spec = group.runSpecification
+    tag = pool.properties.workerTag if pool.properties is not None else None
+    if spec.workerTags and tag not in spec.workerTags:
+        return False
+    return not spec.namespaces or pool.namespace in spec.namespaces
 
 
 def now_utc() -> datetime:

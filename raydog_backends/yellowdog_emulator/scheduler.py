@@ -15,7 +15,6 @@ from yellowdog_client.model import (
     TaskGroupStatus,
     TaskStatus,
     WorkerStatus,
-    WorkRequirementStatus,
 )
 
 from raydog_backends.yellowdog_emulator.processes import NodeProcesses
@@ -24,8 +23,9 @@ from raydog_backends.yellowdog_emulator.records import (
     NodeRecord,
     TaskRecord,
     now_utc,
+    runs_on,
 )
-from raydog_backends.yellowdog_emulator.work import OPEN_GROUP, Work
+from raydog_backends.yellowdog_emulator.work import Work
 
 
 class Scheduler:
@@ -46,7 +46,7 @@ class Scheduler:
             if node.task_id is None and node.queue:
                 self._start_next(node, self.account.tasks[node.queue.pop(0)], now)
         for task in self.account.tasks.values():
-            if task.status is not TaskStatus.READY or not self._may_run(task):
+            if task.status is not TaskStatus.READY or not self.account.may_run(task):
                 continue
             group = self.account.groups[task.group_id][1]
             matching = [n for n in nodes if self._matches(group, n)]
@@ -59,18 +59,8 @@ class Scheduler:
                 self._allocate(task, node)
                 node.queue.append(task.id)
 
-    def _may_run(self, task: TaskRecord) -> bool:
-        requirement = self.account.requirements[task.requirement_id]
-        group = self.account.groups[task.group_id][1]
-        return requirement.status is WorkRequirementStatus.RUNNING and group.status in OPEN_GROUP
-
     def _matches(self, group: TaskGroup, node: NodeRecord) -> bool:
-        spec = group.runSpecification
-        pool = self.account.pools[node.pool_id].pool
-        assert pool.properties is not None
-        if spec.workerTags and pool.properties.workerTag not in spec.workerTags:
-            return False
-        return not spec.namespaces or pool.namespace in spec.namespaces
+        return runs_on(group, self.account.pools[node.pool_id].pool)
 
     def _allocate(self, task: TaskRecord, node: NodeRecord) -> None:
         workers = node.node.workers or []

@@ -20,6 +20,7 @@ from raydog_backends.yellowdog_emulator.processes import NodeProcesses
 from raydog_backends.yellowdog_emulator.records import (
     DUPLICATE_TASK_NAME,
     MAX_TASKS_PER_ADD,
+    OPEN_GROUP,
     Account,
     ApiError,
     Query,
@@ -31,8 +32,6 @@ from raydog_backends.yellowdog_emulator.records import (
     one,
     page,
 )
-
-OPEN_GROUP = {TaskGroupStatus.PENDING, TaskGroupStatus.RUNNING}
 
 
 class Work:
