@@ -133,7 +133,7 @@ def _plugins() -> int:
 def _validate(path: Path) -> int:
     cluster = validation.load_file(path)
     parsed = validation.validate(cluster, for_launch=True)
-    for note in validation.notes(cluster):
+    for note in validation.notes(cluster, parsed):
         print(f"note: {note}")
     print(
         f"{path}: valid. cluster {parsed.cluster_name!r}: compute={parsed.compute.name}, "

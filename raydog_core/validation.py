@@ -333,9 +333,10 @@ def _raise_unique(found: list[ConfigError]) -> None:
     raise_together(list(unique.values()))
 
 
-def notes(cluster_config: Mapping[str, Any]) -> list[str]:
-    """What is valid but likely not meant, for ``raydog validate`` to mention (never an error)."""
-    found = []
+def notes(cluster_config: Mapping[str, Any], parsed: RayDogConfig | None = None) -> list[str]:
+    """What is valid but likely not meant, for ``raydog validate`` to mention (never an error);
+    with ``parsed``, also what the compute backend says of each node type's boot script."""
+    found = [] if parsed is None else _boot_setup_notes(parsed)
     types = cluster_config.get("available_node_types")
     head = cluster_config.get("head_node_type")
     if isinstance(types, Mapping):
@@ -347,3 +348,21 @@ def notes(cluster_config: Mapping[str, Any]) -> list[str]:
                     "`resources: {CPU: 4}`"
                 )
     return found
+
+
+def _boot_setup_notes(parsed: RayDogConfig) -> list[str]:
+    """A node type whose tasks wait for RayDog's setup but whose config names no boot script
+    (no userdata): only an image with that setup baked in writes its marker; any other waits
+    out ``node_setup_timeout_minutes`` and fails."""
+    compute = plugins.load("compute", parsed.compute.name, parsed.compute.paths[""])
+    boot = getattr(compute, "boot_setup", None)
+    if boot is None or not getattr(compute, "runs_node_setup", False):
+        return []
+    return [
+        f"available_node_types.{name}.node_config: no setup (userdata), so its tasks wait for "
+        f"{node_setup.SETUP_FINISHED}, which only an image with `raydog node-setup`'s script "
+        f"baked in writes; otherwise they fail after {parsed.setup_options.timeout_minutes:g} "
+        "minutes"
+        for name, spec in parsed.node_types.items()
+        if boot(spec.node_config) is None and node_setup.runs_raydog_setup(parsed, name)
+    ]

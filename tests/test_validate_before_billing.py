@@ -153,3 +153,18 @@ def test_a_setup_that_no_longer_writes_its_marker_is_refused(starter: Path) -> N
     worker.write_text(worker.read_text().replace("trap raydog_setup_finished EXIT\n", ""))
     (found,) = problems(starter)
     assert "it no longer writes its marker /opt/raydog/setup-finished" in found
+
+
+def test_a_node_type_without_userdata_is_noted(starter: Path) -> None:
+    """Valid (an image may have the setup baked in), but said: otherwise its tasks fail later."""
+    path = starter / "cluster.yaml"
+    config = yaml.safe_load(path.read_text())
+    del config["available_node_types"]["cpu_worker"]["node_config"]["userdata"]
+    path.write_text(yaml.safe_dump(config))
+    result = raydog("validate", "cluster.yaml", cwd=starter)
+    assert result.returncode == 0, result.stderr
+    assert (
+        "note: available_node_types.cpu_worker.node_config: no setup (userdata), so its tasks "
+        "wait for /opt/raydog/setup-finished"
+    ) in result.stdout
+    assert "available_node_types.head.node_config" not in result.stdout
