@@ -1,4 +1,5 @@
-"""Shared fixtures: a private RAYDOG_HOME per test, cluster configs as users write them."""
+"""Shared fixtures: a private RAYDOG_HOME per test, cluster configs as users write them; and how
+the README's command spreads tests over pytest-xdist's workers (``--dist loadgroup``)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,65 @@ import pytest
 
 # The YellowDog fixtures load as a plugin, so their assertions are rewritten too.
 pytest_plugins = ["pytester", "tests.yellowdog_fixtures"]
+
+
+SHARED_SCOPES = ("class", "module", "package")
+"""Fixture scopes whose value several tests share: those tests run on one worker."""
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Keep on one xdist worker what must not be split, so that a new test is parallel-safe
+    without marks: tests sharing a class-, module- or package-scoped fixture (it is set up once,
+    on that worker), and every ``e2e`` test (one real Ray cluster at a time; they are also the
+    slowest, so their group starts first). A test's own ``xdist_group`` mark wins."""
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None:
+            group = shared_fixture_group(item)
+            if item.get_closest_marker("e2e") is not None:
+                group = "e2e"
+            if group is not None:
+                item.add_marker(pytest.mark.xdist_group(group))
+        if getattr(config.option, "loadgroup", False):
+            carry_group_in_node_id(item)
+    items.sort(key=lambda item: item.get_closest_marker("e2e") is None)
+
+
+def shared_fixture_group(item: pytest.Item) -> str | None:
+    """The node id of the widest class, module or package whose fixture ``item`` uses."""
+    info = getattr(item, "_fixtureinfo", None)
+    scopes = {
+        definitions[-1].scope
+        for definitions in (info.name2fixturedefs.values() if info is not None else ())
+        if definitions
+    }
+    for scope, node_type in (("package", pytest.Package), ("module", pytest.Module)):
+        if scope in scopes:
+            node = item.getparent(node_type)
+            return node.nodeid if node is not None else None
+    if "class" in scopes:
+        node = item.getparent(pytest.Class)
+        return node.nodeid if node is not None else None
+    return None
+
+
+def carry_group_in_node_id(item: pytest.Item) -> None:
+    """pytest-xdist (3.8) tells its scheduler a test's group by appending ``@GROUP`` to the test's
+    node id through ``Item._nodeid``, which pytest 9.2 no longer reads: the groups would be
+    silently ignored (pytest-dev/pytest-xdist#1386). Where pytest keeps a structured node id,
+    append it there, exactly as pytest-xdist names it (its ``remote.py``)."""
+    node_id = getattr(item, "_id", None)
+    names = sorted(
+        {
+            str(mark.args[0] if mark.args else mark.kwargs.get("name", "default"))
+            for mark in item.iter_markers("xdist_group")
+        }
+    )
+    if node_id is None or isinstance(node_id, str) or not names:
+        return
+    suffix = "@" + "_".join(names)
+    if not item.nodeid.endswith(suffix):
+        item._id = type(node_id).parse(item.nodeid + suffix)
 
 
 @pytest.fixture(autouse=True)

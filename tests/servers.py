@@ -1,8 +1,9 @@
 """Real servers for tests and benchmarks: valkey-server, redis-server, sshd, a delaying proxy.
 
 Each binds 127.0.0.1 on a free port, keeps its files in a folder the caller gives, and is stopped
-by pid (sshd together with its per-connection children). A missing program skips the test with
-the reason, except under CI (``CI=true``), where it fails: CI must run everything.
+by pid (sshd together with its per-connection children). A missing program fails the test,
+naming what to install: a run that skipped them would pass without testing the stores and the
+tunnel.
 """
 
 from __future__ import annotations
@@ -25,19 +26,14 @@ from typing import NoReturn
 import pytest
 import valkey
 
+from raydog_backends.process_nodes.addresses import free_port
+
 START_TIMEOUT = 15.0
 
 
-def in_ci() -> bool:
-    return os.environ.get("CI", "").lower() == "true"
-
-
 def missing(program: str, install: str) -> NoReturn:
-    """Skip (fail under CI) because ``program`` is not installed."""
-    message = f"{program} is not installed ({install})"
-    if in_ci():
-        pytest.fail(message + "; CI must run every test")
-    pytest.skip(message)
+    """Fail the test because ``program`` is not installed, saying how to install it."""
+    pytest.fail(f"{program} is not installed: {install} (the tests run it)", pytrace=False)
 
 
 def valkey_server_binary() -> str:
@@ -65,12 +61,6 @@ def sshd_binary() -> str:
     return os.path.abspath(str(path))
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def wait_for_port(port: int, timeout: float = START_TIMEOUT) -> None:
     deadline = time.monotonic() + timeout
     while True:
@@ -81,6 +71,18 @@ def wait_for_port(port: int, timeout: float = START_TIMEOUT) -> None:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.05)
+
+
+def dataset_loaded(port: int, password: str | None = None) -> bool:
+    """Whether the valkey-server or redis-server on ``port`` has read its data files: until it
+    has, it answers LOADING to every command a store sends."""
+    client = valkey.Valkey(host="127.0.0.1", port=port, password=password, socket_timeout=5)
+    try:
+        return bool(client.info("persistence").get("loading") == 0)
+    except (valkey.exceptions.ConnectionError, valkey.exceptions.TimeoutError):
+        return False
+    finally:
+        client.close()
 
 
 def stop_process(process: subprocess.Popen[bytes], timeout: float = 10.0) -> None:

@@ -26,6 +26,7 @@ from tests.servers import (
     DelayProxy,
     KeyValueServer,
     argv_of,
+    dataset_loaded,
     free_port,
     redis_server_binary,
     silent_listener,
@@ -33,6 +34,7 @@ from tests.servers import (
     wait_for_port,
 )
 from tests.tag_store_checks import check_tombstones_are_bounded
+from tests.waiting import wait_until
 
 STORES: dict[str, type[KeyValueTagStore]] = {"valkey": ValkeyTagStore, "redis": RedisTagStore}
 SERVERS: dict[str, Callable[[], str]] = {
@@ -173,6 +175,17 @@ def test_valkey_store_does_not_import_redis() -> None:
 
 
 # --- against real servers --------------------------------------------------------------------
+
+
+def test_a_server_that_is_not_installed_fails_the_run_naming_its_package(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Skipped, the store tests would let a run pass without testing the stores."""
+    import tests.servers
+
+    monkeypatch.setattr(tests.servers.shutil, "which", lambda program: None)
+    with pytest.raises(pytest.fail.Exception, match="apt-get install redis-server"):
+        redis_server_binary()
 
 
 @pytest.mark.servers
@@ -429,7 +442,7 @@ def test_restarted_server_with_appendonly_keeps_every_tag(
 ) -> None:
     binary = SERVERS[server_name]()
     cluster = f"aof-{server_name}"
-    state.cluster_secret(cluster, PASSWORD_SECRET)
+    password = state.cluster_secret(cluster, PASSWORD_SECRET)
     port = free_port()
     first = launch(cluster, port, "--appendonly", "--server-binary", binary)
     wait_for_port(port, timeout=30)
@@ -444,7 +457,9 @@ def test_restarted_server_with_appendonly_keeps_every_tag(
 
     first.stop()
     launch(cluster, port, "--appendonly", "--server-binary", binary)
-    wait_for_port(port, timeout=30)
+    # Until it has read its append-only file the server answers LOADING (a tick then keeps what
+    # it knew and asks again next time).
+    wait_until(lambda: dataset_loaded(port, password), "the server to load its file", 30)
     # The store's pooled connection died with the server; it reconnects by itself once.
     assert store.load_all() == expected
     store.close()

@@ -8,6 +8,7 @@ import ipaddress
 import os
 import socket
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -48,12 +49,51 @@ def _decode_proc_address(hex_address: str) -> str:
     return str(v6.ipv4_mapped or v6)
 
 
+RECENT_PORT_SECONDS = 120.0
+"""How long a port handed out stays reserved: its caller binds it well within that."""
+
+
 def free_port(host: str = "") -> int:
-    """A TCP port nothing listens on (``host`` "": on any address)."""
+    """A TCP port nothing listens on (``host`` "": on any address), and that no process on this
+    machine was handed in the last ``RECENT_PORT_SECONDS``.
+
+    The kernel may give the same free port to two processes that each probe before either binds
+    it (parallel test workers, two ``ray up`` at once); a ledger shared under a folder lock keeps
+    the ports handed out recently apart.
+    """
+    folder = Path(tempfile.gettempdir()) / f"raydog-ports-{os.getuid()}"
+    with folder_lock(folder):
+        ledger = folder / "recent"
+        now = time.time()
+        recent = _recent_ports(ledger, now)
+        for _ in range(64):
+            port = _probe_port(host)
+            if port not in recent:
+                break
+        recent[port] = now
+        scratch = folder / f"recent.{os.getpid()}"
+        scratch.write_text("".join(f"{p} {t}\n" for p, t in recent.items()))
+        scratch.replace(ledger)
+    return port
+
+
+def _probe_port(host: str) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind((host, 0))
         port: int = probe.getsockname()[1]
         return port
+
+
+def _recent_ports(ledger: Path, now: float) -> dict[int, float]:
+    """Ports the ledger says were handed out less than ``RECENT_PORT_SECONDS`` ago."""
+    recent: dict[int, float] = {}
+    with contextlib.suppress(FileNotFoundError):
+        for line in ledger.read_text().splitlines():
+            with contextlib.suppress(ValueError):
+                port, handed_out = line.split()
+                if now - float(handed_out) < RECENT_PORT_SECONDS:
+                    recent[int(port)] = float(handed_out)
+    return recent
 
 
 class LoopbackAddresses:

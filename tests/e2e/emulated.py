@@ -13,7 +13,11 @@ from typing import Any
 import yaml
 from yellowdog_client.model import TaskStatus
 
-from raydog_backends.process_nodes.addresses import free_port, listening_sockets
+from raydog_backends.process_nodes.addresses import (
+    LoopbackAddresses,
+    free_port,
+    listening_sockets,
+)
 from raydog_backends.process_nodes.processes import NodeProcess
 from raydog_backends.yellowdog_emulator import EmulatorClient
 from raydog_backends.yellowdog_emulator.processes import ENVIRONMENT_FILE, NODE_FILE
@@ -101,7 +105,15 @@ class EmulatedCluster(RayCluster):
                 members = NodeProcess.attach(node["pid"], node["start_ticks"], node["token"])
                 if pids := members.members():
                     found.append(f"processes of {task_id}: {pids}")
+        # An address given back may already be leased to a node of another cluster on this
+        # machine (tests run side by side): what listens there is that node's. The emulator
+        # keeps its nodes' leases beside their task folders.
+        emulator_folders = {folder.parents[1] for folder in self.task_folders.values()}
+        loopback = LoopbackAddresses()
         for address, port in sorted(listening_sockets()):
+            holder = loopback.holder(address)
+            if holder is not None and not any(map(holder.is_relative_to, emulator_folders)):
+                continue
             if address in addresses or port in ports:
                 found.append(f"listening socket {address}:{port}")
         return found
