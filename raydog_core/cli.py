@@ -14,10 +14,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import yaml
-
 from raydog_core import config as raydog_config
-from raydog_core import plugins, starter, validation
+from raydog_core import plugins, starter, user_input, validation
 from raydog_core.errors import ConfigErrors, RayDogError
 from raydog_core.interfaces import Check, NodeState
 
@@ -278,7 +276,7 @@ def _init(compute: str, folder: Path) -> int:
     starter.refuse_overwrites(folder, list(files))
     folder.mkdir(parents=True, exist_ok=True)
     config_text = files["cluster.yaml"] or ""
-    cluster = yaml.safe_load(config_text)
+    cluster = user_input.load_yaml(config_text, "cluster.yaml")
     key = Path(str(cluster.get("auth", {}).get("ssh_private_key", ""))).expanduser()
     written = []
     for name, text in files.items():

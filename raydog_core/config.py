@@ -25,7 +25,16 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from raydog_core import clock, inline_secrets, names, node_setup, plugins, state, task_scripts
+from raydog_core import (
+    clock,
+    inline_secrets,
+    names,
+    node_setup,
+    plugins,
+    state,
+    task_scripts,
+    user_input,
+)
 from raydog_core.errors import ConfigError, Problems, raise_together
 from raydog_core.interfaces import ClusterSpec, NodeTypeSpec, TagStore
 from raydog_core.tag_cache import DEFAULT_READ_TIMEOUT
@@ -410,6 +419,7 @@ def bootstrap(cluster_config: Mapping[str, Any]) -> dict[str, Any]:
     any node exists. Adds the cluster's private folder, the files ``file:`` references name and
     ``files_to_upload`` to the files Ray syncs to the head.
     """
+    raise_together(user_input.problems(cluster_config))  # before anything walks it
     config = fill_defaults(cluster_config)
     parsed = check(config)
     provider = config["provider"]

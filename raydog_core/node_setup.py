@@ -53,6 +53,8 @@ SETUP_FINISHED_ENV = "RAYDOG_SETUP_FINISHED"
 MARKER = f'"${{{SETUP_FINISHED_ENV}:-{SETUP_FINISHED}}}"'
 DEFAULT_SETUP_TIMEOUT_MINUTES = 20.0
 INSTALL_CHOICES = ("wheel", "index")
+MAX_SETUP_TIMEOUT_MINUTES = 10_080
+"""A week: the wait is shell arithmetic in seconds, which a larger number could overflow."""
 PROVIDER_KEYS = frozenset({"node_setup_timeout_minutes", "raydog_install"})
 """The provider section's keys read here (not compute backend options)."""
 VERSIONS_TAG = "raydog-versions"
@@ -95,8 +97,16 @@ class NodeSetupOptions:
 def parse_options(provider: Mapping[str, Any]) -> NodeSetupOptions:
     key = "node_setup_timeout_minutes"
     minutes = provider.get(key, DEFAULT_SETUP_TIMEOUT_MINUTES)
-    if isinstance(minutes, bool) or not isinstance(minutes, (int, float)) or not minutes > 0:
-        raise ConfigError(f"provider.{key}", f"expected a number of minutes > 0, got {minutes!r}")
+    if (
+        isinstance(minutes, bool)
+        or not isinstance(minutes, (int, float))
+        or not 0 < minutes <= MAX_SETUP_TIMEOUT_MINUTES
+    ):
+        raise ConfigError(
+            f"provider.{key}",
+            f"expected a number of minutes > 0 and at most {MAX_SETUP_TIMEOUT_MINUTES}, "
+            f"got {minutes!r}",
+        )
     install = provider.get("raydog_install", "wheel")
     if install not in INSTALL_CHOICES:
         raise ConfigError(

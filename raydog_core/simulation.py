@@ -3,8 +3,9 @@
 What ``raydog simulate`` prints, and what users import to unit-test a cluster config::
 
     from raydog_core.simulation import Demand, Simulation
+    from raydog_core.validation import load_file
 
-    sim = Simulation(yaml.safe_load(open("cluster.yaml")), launch_delay_s=60)
+    sim = Simulation(load_file(Path("cluster.yaml")), launch_delay_s=60)
     timeline = sim.run([Demand(cpus=8, start_s=0, end_s=600)], duration_s=1800)
     assert timeline.peak_workers("cpu_worker") == 4
     sim.close()

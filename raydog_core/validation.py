@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from raydog_core import node_setup, plugins
+from raydog_core import node_setup, plugins, user_input
 from raydog_core.config import (
     MODULE,
     RAY_REQUIRED,
@@ -34,8 +34,6 @@ from raydog_core.errors import ConfigError, ConfigErrors, Problems, raise_togeth
 
 def load_file(path: Path) -> dict[str, Any]:
     """A cluster YAML as a mapping; a ConfigError naming the file otherwise."""
-    import yaml
-
     try:
         text = path.read_bytes().decode("utf-8")
     except FileNotFoundError:
@@ -46,12 +44,7 @@ def load_file(path: Path) -> dict[str, Any]:
         ) from None
     except OSError as exc:
         raise ConfigError(str(path), f"cannot read it: {exc.strerror}") from None
-    try:
-        loaded = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(str(path), f"not valid YAML: {exc}") from None
-    except ValueError as exc:  # e.g. characters YAML does not allow
-        raise ConfigError(str(path), f"not valid YAML: {exc}") from None
+    loaded = user_input.load_yaml(text, str(path))
     if loaded is None:
         raise ConfigError(str(path), "is empty: expected a cluster config (try `raydog init`)")
     if not isinstance(loaded, dict):
@@ -85,9 +78,9 @@ def validate(cluster_config: Mapping[str, Any], for_launch: bool = False) -> Ray
                 key, f"missing; Ray reads it before RayDog can fill it in: `{RAY_REQUIRED[key]}`"
             )
         )
-    odd_keys = list(_non_text_keys(cluster_config))
-    if odd_keys:  # Ray's schema check and its config cache (JSON) cannot read the rest
-        _raise_unique([*problems.found, *odd_keys])
+    unreadable = user_input.problems(cluster_config)
+    if unreadable:  # Ray's checks, its config cache (JSON) and RayDog's cannot read the rest
+        _raise_unique([*problems.found, *unreadable])
     effective = fill_defaults(cluster_config)
     prepare_failed = None
     if not missing and identified:
@@ -207,18 +200,6 @@ def _node_setup_problems(parsed: RayDogConfig, written: Mapping[str, Any]) -> li
                 )
             )
     return found
-
-
-def _non_text_keys(value: Any, path: str = "") -> Iterator[ConfigError]:
-    if isinstance(value, Mapping):
-        for key, item in value.items():
-            where = _join(path, str(key))
-            if not isinstance(key, str):
-                yield ConfigError(where, f"a key must be text, got {shown(key)}: quote it")
-            yield from _non_text_keys(item, where)
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            yield from _non_text_keys(item, f"{path}[{index}]")
 
 
 def _check_provider_identity(provider: Any) -> None:

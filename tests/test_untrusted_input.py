@@ -4,14 +4,17 @@ an error naming the key, from `raydog validate` and from Ray's own `ray up` path
 
 from __future__ import annotations
 
+import math
 import os
 import stat
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
-from raydog_core import ConfigError
+from raydog_core import ConfigError, validation
+from raydog_core import config as raydog_config
 from tests.commands import ray_up, raydog, write_config
 from tests.conftest import memory_cluster_config
 
@@ -54,6 +57,93 @@ def test_usual_names_are_accepted(tmp_path: Path) -> None:
     types["ray.worker.gpu-2_x"] = types.pop("cpu")
     result = raydog("validate", str(write_config(tmp_path, config)))
     assert result.returncode == 0, result.stderr
+
+
+# --- shapes no reader survives: deep, expanding, unencodable, out of range ----------------------
+
+
+def _alias_bomb(levels: int = 9, width: int = 10) -> str:
+    """A few hundred bytes of YAML whose aliases expand to ``width ** levels`` values."""
+    parts = ['&l0 ["lol"]']
+    for level in range(1, levels):
+        parts.append(f"&l{level} [{', '.join([f'*l{level - 1}'] * width)}]")
+    return f"[{', '.join(parts)}]"
+
+
+def _merge_bomb(levels: int = 9, width: int = 9) -> str:
+    """The same with merge keys (``<<``), which PyYAML copies as it builds the mapping."""
+    parts = ["&m0 {k: 1}"]
+    for level in range(1, levels):
+        parts.append(f"&m{level} {{<<: [{', '.join([f'*m{level - 1}'] * width)}], k{level}: 1}}")
+    return f"[{', '.join(parts)}]"
+
+
+HOSTILE_YAML = {
+    "500 deep": "[" * 500 + "]" * 500,
+    "alias bomb": _alias_bomb(),
+    "merge bomb": _merge_bomb(),
+    "self alias": "&loop [*loop]",
+    "400 digits": "9" * 400,
+    "1e308": "1.0e+308",
+    "5000 digits": "9" * 5000,
+}
+
+
+@pytest.mark.parametrize("value", HOSTILE_YAML.values(), ids=HOSTILE_YAML.keys())
+def test_yaml_that_no_reader_survives_is_a_config_error(tmp_path: Path, value: str) -> None:
+    """Each shape once ended `raydog validate` in a traceback (RecursionError, OverflowError,
+    UnicodeEncodeError) or never ended (the alias bomb grows tenfold per level)."""
+    config = memory_cluster_config()
+    config["provider"]["compute"] = {"type": "memory", "launch_delay": "VALUE"}
+    path = tmp_path / "cluster.yaml"
+    path.write_text(yaml.safe_dump(config).replace("VALUE", value))
+    result = raydog("validate", str(path))
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert result.stderr.startswith("error: "), result.stderr
+    assert len(result.stderr.splitlines()) < 20, result.stderr
+
+
+def test_the_bombs_are_a_few_hundred_bytes() -> None:
+    assert 300 < len(_alias_bomb()) < 600 and 300 < len(_merge_bomb()) < 600
+
+
+HOSTILE_VALUES: dict[str, Any] = {
+    "500 deep": [],
+    "400 digits": int("9" * 400),
+    "1e308": 1.0e308,
+    "nan": math.nan,
+}
+nested: list[Any] = HOSTILE_VALUES["500 deep"]
+for _ in range(500):
+    nested.append([])
+    nested = nested[0]
+
+
+@pytest.mark.parametrize("value", HOSTILE_VALUES.values(), ids=HOSTILE_VALUES.keys())
+def test_a_config_ray_loaded_itself_is_checked_the_same(value: Any) -> None:
+    """`ray up` loads the YAML itself and hands RayDog the result (bootstrap_config)."""
+    config = memory_cluster_config()
+    config["provider"]["compute"] = {"type": "memory", "launch_delay": value}
+    with pytest.raises(ConfigError) as raised:
+        raydog_config.bootstrap(config)
+    assert raised.value.key_path.startswith("provider.compute.launch_delay"), raised.value
+    with pytest.raises(ConfigError):
+        validation.validate(config)
+
+
+def test_a_lone_surrogate_is_a_config_error_not_a_unicode_error(tmp_path: Path) -> None:
+    """YAML's "\\ud800" escape makes text UTF-8 cannot hold: a folder name, a script, a request."""
+    path = tmp_path / "cluster.yaml"
+    path.write_text(
+        yaml.safe_dump(memory_cluster_config("SURROGATE")).replace("SURROGATE", '"demo\\ud800"')
+    )
+    result = raydog("validate", str(path))
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("error: cluster_name: holds a lone surrogate"), result.stderr
+    with pytest.raises(ConfigError) as raised:
+        raydog_config.bootstrap(memory_cluster_config("demo\ud800"))
+    assert raised.value.key_path == "cluster_name"
 
 
 # --- secrets by reference -------------------------------------------------------------------

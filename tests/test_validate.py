@@ -71,6 +71,13 @@ def test_no_traceback_for_any_file(tmp_path: Path, content: bytes, words: str) -
     assert "Traceback" not in result.stderr
 
 
+def _nested(depth: int) -> list[Any]:
+    value: list[Any] = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
 JUNK: list[Any] = [
     None,
     0,
@@ -92,6 +99,12 @@ JUNK: list[Any] = [
     {1: 2},
     "\udcff",
     "a\nb",
+    int("9" * 400),
+    1.0e308,
+    -1.0e308,
+    2**63,
+    _nested(200),
+    {"\ud800": 1},
 ]
 
 

@@ -153,6 +153,8 @@ def test_node_config_errors_name_the_full_key_path(
         ({"cluster_namespace": "name\n"}, "cluster_namespace"),
         ({"cluster_tag": "demo\n"}, "cluster_tag"),
         ({"cluster_lifetime_hours": 0}, "cluster_lifetime_hours"),
+        ({"cluster_lifetime_hours": 1.0e12}, "cluster_lifetime_hours"),
+        ({"idle_pool_shutdown_minutes": 10**15}, "idle_pool_shutdown_minutes"),
         ({"head_node_build_timeout_minutes": -1}, "head_node_build_timeout_minutes"),
         ({"idle_node_shutdown_minutes": 0}, "idle_node_shutdown_minutes"),
         ({"api_url": "ftp://example.com"}, "api_url"),

@@ -73,13 +73,14 @@ class LocalComputeBackend(ComputeBackend):
 
         - ``base_dir``: the folder that holds node folders (absolute, or ``~/...``); default
           ``$RAYDOG_HOME/local``.
-        - ``grace_seconds``: how long a node that is stopped gets to end before SIGKILL.
+        - ``grace_seconds``: how long a node that is stopped gets to end before SIGKILL (at
+          most 3600).
         """
         super().__init__(spec)
         if not sys.platform.startswith("linux"):
             raise ConfigError("provider.compute", "the local backend runs on Linux only")
-        if grace_seconds < 0:
-            raise ConfigError("grace_seconds", f"must be 0 or more, got {grace_seconds}")
+        if not 0 <= grace_seconds <= 3600:
+            raise ConfigError("grace_seconds", f"must be 0 to 3600 seconds, got {grace_seconds}")
         if "/" in spec.cluster_name or spec.cluster_name in ("", ".", ".."):
             raise ConfigError("cluster_name", f"{spec.cluster_name!r} cannot name a folder")
         inherited = os.environ.get(BASE_DIR_VARIABLE)

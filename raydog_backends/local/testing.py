@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import yaml
 
@@ -18,6 +17,7 @@ from raydog_backends.local.nodes import NodeRecord
 from raydog_backends.process_nodes.addresses import free_port, listening_sockets
 from raydog_core.interfaces import ClusterSpec, NodeInfo, NodeState, NodeTypeSpec
 from raydog_core.testing.lifecycle import RayCluster
+from raydog_core.validation import load_file
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "local"
 """The example in the checkout this module runs from."""
@@ -28,7 +28,7 @@ def example_config(folder: Path, cluster_name: str, idle_timeout_minutes: float)
 
     Its nodes run RayDog's default task scripts: the example names none.
     """
-    config: dict[str, Any] = yaml.safe_load((EXAMPLE / "cluster.yaml").read_text())
+    config = load_file(EXAMPLE / "cluster.yaml")
     config["cluster_name"] = cluster_name
     config["idle_timeout_minutes"] = idle_timeout_minutes
     provider = config["provider"]

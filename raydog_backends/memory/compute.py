@@ -102,11 +102,15 @@ class MemoryComputeBackend(ComputeBackend):
     def __init__(self, spec: ClusterSpec, launch_delay: float = 0.0) -> None:
         """Options:
 
-        - ``launch_delay``: seconds from launch until a node runs (the head's launch waits).
+        - ``launch_delay``: seconds from launch until a node runs (the head's launch waits; at
+          most a day).
         """
         super().__init__(spec)
-        if launch_delay < 0:
-            raise ConfigError("launch_delay", f"must be >= 0 seconds, got {launch_delay!r}")
+        if not 0 <= launch_delay <= 86_400:
+            raise ConfigError(
+                "launch_delay",
+                f"must be >= 0 and at most 86400 seconds (a day), got {launch_delay!r}",
+            )
         self.launch_delay = float(launch_delay)
         self.clock = spec.clock
         self._cluster = self.cluster(spec.cluster_name)

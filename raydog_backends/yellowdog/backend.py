@@ -70,7 +70,8 @@ class YellowDogComputeBackend(ComputeBackend):
         - ``cluster_tag``: the tag of its work requirement and pools (default: the cluster's name).
         - ``cluster_lifetime_hours``: each task's timeout, and each pool's compute requirement's
           ``autoShutdown``: no node outlives it, even if RayDog is gone. The default is
-          yellowdog-ray's (1 hour); ``ray up`` says when the head will end.
+          yellowdog-ray's (1 hour); ``ray up`` says when the head will end. This and each
+          time below: at most 3650 days.
         - ``head_node_build_timeout_minutes``: how long ``ray up`` waits for the head to run
           (and a pool's node boot timeout).
         - ``idle_node_shutdown_minutes``: a node without a task shuts down after this.

@@ -18,6 +18,8 @@ DEFAULT_LIFETIME_HOURS = 1.0
 """``cluster_lifetime_hours`` when a config does not set it: yellowdog-ray's default
 (``CLUSTER_LIFETIME_DEFAULT_HOURS``, yellowdog-ray 2.0.0 ``yellowdog_ray/raydog/autoscaler.py``),
 so a config written for it bills no longer under RayDog."""
+MAX_DURATION = timedelta(days=3650)
+"""The longest time an option may give: ten years, well inside what a date can hold."""
 
 NODE_CONFIG_KEYS: dict[str, type] = {
     "compute_requirement_template": str,
@@ -77,15 +79,21 @@ class Options:
         _check_name("cluster_namespace", cluster_namespace)
         if cluster_tag is not None:
             _check_name("cluster_tag", cluster_tag)
-        for option, value in (
-            ("cluster_lifetime_hours", cluster_lifetime_hours),
-            ("head_node_build_timeout_minutes", head_node_build_timeout_minutes),
-            ("idle_node_shutdown_minutes", idle_node_shutdown_minutes),
-            ("idle_pool_shutdown_minutes", idle_pool_shutdown_minutes),
-            ("node_recheck_seconds", node_recheck_seconds),
+        for option, value, unit in (
+            ("cluster_lifetime_hours", cluster_lifetime_hours, 3600),
+            ("head_node_build_timeout_minutes", head_node_build_timeout_minutes, 60),
+            ("idle_node_shutdown_minutes", idle_node_shutdown_minutes, 60),
+            ("idle_pool_shutdown_minutes", idle_pool_shutdown_minutes, 60),
+            ("node_recheck_seconds", node_recheck_seconds, 1),
         ):
             if value <= 0:
                 raise ConfigError(option, f"must be greater than 0, got {value!r}")
+            if value * unit > MAX_DURATION.total_seconds():
+                raise ConfigError(
+                    option,
+                    f"at most {MAX_DURATION.total_seconds() / unit:g} ({MAX_DURATION.days} days), "
+                    f"got {value!r}",
+                )
         if api_max_attempts < 1:
             raise ConfigError("api_max_attempts", f"must be at least 1, got {api_max_attempts!r}")
         if api_url is not None and not api_url.startswith(("http://", "https://")):
