@@ -406,7 +406,7 @@ class Launcher:
         ends = (datetime.now(timezone.utc) + lifetime).strftime("%Y-%m-%d %H:%M UTC")
         report(
             "cluster lifetime %g h (provider.cluster_lifetime_hours; default %g): YellowDog ends "
-            "the head by %s at the latest, and each worker %g h after it starts",
+            "the head by %s at the latest, and each worker at most %g h after it starts",
             lifetime.total_seconds() / 3600,
             DEFAULT_LIFETIME_HOURS,
             ends,
