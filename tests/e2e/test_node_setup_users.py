@@ -53,7 +53,7 @@ from tests.waiting import wait_until
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "yellowdog"
 
-pytestmark = [pytest.mark.e2e, pytest.mark.skipif(bool(unavailable()), reason=str(unavailable()))]
+pytestmark = pytest.mark.skipif(bool(unavailable()), reason=str(unavailable()))
 
 DRIVER = textwrap.dedent(
     """
@@ -143,6 +143,7 @@ def loopback(tmp_path: Path) -> Iterator[list[str]]:
         addresses.release(ip, owner)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("example", example_clusters())
 def test_an_example_cluster_boots_as_yellowdog_runs_it(
     example: str,
