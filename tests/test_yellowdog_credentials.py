@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
+import requests
+from urllib3.util import parse_url
 
 from raydog_backends.yellowdog import credentials
 from raydog_backends.yellowdog.credentials import SECRET_FILE, load
 from raydog_core import state
-from raydog_core.errors import BackendError
+from raydog_core.errors import BackendError, ConfigError
 from tests.yellowdog_fixtures import KEY_ID, SECRET, make_backend, make_spec
 
 KEY = {"YD_API_KEY_ID": "key-id", "YD_API_KEY_SECRET": "the-secret-value"}
@@ -74,6 +77,45 @@ def test_the_key_goes_over_https_only(workdir: Path, url: str) -> None:
     assert state.read_secret("c1", SECRET_FILE) is None
     with pytest.raises(BackendError, match="from the option api_url"):
         load("c2", KEY, url)
+
+
+READ_TWO_WAYS = [
+    "http://127.0.0.1:8765\\@localhost:1",  # urlsplit: localhost; requests: 127.0.0.1:8765
+    "http://evil.example\\@localhost:1/x",  # urlsplit: localhost; requests: evil.example
+    "http://evil.example#@localhost/",
+    "http://evil.example?@localhost/",
+    "http://localhost:1@evil.example/",  # userinfo: requests sends it as Basic auth
+    "https://user:pw@api.yellowdog.ai",
+    "http://127.0.0.1%2f@evil.example/",
+    "http://localhost\t.evil.example/",
+    "https://api.yellowdog.ai ",
+    "https://api.yellowdog.ai:99999",
+]
+
+
+@pytest.mark.parametrize("url", READ_TWO_WAYS)
+def test_a_url_the_sdk_could_read_differently_is_refused(workdir: Path, url: str) -> None:
+    """What RayDog checks must be what the SDK connects to: a URL urllib.parse and urllib3
+    (under the SDK's requests) could read as different hosts is refused, from either source."""
+    with pytest.raises(BackendError) as raised:
+        load("c1", {**KEY, "YD_API_URL": url}, None)
+    assert "YD_API_URL from the environment" in str(raised.value)
+    assert "pw" not in str(raised.value) and "the-secret-value" not in str(raised.value)
+    assert state.read_secret("c1", SECRET_FILE) is None
+    with pytest.raises(ConfigError) as refused:
+        make_backend(make_spec(), api_url=url)
+    assert refused.value.key_path == "api_url"
+
+
+@pytest.mark.parametrize(
+    "url", ["http://127.0.0.1:8080", "http://localhost:9000", "http://[::1]:80", "https://x.ai"]
+)
+def test_the_sdk_connects_where_the_check_looked(workdir: Path, url: str) -> None:
+    """The host requests would connect to for an accepted URL is the one that was checked."""
+    found = load("c1", {**KEY, "YD_API_URL": url}, None)
+    prepared = parse_url(requests.Request("GET", found.url + "/work").prepare().url or "")
+    assert (prepared.host or "").strip("[]") == urlsplit(url).hostname
+    assert prepared.scheme == "https" or prepared.host in ("127.0.0.1", "localhost", "[::1]")
 
 
 @pytest.mark.parametrize(

@@ -1,18 +1,18 @@
 """YellowDog API credentials: one complete set from one source, the API URL with them.
 
 Sources, first found wins: the environment (``YD_API_KEY_ID``, ``YD_API_KEY_SECRET``, optionally
-``YD_API_URL``), then a ``.env`` file in the working directory of the ``ray`` or ``raydog``
-command (only there: never in a parent folder, where a file nobody chose could send the key to
-another URL), then the copy kept in the cluster's private folder (``raydog doctor`` says when that
-copy is the one used; ``ray down`` removes it with the folder). A source that names some of the
-variables but not the key and its secret is an error, not a reason to mix it with another: the
-URL always comes from the same source as the key (or from the backend's ``api_url`` option, or
-the default). The URL must be ``https://``; ``http://`` only for a loopback address (the
-emulator). The set found on the client is kept 0600 in the cluster's private folder, which the
-core uploads to the head over SSH with the bootstrap config; the head's autoscaler, whose
-environment lacks them, reads them from there. That copy is JSON, written and read by RayDog
-alone, so every value (a ``#``, quotes, ``$``, a trailing space) comes back byte for byte. They
-never travel through YellowDog itself: not in a task's environment, data or userdata.
+``YD_API_URL``), then a ``.env`` file in the working directory of the ``ray`` or ``raydog`` command
+(only there: never in a parent folder, where a file nobody chose could send the key to another URL),
+then the copy kept in the cluster's private folder (``raydog doctor`` says when that copy is the one
+used; ``ray down`` removes it with the folder). A source that names some of the variables but not
+the key and its secret is an error, not a reason to mix it with another: the URL always comes from
+the same source as the key (or from the backend's ``api_url`` option, or the default). The URL must
+be ``https://``; ``http://`` only for a loopback address (the emulator); the SDK connects to the URL
+as checked (``checked_url``). The set found on the client is kept 0600 in the cluster's private
+folder, which the core uploads to the head over SSH with the bootstrap config; the head's
+autoscaler, whose environment lacks them, reads them from there. That copy is JSON, written and read
+by RayDog alone, so every value (a ``#``, quotes, ``$``, a trailing space) comes back byte for byte.
+They never travel through YellowDog itself: not in a task's environment, data or userdata.
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
+from urllib3.exceptions import LocationParseError
+from urllib3.util import parse_url
 
 from raydog_core import state
 from raydog_core.errors import BackendError
@@ -84,8 +86,7 @@ def load(cluster_name: str, environ: Mapping[str, str], api_url: str | None) -> 
             url, url_source = api_url, "the option api_url"
         else:
             url, url_source = values.get(API_URL) or DEFAULT_URL, source
-        check_url(url, url_source)
-        found = Credentials(key_id, secret, url, source)
+        found = Credentials(key_id, secret, checked_url(url, url_source), source)
         if saved != found.saved_form():
             state.write_secret(cluster_name, SECRET_FILE, found.saved_form())
         logger.debug("YellowDog API key %s from %s, API at %s", key_id, source, url)
@@ -101,20 +102,51 @@ def saved_source(cluster_name: str) -> str:
     return f"the saved copy {state.secret_path(cluster_name, SECRET_FILE)}"
 
 
-def check_url(url: str, source: str) -> None:
-    """https, or http to a loopback address; the error shows no more than scheme and host."""
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-    except ValueError:
-        parts, host = None, ""
-    if parts is None or parts.scheme not in ("https", "http") or not host:
-        raise _error(f"{API_URL} from {source} is not an http(s) URL")
+def checked_url(url: str, source: str) -> str:
+    """The API URL as RayDog checked it, for the SDK to connect to: https, or http to a loopback
+    address, read the same by ``urllib.parse`` and by urllib3 (which the SDK's requests uses).
+
+    A URL the two would read differently is refused rather than guessed at: with a backslash,
+    ``http://evil.example\\@localhost`` is ``localhost`` to ``urlsplit`` but ``evil.example``
+    to urllib3. So are a user name or password (``user@``), spaces and control characters, a
+    query or a fragment (the SDK appends its paths to the URL). The error shows no more than
+    the scheme and the host, never what came before an ``@``.
+    """
+    problem = _url_problem(url)
+    if problem:
+        raise _error(f"{API_URL} from {source} {problem}")
+    parts = urlsplit(url)
+    host = parts.hostname or ""
     if parts.scheme == "http" and not _loopback(host):
         raise _error(
             f"{API_URL} from {source} is http://{host}: the key would travel unencrypted; "
             "use https:// (http:// is for a loopback address only, such as the emulator's)"
         )
+    return parts.geturl()
+
+
+def _url_problem(url: str) -> str | None:
+    """Why ``url`` is no URL to send the key to, or None."""
+    if not url or any(not "!" <= char <= "~" for char in url):
+        return "is not an http(s) URL (it holds a space, a control or a non-ASCII character)"
+    if "\\" in url:
+        return "holds a backslash, which URL parsers read differently: remove it"
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname or "", parts.port
+        theirs = parse_url(url)
+    except (ValueError, LocationParseError):
+        return "is not an http(s) URL"
+    if parts.scheme not in ("https", "http") or not host:
+        return "is not an http(s) URL"
+    if "@" in parts.netloc:
+        return "holds a user name or password before '@': give the key as YD_API_KEY_ID/SECRET"
+    if parts.query or parts.fragment or url.endswith(("?", "#")):
+        return f"has a query or fragment ('?', '#'): give {parts.scheme}://{host} and its path"
+    theirs_host = (theirs.host or "").strip("[]").lower()
+    if (theirs.scheme, theirs_host, theirs.port, theirs.auth) != (parts.scheme, host, port, None):
+        return f"is read differently by the SDK's HTTP library ({theirs_host}, not {host})"
+    return None
 
 
 def _loopback(host: str) -> bool:

@@ -7,8 +7,9 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from raydog_backends.yellowdog.credentials import checked_url
 from raydog_backends.yellowdog.names import ClusterNames, is_valid_name
-from raydog_core.errors import ConfigError
+from raydog_core.errors import BackendError, ConfigError
 from raydog_core.interfaces import ClusterSpec
 
 MAX_NODES_PER_POOL = 10_000
@@ -96,8 +97,11 @@ class Options:
                 )
         if api_max_attempts < 1:
             raise ConfigError("api_max_attempts", f"must be at least 1, got {api_max_attempts!r}")
-        if api_url is not None and not api_url.startswith(("http://", "https://")):
-            raise ConfigError("api_url", f"expected an http(s) URL, got {api_url!r}")
+        if api_url is not None:
+            try:
+                api_url = checked_url(api_url, "the option api_url")
+            except BackendError as exc:
+                raise ConfigError("api_url", exc.reason) from None
         return cls(
             names=names,
             namespace=cluster_namespace,
