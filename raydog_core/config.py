@@ -144,6 +144,8 @@ class RayDogConfig:
     """``file:`` references whose file was not there when the provider was built."""
     autoscaler_v2: bool = False
     """Whether ``ray up`` ran with ``RAY_enable_autoscaler_v2=1``: the head's Ray runs v2."""
+    internal_ips: bool = False
+    """``provider.use_internal_ips``: Ray reaches the nodes by their internal addresses."""
 
     def check_files(self) -> None:
         """Before a launch: every file the node's scripts and settings name was read."""
@@ -167,6 +169,7 @@ class RayDogConfig:
             auth=self.auth,
             head_setup=(store.head_server_install() or "") if store is not None else "",
             clock=clock.of_cluster(self.cluster_name),
+            internal_ips=self.internal_ips,
         )
 
     def task_script(self, node_type: str, head: bool, server: str | None = None) -> str:
@@ -626,6 +629,7 @@ def _parse_provider(
         on_head=on_head,
         setup_options=setup_options,
         tag_store_read_timeout=read_timeout,
+        internal_ips=provider.get("use_internal_ips") is True,
     )
 
 

@@ -233,6 +233,9 @@ class ClusterSpec:
     worker_scripts: Mapping[str, str] = field(default_factory=dict)
     """Each worker node type's own script, where the core made one per type (its resources,
     whether it waits for RayDog's setup); a type not in it runs ``worker_script``."""
+    internal_ips: bool = False
+    """Ray reaches the nodes by their internal addresses (``provider.use_internal_ips``): a node
+    needs no public one."""
 
     def script(self, node_type: str, is_head: bool) -> str:
         """The bash a node runs: what backends hand their nodes."""

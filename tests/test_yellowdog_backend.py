@@ -85,6 +85,12 @@ def with_max_workers(spec: ClusterSpec, **max_workers: int) -> ClusterSpec:
     return dataclasses.replace(spec, node_types=types)
 
 
+def addressed(client: EmulatorClient) -> bool:
+    """Every live instance lists its addresses (none is still booting)."""
+    computes = client.state()["compute_requirements"]
+    return all(i["public_ip"] for c in computes for i in c["instances"] if i["live"])
+
+
 def running(backend: ComputeBackend, node_ids: list[str]) -> bool:
     nodes = described(backend)
     return all(n in nodes and nodes[n].state is NodeState.RUNNING for n in node_ids)
@@ -633,6 +639,39 @@ def test_the_head_public_address_comes_from_its_instance(
     assert info.internal_ip == instance.privateIpAddress != info.external_ip
 
 
+def test_the_head_launch_waits_for_the_public_address_of_an_instance_still_booting(
+    backends: Callable[..., YellowDogComputeBackend], emulator_client: EmulatorClient
+) -> None:
+    """An instance is listed PENDING, without addresses, while it boots: "none yet" is read
+    again until it lists one, never kept as the node's answer."""
+    emulator_client.settings(address_delay=1.5)
+    backend = backends()
+    (head,) = backend.launch(HEAD)
+    info = described(backend)[head]
+    (instance,) = [
+        i for c in emulator_client.state()["compute_requirements"] for i in c["instances"]
+    ]
+    assert info.state is NodeState.RUNNING
+    assert info.external_ip is not None and info.external_ip == instance["public_ip"]
+
+
+def test_a_head_whose_template_assigns_no_public_ip_fails_naming_the_template_and_what_to_do(
+    backends: Callable[..., YellowDogComputeBackend], emulator_client: EmulatorClient
+) -> None:
+    emulator_client.settings(no_public_ip_templates=[TEMPLATE])
+    spec = make_spec()
+    with pytest.raises(BackendError) as failed:
+        backends(spec).launch(HEAD)
+    message = str(failed.value)
+    assert f"compute requirement template {TEMPLATE} assign none" in message, message
+    assert "`use_internal_ips: true`" in message and "`transport: direct`" in message
+    assert cluster_leaks(emulator_client, slug(spec.cluster_name) or "") == []
+    inside = backends(dataclasses.replace(make_spec(), internal_ips=True))
+    (head,) = inside.launch(HEAD)  # from inside the network, the private address is enough
+    info = described(inside)[head]
+    assert info.state is NodeState.RUNNING and info.external_ip is None and info.internal_ip
+
+
 def test_shutdown_terminates_every_compute_requirement_as_well(
     backends: Callable[..., YellowDogComputeBackend], emulator: Emulator
 ) -> None:
@@ -720,7 +759,10 @@ def test_describe_is_one_search_once_addresses_are_known(
     backend = backends(node_recheck_seconds=3600)
     backend.launch(HEAD)
     started = backend.launch(workers(5))
-    wait_until(lambda: running(backend, started), "workers to run")
+    wait_until(
+        lambda: all(n.external_ip for n in described(backend).values()) and len(started) == 5,
+        "workers to run with their public addresses",
+    )
     before = emulator_client.request_count()
     nodes = described(backend)
     calls = emulator_client.requests(before)
@@ -739,6 +781,7 @@ def test_learning_the_addresses_of_many_new_workers_costs_as_much_as_of_one(
     for count in (1, 10):
         started = starter.launch(workers(count))
         wait_until(lambda started=started: running(starter, started), "workers to run")
+        wait_until(lambda: addressed(emulator_client), "their instances' addresses")
         fresh = backends(spec, node_recheck_seconds=3600)
         before = emulator_client.request_count()
         nodes = described(fresh)

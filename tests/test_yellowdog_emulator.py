@@ -24,7 +24,9 @@ from yellowdog_client.model import (
     ComputeRequirementTemplateUsage,
     ComputeSource,
     ComputeSourceStatus,
+    Instance,
     InstanceSearch,
+    InstanceStatus,
     Node,
     NodeSearch,
     NodeStatus,
@@ -115,10 +117,15 @@ def requirement(
 
 
 def provision(
-    client: PlatformClient, name: str, count: int, tag: str = "pool-tag", **props: object
+    client: PlatformClient,
+    name: str,
+    count: int,
+    tag: str = "pool-tag",
+    template: str = TEMPLATE,
+    **props: object,
 ) -> str:
     usage = ComputeRequirementTemplateUsage(
-        templateId=TEMPLATE,
+        templateId=template,
         requirementName=name,
         requirementNamespace=NAMESPACE,
         targetInstanceCount=count,
@@ -504,7 +511,9 @@ def test_loopback_addresses_are_distinct_and_given_back(tmp_path: Path) -> None:
         nodes = running()
         private = {n.details.privateIpAddress for n in nodes if n.details}
         assert len(private) == 3 and all(ip and ip.startswith("127.") for ip in private)
-        assert public_addresses(client, pool_id) == {"127.0.0.1"}
+        wait_until(
+            lambda: public_addresses(client, pool_id) == {"127.0.0.1"}, "the instances' addresses"
+        )
         client.worker_pool_client.shutdown_worker_pool_by_id(pool_id)
         wait_until(lambda: running() == [], "the nodes to stop")
         assert not (tmp_path / "leases").exists() or not any((tmp_path / "leases").iterdir())
@@ -565,15 +574,54 @@ def test_a_nodes_public_address_is_its_instances_only(client: PlatformClient) ->
     assert (
         requirement.status is ComputeRequirementStatus.RUNNING and requirement.name == "addressed"
     )
-    instances = client.compute_client.get_instances(
-        InstanceSearch(computeRequirementId=requirement_id)
-    ).list_all()
+    search = InstanceSearch(computeRequirementId=requirement_id, statuses=[InstanceStatus.RUNNING])
+    instances = wait_until(
+        lambda: (
+            (found := client.compute_client.get_instances(search).list_all())
+            and len(found) == 2
+            and found
+        ),
+        "their instances to run",
+    )
     by_id = {i.id.instanceId: i for i in instances if i.id}
     for node in nodes:
         assert node.details is not None and node.details.publicIpAddress is None
         instance = by_id[node.details.instanceId]  # type: ignore[index]
         assert instance.privateIpAddress == node.details.privateIpAddress
         assert instance.publicIpAddress and instance.publicIpAddress != instance.privateIpAddress
+
+
+def test_instances_are_listed_while_booting_and_a_source_may_assign_no_public_ip(
+    emulator: Emulator, client: PlatformClient
+) -> None:
+    """``InstanceStatus.PENDING``: an instance is listed before it has addresses, so "none yet"
+    is not "none ever"; a source may assign no public IP at all (``assignPublicIp`` defaults
+    to false in the SDK's source models)."""
+    emulator.platform.config.boot_delay = 1.0
+    emulator.platform.config.no_public_ip_templates = ["ydid:crt:private"]
+
+    def instances(pool_id: str) -> list[Instance]:
+        pool = client.worker_pool_client.get_worker_pool_by_id(pool_id)
+        search = InstanceSearch(computeRequirementId=pool.computeRequirementId)  # type: ignore[attr-defined]
+        return client.compute_client.get_instances(search).list_all()
+
+    public = provision(client, "public", 1, maxNodes=1)
+    (booting,) = wait_until(lambda: instances(public), "the instance to be listed")
+    assert booting.status is InstanceStatus.PENDING
+    assert (booting.privateIpAddress, booting.publicIpAddress) == (None, None)
+    (running,) = wait_until(
+        lambda: [i for i in instances(public) if i.status is InstanceStatus.RUNNING],
+        "the instance to run",
+    )
+    assert running.privateIpAddress and running.publicIpAddress
+    private = provision(client, "private", 1, template="ydid:crt:private", maxNodes=1)
+    (running,) = wait_until(
+        lambda: [i for i in instances(private) if i.status is InstanceStatus.RUNNING],
+        "the instance to run",
+    )
+    assert running.privateIpAddress and running.publicIpAddress is None
+    (node,) = client.worker_pool_client.get_nodes(NodeSearch(workerPoolId=private)).list_all()
+    assert node.details and node.details.privateIpAddress == running.privateIpAddress
 
 
 def test_pool_sizes_are_limited_by_max_nodes(client: PlatformClient) -> None:

@@ -5,6 +5,12 @@ The platform no longer fills ``Node.details.publicIpAddress`` (yellowdog-ray com
 instance's, found through the compute API by the node's ``details.instanceId`` among the
 instances of its pool's compute requirement. One instance search answers for every node of a
 pool, so addresses are learned per pool, in batches, and kept until the node goes away.
+
+An instance is listed while it boots (``InstanceStatus.PENDING``), before it has addresses, and
+a compute source may assign no public IP at all (``assignPublicIp`` defaults to false in the
+SDK's source models). So "none yet" is not "none ever": a node's public address is looked for
+again until its instance lists one, or runs with a private address and no public one (its
+source assigns none: ``no_public``).
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ import threading
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
-from yellowdog_client.model import InstanceSearch, Node, Task
+from yellowdog_client.model import Instance, InstanceSearch, InstanceStatus, Node, Task
 
 from raydog_backends.yellowdog.api import Api, all_items, call
 from raydog_backends.yellowdog.cluster import Clusters
@@ -32,7 +38,7 @@ class _Node:
     private: str | None
     public: str | None = None
     public_known: bool = False
-    """Whether its instance was found (a found instance may have no public address)."""
+    """Whether its instance settled it: it lists a public address, or runs without one."""
 
 
 class Addresses:
@@ -107,8 +113,15 @@ class Addresses:
                 for instance in instances:
                     found = by_instance.get(instance.id.instanceId if instance.id else "")
                     node = self._nodes.get(found or "")
-                    if node is not None:
+                    if node is not None and _settled(instance):
                         node.public, node.public_known = instance.publicIpAddress, True
+
+    def no_public(self, node_id: str | None) -> bool:
+        """Whether the node's instance runs without a public address (its source assigns
+        none), rather than not having one yet."""
+        with self._lock:
+            node = self._nodes.get(node_id or "")
+            return node is not None and node.public_known and node.public is None
 
     def public_known(self, node_id: str | None) -> bool:
         with self._lock:
@@ -149,3 +162,11 @@ class Addresses:
         with self._lock:
             self._nodes.clear()
             self._worker_nodes.clear()
+
+
+def _settled(instance: Instance) -> bool:
+    """Whether an instance's public address is final: it lists one, or it runs (it has its
+    private address) without one. A ``PENDING`` instance has no addresses yet."""
+    if instance.publicIpAddress:
+        return True
+    return instance.status is InstanceStatus.RUNNING and bool(instance.privateIpAddress)

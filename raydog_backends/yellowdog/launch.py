@@ -375,6 +375,8 @@ class Launcher:
             if status is TaskStatus.EXECUTING:
                 address = self.addresses.of_task(task, public=True)
                 if address is not None and address.private:
+                    if address.public is None and not self.spec.internal_ips:
+                        raise BackendError("launch", what, self._no_public_address(node_type))
                     report("the head node runs at %s", address.public or address.private)
                     return address
             now = time.monotonic()
@@ -411,6 +413,16 @@ class Launcher:
             DEFAULT_LIFETIME_HOURS,
             ends,
             lifetime.total_seconds() / 3600,
+        )
+
+    def _no_public_address(self, node_type: str) -> str:
+        template = self.options.node_types[node_type].template
+        return (
+            f"its instance runs without a public IP address: the compute sources of compute "
+            f"requirement template {template} assign none (assignPublicIp), so Ray cannot reach "
+            "it from outside their network. From inside that network, set "
+            "`use_internal_ips: true` under `provider` (with `transport: direct`); from "
+            f"outside, give node type {node_type!r} a template whose sources assign public IPs"
         )
 
     def _head_private_ip(self, cluster: Cluster) -> str:

@@ -1,8 +1,9 @@
 """Nodes: the ``/workerPools/nodes`` API, and a node's life from boot to its end.
 
-A node boots on an instance of its pool's compute requirement (the instance has its addresses
-from the start), its agent registers ``boot_delay`` later and takes tasks at once, its setup
-finishes ``setup_delay`` after that (see ``processes``). It ends when its pool shrinks or
+A node boots on an instance of its pool's compute requirement (listed ``PENDING``, without
+addresses, until ``address_delay`` after its agent registered), its agent registers
+``boot_delay`` later and takes tasks at once, its setup finishes ``setup_delay`` after that
+(see ``processes``). It ends when its pool shrinks or
 shuts down, when it is idle for the pool's ``idleNodeShutdown``, when it is lost, or when its
 compute requirement is terminated; its instance is terminated with it.
 """
@@ -147,6 +148,8 @@ class Nodes:
         if config.loopback_ips:
             node.private_ip = self.processes.lease_address(node)
             node.public_ip = config.public_ip or "127.0.0.1"
+        if pool.usage.templateId in config.no_public_ip_templates:
+            node.public_ip = None
         compute = self.account.compute_of(pool)
         compute.instances[node.instance_id] = SimulatorInstance(
             id=InstanceId(sourceId=SOURCE_ID, instanceId=node.instance_id),
@@ -155,9 +158,8 @@ class Nodes:
             region="emulated",
             imageId=pool.usage.imagesId,
             hostname=f"node-{number}",
-            privateIpAddress=node.private_ip,
-            publicIpAddress=node.public_ip,
-            status=InstanceStatus.RUNNING,
+            # Listed while it boots, before it has addresses (InstanceStatus.PENDING, SDK).
+            status=InstanceStatus.PENDING,
             statusChangedTime=now_utc(),
         )
         self.account.nodes[node.id] = node
@@ -169,6 +171,8 @@ class Nodes:
         pool = self.account.pools[node.pool_id]
         if not node.registered and now >= node.ready_at:
             self._register(node, pool, now)
+        if node.registered and now >= node.addressed_at:
+            self._address(node, pool)
         if node.registered and not node.setup_done and now >= node.setup_done_at:
             self.processes.finish_setup(node, pool.usage.userData)
         if node.registered and node.task_id is None and not node.queue:
@@ -180,6 +184,16 @@ class Nodes:
                 logger.info("emulator: node %s shuts down, idle", node.id)
                 self.end(node, NodeStatus.TERMINATED, "idle node shutdown")
                 _shrink(pool)
+
+    def _address(self, node: NodeRecord, pool: PoolRecord) -> None:
+        """The instance runs and lists its addresses: its public one only if its source
+        assigns one (``assignPublicIp``, SDK source models; ``no_public_ip_templates``)."""
+        instance = self.account.compute_of(pool).instances[node.instance_id]
+        if instance.status is InstanceStatus.PENDING:
+            instance.status = InstanceStatus.RUNNING
+            instance.statusChangedTime = now_utc()
+            instance.privateIpAddress = node.private_ip
+            instance.publicIpAddress = node.public_ip
 
     def _register(self, node: NodeRecord, pool: PoolRecord, now: float) -> None:
         config = self.account.config
@@ -210,6 +224,7 @@ class Nodes:
         node.node.agentVersion = "emulated"
         node.registered = True
         node.idle_since = now
+        node.addressed_at = now + config.address_delay
         # The agent takes tasks at once; the setup goes on (YellowDog agent installer README).
         node.setup_done_at = now + config.setup_delay
         if config.setup_delay <= 0:

@@ -97,6 +97,14 @@ class EmulatorConfig:
     """Give nodes distinct 127.x.y.z private addresses (for real processes), else fake ones."""
     public_ip: str | None = None
     """One public address for every instance (e.g. 127.0.0.1); None: distinct fake ones."""
+    address_delay: float = 0.3
+    """Seconds after a node's agent registered that its instance is still listed ``PENDING``,
+    without addresses. An instance is listed while it boots, before it has addresses
+    (``InstanceStatus.PENDING``, SDK); how long the compute API's view lags the agent's is not
+    published, so it lags (the stricter choice)."""
+    no_public_ip_templates: list[str] = field(default_factory=list)
+    """Compute requirement templates whose sources assign no public IP (``assignPublicIp``
+    defaults to false in the SDK's cloud source models): their instances never list one."""
     slice_size: int = 100
     """Items per slice when a search does not ask for a size."""
     fail_tasks_of_lost_nodes: bool = True
@@ -163,8 +171,11 @@ class NodeRecord:
     ready_at: float
     instance_id: str
     private_ip: str
-    public_ip: str
+    public_ip: str | None
+    """None where the template's source assigns no public IP."""
     registered: bool = False
+    addressed_at: float = 0.0
+    """When its instance leaves ``PENDING`` and lists its addresses."""
     orphaned: bool = False
     """Booting when its pool shut down: its agent never registers, only its compute
     requirement's termination stops it."""
