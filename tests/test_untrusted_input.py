@@ -189,6 +189,20 @@ def test_a_secret_inline_is_refused_with_what_to_write_instead(
     assert raised.value.key_path == named
 
 
+@pytest.mark.parametrize(
+    "url",
+    ["redis://evil.example\\@127.0.0.1:6379/0", "redis://127.0.0.1:6379/0 ", "redis://h\t:1/0"],
+)
+def test_a_store_url_parsers_could_read_differently_is_refused(tmp_path: Path, url: str) -> None:
+    config = memory_cluster_config()
+    config["provider"]["tag_store"] = {"type": "valkey", "url": url}
+    result = raydog("validate", str(write_config(tmp_path, config)))
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: provider.tag_store.url: holds a backslash"), (
+        result.stderr
+    )
+
+
 def test_the_url_advice_names_the_tag_stores_option(tmp_path: Path) -> None:
     config = memory_cluster_config()
     config["provider"]["tag_store"] = {"type": "redis", "url": f"rediss://:{SECRET}@h:6380"}

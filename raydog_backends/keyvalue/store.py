@@ -298,6 +298,14 @@ class KeyValueTagStore(TagStore):
         expected = (
             f"expected {' or '.join(s + '://' for s in schemes)}[[user]:password@]host[:port][/db]"
         )
+        if "\\" in url or any(not "!" <= char <= "~" for char in url):
+            # Parsers differ on these (a backslash ends the host for urllib3, not for urlsplit):
+            # what RayDog's checks read must be what the library connects to.
+            raise ConfigError(
+                "url",
+                f"holds a backslash, a space, a control or a non-ASCII character (percent-encode "
+                f"it); {expected}",
+            )
         try:
             scheme = urlsplit(url).scheme
         except ValueError:
