@@ -385,7 +385,11 @@ def check(cluster_config: Mapping[str, Any]) -> RayDogConfig:
     with problems.collect():
         uploads(parsed)
     with scratch_home():
-        _, transport, compute = build_plugins(parsed, problems)
+        store, transport, compute = build_plugins(parsed, problems)
+    known: dict[str, str] = {}  # read from the real home: the cluster's saved secrets count
+    for plugin in (store, transport, compute):
+        known.update(getattr(plugin, "known_secrets", dict)())
+    problems.found += inline_secrets.known_values(resolved, known)
     if transport and compute and transport.uses_ssh and not reached_over_ssh(type(compute)):
         problems.found.append(
             ConfigError(

@@ -106,6 +106,12 @@ class TagStore(ABC):
     def close(self) -> None:
         """Release connections; the store may be connected again later."""
 
+    def known_secrets(self) -> Mapping[str, str]:
+        """Optional (any plugin): the secrets it would use that this machine holds, by what
+        they are (``"the tag store's password"``), read without creating any. The core refuses
+        a config that writes one of them out (a setup command, a script, ``docker``)."""
+        return {}
+
     def changes_since(self, token: ChangeToken | None) -> Changes:
         """Optional (TagStore interface 2): what changed since ``token``, in one round trip.
 
@@ -337,6 +343,10 @@ class ComputeBackend(ABC):
         May call the platform, but must create nothing.
         """
         return []
+
+    def known_secrets(self) -> Mapping[str, str]:
+        """Optional: as ``TagStore.known_secrets`` (the platform's API key secret, say)."""
+        return {}
 
     def node_setup_script(self, node_type: str, common: str) -> str:
         """Optional: the setup a node of ``node_type`` needs (``raydog node-setup``).

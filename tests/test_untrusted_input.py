@@ -164,6 +164,11 @@ SECRET = "s3cr3t-Pa55word"
             {"type": "valkey", "url": f"redis://127.0.0.1:6379/0?password={SECRET}"},
             "provider.tag_store.url",
         ),
+        (
+            "tag_store",
+            {"type": "valkey", "url": f"redis://127.0.0.1:6379/0?db=0&pass%77ord={SECRET}"},
+            "provider.tag_store.url",
+        ),
         ("compute", {"type": "memory", "api_token": SECRET}, "provider.compute.api_token"),
         (
             "ray_worker_node_task_script",
@@ -171,7 +176,13 @@ SECRET = "s3cr3t-Pa55word"
             "provider.ray_worker_node_task_script",
         ),
     ],
-    ids=["tag store url", "password in a url's query", "secret-named option", "url in a script"],
+    ids=[
+        "tag store url",
+        "password in a url's query",
+        "percent-encoded name in a query",
+        "secret-named option",
+        "url in a script",
+    ],
 )
 def test_a_secret_inline_is_refused_with_what_to_write_instead(
     tmp_path: Path, key: str, value: Any, named: str
@@ -201,6 +212,61 @@ def test_a_store_url_parsers_could_read_differently_is_refused(tmp_path: Path, u
     assert result.stderr.startswith("error: provider.tag_store.url: holds a backslash"), (
         result.stderr
     )
+
+
+def _with_known_secret(config: dict[str, Any], where: str) -> dict[str, Any]:
+    """``config`` with SECRET written out at ``where``, as a user might to get a job going."""
+    command = f"redis-cli -a {SECRET} ping"
+    if where == "setup_commands":
+        config["setup_commands"] = ["pip install numpy", command]
+    elif where == "docker.run_options":
+        config["docker"] = {"image": "rayproject/ray", "run_options": [f"-e PW={SECRET}"]}
+    else:
+        config["provider"][where] = f"#!/bin/bash\n{command}\n"
+    return config
+
+
+KNOWN_PLACES = {
+    "setup_commands": "setup_commands[1]",
+    "docker.run_options": "docker.run_options[0]",
+    "ray_worker_node_task_script": "provider.ray_worker_node_task_script",
+}
+
+
+@pytest.mark.parametrize("where", KNOWN_PLACES)
+def test_the_tag_stores_own_password_written_out_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    monkeypatch.setenv("RAYDOG_TEST_TAG_STORE_PASSWORD", SECRET)
+    config = memory_cluster_config()
+    config["provider"]["tag_store"] = {
+        "type": "valkey",
+        "url": "redis://127.0.0.1:6379/0",
+        "password_env": "RAYDOG_TEST_TAG_STORE_PASSWORD",
+    }
+    result = raydog("validate", str(write_config(tmp_path, _with_known_secret(config, where))))
+    assert result.returncode == 2
+    assert f"error: {KNOWN_PLACES[where]}: holds the tag store's password" in result.stderr
+    assert SECRET not in result.stderr
+
+
+@pytest.mark.parametrize("where", KNOWN_PLACES)
+def test_the_yellowdog_api_key_secret_written_out_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    monkeypatch.setenv("YD_API_KEY_ID", "key-id")
+    monkeypatch.setenv("YD_API_KEY_SECRET", SECRET)
+    config = memory_cluster_config()
+    config["provider"]["compute"] = {"type": "yellowdog", "cluster_namespace": "raydog-test"}
+    for spec in config["available_node_types"].values():
+        spec["node_config"] = {"compute_requirement_template": "yd-demo/template"}
+    result = raydog("validate", str(write_config(tmp_path, _with_known_secret(config, where))))
+    assert result.returncode == 2
+    assert (
+        f"error: {KNOWN_PLACES[where]}: holds the YellowDog API key secret (the environment)"
+        in result.stderr
+    ), result.stderr
+    assert SECRET not in result.stderr
 
 
 def test_the_url_advice_names_the_tag_stores_option(tmp_path: Path) -> None:

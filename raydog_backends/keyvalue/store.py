@@ -408,6 +408,25 @@ class KeyValueTagStore(TagStore):
                 return None
         return str(policy) if policy is not None else None
 
+    def known_secrets(self) -> dict[str, str]:
+        """The store's passwords this machine holds, read only: the head's server's and the
+        url's (from ``password_env`` or the cluster's saved copy)."""
+        found = {}
+        head = state.read_secret(self.cluster_name, PASSWORD_SECRET)
+        if head and self.url is None and self.start_server:
+            found["the tag store's password"] = head
+        if self.password_env is not None:
+            for where, value in (
+                (self.password_env, os.environ.get(self.password_env)),
+                (
+                    "the saved url password",
+                    state.read_secret(self.cluster_name, URL_PASSWORD_SECRET),
+                ),
+            ):
+                if value:
+                    found[f"the tag store's password ({where})"] = value
+        return found
+
     def _url_password(self, variable: str) -> str:
         """From the environment where ``ray up`` runs (kept 0600 for the head), else that copy."""
         value = os.environ.get(variable)

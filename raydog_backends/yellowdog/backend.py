@@ -14,6 +14,7 @@ what this costs in API calls and what it leaves behind (nothing).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -158,6 +159,10 @@ class YellowDogComputeBackend(ComputeBackend):
         self.addresses.clear()
         self.describer.clear()
         return shutdown_everything(self.api, self.clusters, self.pools)
+
+    def known_secrets(self) -> dict[str, str]:
+        """The API key secrets this machine holds for the cluster (no request, nothing saved)."""
+        return credentials.known_secrets(self.api.cluster_name, os.environ)
 
     def preflight(self) -> list[Check]:
         """``raydog doctor``: the key is found and accepted; no pool outlived its cluster and no

@@ -63,15 +63,8 @@ def load(cluster_name: str, environ: Mapping[str, str], api_url: str | None) -> 
     ``api_url`` (the backend's option) overrides the source's ``YD_API_URL``. A set found
     outside the cluster's folder is written there, so that the head finds it after the upload.
     """
-    sources: list[tuple[str, Mapping[str, str | None]]] = [("the environment", environ)]
-    dotenv = Path.cwd() / DOTENV
-    if dotenv.is_file():
-        sources.append((str(dotenv), dotenv_values(dotenv)))
     saved = state.read_secret(cluster_name, SECRET_FILE)
-    if saved:
-        path = str(state.secret_path(cluster_name, SECRET_FILE))
-        sources.append((saved_source(cluster_name), _parse_saved(saved, path)))
-    for source, values in sources:
+    for source, values in _sources(cluster_name, environ):
         present = [name for name in VARIABLES if values.get(name)]
         if not present:
             continue
@@ -95,6 +88,30 @@ def load(cluster_name: str, environ: Mapping[str, str], api_url: str | None) -> 
         f"no API key: set {KEY_ID} and {KEY_SECRET} (and {API_URL}) in the environment "
         f"or in a {DOTENV} file in the working directory"
     )
+
+
+def known_secrets(cluster_name: str, environ: Mapping[str, str]) -> dict[str, str]:
+    """Every API key secret this machine holds for the cluster, by source; reads only."""
+    return {
+        f"the YellowDog API key secret ({source})": secret
+        for source, values in _sources(cluster_name, environ)
+        if (secret := values.get(KEY_SECRET))
+    }
+
+
+def _sources(
+    cluster_name: str, environ: Mapping[str, str]
+) -> list[tuple[str, Mapping[str, str | None]]]:
+    """Where a set may be, in the order ``load`` tries them."""
+    sources: list[tuple[str, Mapping[str, str | None]]] = [("the environment", environ)]
+    dotenv = Path.cwd() / DOTENV
+    if dotenv.is_file():
+        sources.append((str(dotenv), dotenv_values(dotenv)))
+    saved = state.read_secret(cluster_name, SECRET_FILE)
+    if saved:
+        path = str(state.secret_path(cluster_name, SECRET_FILE))
+        sources.append((saved_source(cluster_name), _parse_saved(saved, path)))
+    return sources
 
 
 def saved_source(cluster_name: str) -> str:
