@@ -357,6 +357,10 @@ def test_preflight_finds_compute_requirements_an_interrupted_ray_down_left_runni
     backend.launch(HEAD)
     emulator_client.settings(boot_delay=3600)  # the worker's agent never registers
     backend.launch(workers(1))
+    wait_until(
+        lambda: any(n["status"] == "BOOTING" for n in emulator_client.state()["nodes"]),
+        "the worker's instance to boot",
+    )
     emulator_client.fail(r"/compute/requirements/[^/]+/transition/", 500)
     with pytest.raises(BackendError):
         backend.shutdown()  # the pools shut down, but no compute requirement is terminated
@@ -376,6 +380,25 @@ def test_preflight_finds_compute_requirements_an_interrupted_ray_down_left_runni
         check.name for check in backend.preflight()
     }
     assert cluster_leaks(emulator_client, names.cluster) == []
+
+
+def test_preflight_reports_a_namespace_cap_below_the_cluster_and_templates_without_public_ips(
+    backends: Callable[..., YellowDogComputeBackend], emulator_client: EmulatorClient
+) -> None:
+    """`raydog doctor`: a namespace policy's autoscalingMaxNodes below what the config may run,
+    and a template whose sources assign no public IP where Ray needs one."""
+    emulator_client.settings(namespace_policies={NAMESPACE: 2}, no_public_ip_templates=[TEMPLATE])
+    spec = with_max_workers(make_spec(), head=0, cpu=5)
+    failed = {c.name: c for c in backends(spec).preflight() if not c.ok}
+    assert set(failed) == {"yellowdog namespace policy", "yellowdog public IP"}, failed
+    cap = failed["yellowdog namespace policy"]
+    assert "at most 2 node(s)" in cap.detail and "fewer than the 6" in cap.detail, cap
+    public = failed["yellowdog public IP"]
+    assert TEMPLATE in public.detail and "`use_internal_ips: true`" in public.fix, public
+    inside = backends(dataclasses.replace(spec, internal_ips=True))
+    assert [c.name for c in inside.preflight() if not c.ok] == ["yellowdog namespace policy"]
+    emulator_client.settings(namespace_policies={NAMESPACE: 6}, no_public_ip_templates=[])
+    assert [c for c in backends(spec).preflight() if not c.ok] == []
 
 
 def test_node_setup_installs_the_agent_before_the_cores_part() -> None:
@@ -1066,6 +1089,10 @@ def test_workers_whose_pool_ended_before_they_booted_end_with_the_reason(
     (head,) = backend.launch(HEAD)
     emulator_client.settings(boot_delay=3600)
     started = backend.launch(workers(2))
+    wait_until(
+        lambda: [n for n in emulator_client.state()["nodes"] if n["status"] == "BOOTING"],
+        "the workers' instances to boot",
+    )
     (pool,) = [p for p in emulator_client.live_pools() if "_cpu_" in p["name"]]
     sdk = sdk_client(emulator.url)
     try:

@@ -624,6 +624,36 @@ def test_instances_are_listed_while_booting_and_a_source_may_assign_no_public_ip
     assert node.details and node.details.privateIpAddress == running.privateIpAddress
 
 
+def test_a_namespace_policy_caps_autoscaling_and_templates_tell_their_sources_public_ips(
+    emulator: Emulator, client: PlatformClient
+) -> None:
+    """``NamespacePolicy.autoscalingMaxNodes`` (SDK; yellowdog-cli README, "Namespace
+    Policies") caps what the namespace's pools scale to; a static template lists its sources,
+    whose templates say whether they assign public IPs (``assignPublicIp``)."""
+    emulator.platform.config.namespace_policies = {NAMESPACE: 2}
+    emulator.platform.config.no_public_ip_templates = ["ydid:crt:private"]
+    policy = client.namespaces_client.get_namespace_policy(NAMESPACE)
+    assert policy.autoscalingMaxNodes == 2
+    with pytest.raises(InvalidRequestException):
+        client.namespaces_client.get_namespace_policy("unrestricted")
+    pool_id = provision(client, "capped", 0, maxNodes=5)
+    made = client.work_client.add_work_requirement(requirement("capped"))
+    tasks = client.work_client.add_tasks_to_task_group_by_id(first_group(made), [bash("x")] * 4)
+    ids = [t.id for t in tasks if t.id]
+    wait_until(
+        lambda: sum(task_status(client, i) is TaskStatus.EXECUTING for i in ids) == 2,
+        "two tasks to run",
+    )
+    time.sleep(0.3)
+    nodes = client.worker_pool_client.get_nodes(NodeSearch(workerPoolId=pool_id)).list_all()
+    assert len(nodes) == 2, "no more than the namespace's cap"
+    for template, assigns in ((TEMPLATE, True), ("ydid:crt:private", False)):
+        found = client.compute_client.get_compute_requirement_template_by_id(template)
+        (usage,) = found.sources  # type: ignore[attr-defined]
+        source = client.compute_client.get_compute_source_template(usage.sourceTemplateId).source
+        assert source.assignPublicIp is assigns  # type: ignore[attr-defined]
+
+
 def test_pool_sizes_are_limited_by_max_nodes(client: PlatformClient) -> None:
     """Every YellowDog client sets maxNodes (yellowdog-ray, yellowdog-cli); 10,000 at most."""
     pools = client.worker_pool_client

@@ -19,7 +19,7 @@ from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from raydog_backends.yellowdog import credentials
+from raydog_backends.yellowdog import credentials, doctor
 from raydog_backends.yellowdog.addresses import Addresses
 from raydog_backends.yellowdog.api import API_ERRORS, Api, is_refusal, reason
 from raydog_backends.yellowdog.cluster import (
@@ -166,7 +166,9 @@ class YellowDogComputeBackend(ComputeBackend):
 
     def preflight(self) -> list[Check]:
         """``raydog doctor``: the key is found and accepted; no pool outlived its cluster and no
-        compute requirement its pool (an interrupted ``ray down`` leaves them). Reads only."""
+        compute requirement its pool (an interrupted ``ray down`` leaves them); the namespace's
+        policy lets the cluster reach its size, and the templates give the head a public IP
+        where Ray needs one (see ``doctor``). Reads only."""
         try:
             found = self.api.credentials()
         except BackendError as exc:
@@ -204,6 +206,11 @@ class YellowDogComputeBackend(ComputeBackend):
                     "ray down removes them",
                 )
             )
+        cap = doctor.namespace_cap(self.api, self.options)
+        if cap is not None:
+            checks.append(cap)
+        if not self.spec.internal_ips:
+            checks += doctor.templates_without_public_ip(self.api, self.options)
         live_pools = {pool.name for pool in pools}
         orphans = [str(c.name) for c in computes if c.name not in live_pools]
         if orphans:

@@ -12,9 +12,13 @@ import logging
 
 from yellowdog_client.model import (
     AutoShutdown,
+    AwsInstancesComputeSource,
     ComputeRequirement,
+    ComputeRequirementStaticTemplate,
     ComputeRequirementStatus,
     ComputeRequirementSummary,
+    ComputeSourceTemplate,
+    ComputeSourceUsage,
     Instance,
     Slice,
 )
@@ -31,6 +35,10 @@ from raydog_backends.yellowdog_emulator.records import (
 )
 
 logger = logging.getLogger(__name__)
+
+
+SOURCE_SUFFIX = ":source"
+"""A template's one compute source template is its id plus this."""
 
 
 class Compute:
@@ -127,6 +135,41 @@ class Compute:
                 )
                 compute.auto_shutdown_at = None
                 self.pools.terminate(compute)
+
+    def template(self, template_id: str) -> ComputeRequirementStaticTemplate:
+        """``compute_client.get_compute_requirement_template_by_id``: one source, whose
+        template says whether it assigns public IPs."""
+        self._check_template(template_id)
+        return ComputeRequirementStaticTemplate(
+            name=template_id.rsplit(":", 1)[-1],
+            strategyType="co.yellowdog.platform.model.SingleSourceProvisionStrategy",
+            sources=[ComputeSourceUsage(sourceTemplateId=f"{template_id}{SOURCE_SUFFIX}")],
+        )
+
+    def source_template(self, source_id: str) -> ComputeSourceTemplate:
+        """``compute_client.get_compute_source_template``: an AWS source (the emulator's
+        stand-in for a cloud source) whose ``assignPublicIp`` is false for the templates named
+        in ``no_public_ip_templates`` (the SDK's default is false)."""
+        if not source_id.endswith(SOURCE_SUFFIX):
+            raise ApiError(404, f"no compute source template {source_id}")
+        template_id = source_id.removesuffix(SOURCE_SUFFIX)
+        self._check_template(template_id)
+        assigns = template_id not in self.account.config.no_public_ip_templates
+        source = AwsInstancesComputeSource(
+            name="emulated",
+            credential="emulated",
+            region="emulated",
+            securityGroupId="emulated",
+            instanceType="emulated",
+            imageId="emulated",
+            assignPublicIp=assigns,
+        )
+        return ComputeSourceTemplate(source=source)
+
+    def _check_template(self, template_id: str) -> None:
+        templates = self.account.config.templates
+        if templates is not None and template_id not in templates:
+            raise ApiError(404, f"no compute requirement template {template_id!r}")
 
     def fail_provisioning(self, template_id: str | None, reason: str) -> None:
         """From now on, provisioning from ``template_id`` (None: any template) fails."""

@@ -19,6 +19,7 @@ from yellowdog_client.model import (
     ComputeRequirementStatus,
     ComputeRequirementTemplateUsage,
     ComputeSourceStatus,
+    NamespacePolicy,
     NodeStatus,
     ProvisionedWorkerPool,
     ProvisionedWorkerPoolProperties,
@@ -241,7 +242,30 @@ class Pools:
         busy = sum(n.task_id is not None or bool(n.queue) for n in nodes)
         demand = busy + self.account.waiting_for(pool)
         wanted = min(max(demand, pool.properties.minNodes or 0), pool.max_nodes)
+        if wanted > len(nodes):
+            wanted = min(wanted, len(nodes) + self._room_in_namespace(pool))
         return max(pool.pool.expectedNodeCount, wanted)
+
+    def _room_in_namespace(self, pool: PoolRecord) -> int:
+        """How many more nodes the namespace's policy lets its pools scale to
+        (``NamespacePolicy.autoscalingMaxNodes``); unlimited without a policy."""
+        cap = self.account.config.namespace_policies.get(pool.pool.namespace or "")
+        if cap is None:
+            return MAX_NODES_PER_POOL
+        used = sum(
+            len(self.account.pool_nodes(p))
+            for p in self.account.pools.values()
+            if p.live and p.pool.namespace == pool.pool.namespace
+        )
+        return max(0, cap - used)
+
+    def namespace_policy(self, namespace: str) -> NamespacePolicy:
+        """``namespaces_client.get_namespace_policy``; a namespace without one is a 404 (what
+        the platform answers then is not published: the stricter choice)."""
+        cap = self.account.config.namespace_policies.get(namespace)
+        if cap is None:
+            raise ApiError(404, f"namespace {namespace} has no policy")
+        return NamespacePolicy(namespace=namespace, autoscalingMaxNodes=cap)
 
     def _provisions(self, pool: PoolRecord, compute: ComputeRecord) -> bool:
         """Whether instances can be had from the template now. If not, the reason shows as the

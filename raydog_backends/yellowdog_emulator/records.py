@@ -105,6 +105,9 @@ class EmulatorConfig:
     no_public_ip_templates: list[str] = field(default_factory=list)
     """Compute requirement templates whose sources assign no public IP (``assignPublicIp``
     defaults to false in the SDK's cloud source models): their instances never list one."""
+    namespace_policies: dict[str, int] = field(default_factory=dict)
+    """Namespace -> its policy's ``autoscalingMaxNodes``: the most nodes pools in it scale to
+    (SDK ``NamespacePolicy``; yellowdog-cli README, "Namespace Policies")."""
     slice_size: int = 100
     """Items per slice when a search does not ask for a size."""
     fail_tasks_of_lost_nodes: bool = True

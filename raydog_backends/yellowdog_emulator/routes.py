@@ -1,8 +1,8 @@
 """The REST subset of YellowDog the emulator serves: method, path pattern, and what it does.
 
 Paths and JSON are the SDK's own (``yellowdog_client``'s service proxies: ``/work/``,
-``/workerPools/``, ``/compute/``). The first pattern that matches a request's path wins, so the
-more specific ones come first.
+``/workerPools/``, ``/compute/``, ``/namespaces/``). The first pattern that matches a request's
+path wins, so the more specific ones come first.
 """
 
 from __future__ import annotations
@@ -76,6 +76,13 @@ _TABLE: list[tuple[str, str, Handler]] = [
     ("PUT", f"/compute/requirements/{ID}/transition/(?P<status>[A-Z_]+)",
         lambda p, m, q, b: p.compute.transition(m["id"], m["status"])),
     ("GET", "/compute/instances", lambda p, m, q, b: p.compute.search_instances(q)),
+    ("GET", f"/compute/templates/requirements/{ID}", lambda p, m, q, b: p.compute.template(
+        m["id"])),
+    ("GET", f"/compute/templates/sources/{ID}", lambda p, m, q, b: p.compute.source_template(
+        m["id"])),
+    # namespaces_client
+    ("GET", "/namespaces/(?P<ns>[^/]+)/policy", lambda p, m, q, b: p.pools.namespace_policy(
+        m["ns"])),
 ]  # fmt: skip
 
 ROUTES: list[tuple[str, re.Pattern[str], Handler]] = [
