@@ -192,6 +192,8 @@ def test_a_server_that_is_not_installed_fails_the_run_naming_its_package(
 def test_every_operation_is_one_round_trip_whatever_the_number_of_nodes(
     server: KeyValueServer, store_class: type[KeyValueTagStore]
 ) -> None:
+    """From the first call on a fresh connection: connect loads the scripts (a fresh server has
+    none, and EVALSHA, NOSCRIPT, load would be three round trips)."""
     with DelayProxy(server.port, latency=0.02) as proxy:
         store = head_store(store_class, f"round-trips-{uuid.uuid4().hex}", proxy.port)
         try:

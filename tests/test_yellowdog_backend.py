@@ -875,9 +875,15 @@ def test_a_node_missing_from_one_node_search_is_not_declared_gone(
     wait_until(lambda: running(backend, [head, *started]), "the cluster to run")
     node_of = {t["id"]: t["node_id"] for t in emulator_client.state()["tasks"]}
     for task in (head, started[0]):
+        left_out = emulator_client.searches_with_a_node_left_out()
         emulator_client.hide_node_from_searches(node_of[task], times=1)
-        time.sleep(0.02)
-        assert running(backend, [head, *started]), "a node missing from one search"
+
+        def search_left_it_out() -> bool:
+            """Each describe, that of the search that left the node out included."""
+            assert running(backend, [head, *started]), "a node missing from one search"
+            return emulator_client.searches_with_a_node_left_out() > left_out  # noqa: B023
+
+        wait_until(search_left_it_out, "a node search that leaves the node out")
     statuses = {t["id"]: t["status"] for t in emulator_client.state()["tasks"]}
     assert {statuses[t] for t in (head, *started)} == {"EXECUTING"}
 

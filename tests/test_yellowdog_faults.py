@@ -10,7 +10,6 @@ failures and inconsistent node searches get scenarios of their own.
 from __future__ import annotations
 
 import re
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -54,13 +53,15 @@ class Matrix:
     calls: list[str] = field(default_factory=list)
     scenarios: int = 0
     hit: int = 0
+    unreached: int = 0
     leaks: list[str] = field(default_factory=list)
 
     def report(self) -> str:
         distinct = len(dict.fromkeys(self.calls))
         return (
             f"{self.phase}: {len(self.calls)} API calls ({distinct} distinct); "
-            f"{self.scenarios} scenarios, {self.hit} hit their step, {len(self.leaks)} leaks"
+            f"{self.scenarios} scenarios, {self.hit} hit their step, {self.unreached} ended "
+            f"before it, {len(self.leaks)} leaks"
         )
 
 
@@ -221,8 +222,9 @@ class Scenarios:
         ray_down(spec)
         return calls
 
-    def run(self, step: int, kind: str) -> tuple[bool, list[str]]:
-        """One scenario; whether it hit its step, and what leaked."""
+    def run(self, step: int, kind: str) -> tuple[bool, bool, list[str]]:
+        """One scenario: whether its run made ``step`` calls, whether the fault hit the
+        ``step``-th, and what leaked."""
         spec = self.fresh_cluster()
         cluster = slug(spec.cluster_name) or ""
         before = self.client.request_count()
@@ -242,10 +244,11 @@ class Scenarios:
             finally:
                 self.client.clear_faults()
         if kind.startswith("interrupted"):
-            hit = interrupt.fired
+            reached, hit = interrupt.count >= step, interrupt.fired
         else:
-            hit = any(r["status"] == 503 for r in self.client.requests(before))
-        return hit, self.leaks(spec, cluster, kind, launched, failed)
+            served = self.client.requests(before)
+            reached, hit = len(served) >= step, any(r["status"] == 503 for r in served)
+        return reached, hit, self.leaks(spec, cluster, kind, launched, failed)
 
     def leaks(
         self, spec: ClusterSpec, cluster: str, kind: str, launched: list[str], failed: bool
@@ -258,8 +261,11 @@ class Scenarios:
             elif not launched:
                 leaks.append("the head launch neither failed nor returned a node")
         else:
+            # Interrupted once its tasks were added, a launch cancels them; the pool may have
+            # grown for them meanwhile (it scales itself to its tasks, yellowdog-cli README),
+            # and those nodes end through its idle shutdown: not capacity the backend asked for.
             if (
-                not kind.startswith("interrupted")
+                kind != "interrupted after the answer"
                 and (extra := stray_capacity(self.client, cluster)) > 0
             ):
                 leaks.append(f"after the failure: {extra} node(s) asked for with no task")
@@ -274,50 +280,71 @@ class Scenarios:
 
 
 def run_matrix(
-    emulator: Emulator, name: str, with_head: bool, phase: Phase, capsys: pytest.CaptureFixture[str]
+    emulator: Emulator,
+    name: str,
+    with_head: bool,
+    phase: Phase,
+    kind: str,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
+    """Each API call of ``phase`` meets a fault of ``kind`` in turn: every scenario must hit its
+    call, and leave nothing behind."""
     emulator.platform.config.provision_delay = 0.0
     emulator.platform.config.task_start_delay = 0.0
     emulator.platform.config.boot_delay = 0.02
     scenarios = Scenarios(emulator, with_head, phase)
-    matrix = Matrix(name, scenarios.record())
+    matrix = Matrix(f"{name}, {kind}", scenarios.record())
     assert matrix.calls, "the phase made no API call"
-    for kind in KINDS:
-        for step in range(1, len(matrix.calls) + 1):
-            hit, leaks = scenarios.run(step, kind)
-            matrix.scenarios += 1
-            matrix.hit += hit
-            where = matrix.calls[step - 1]
-            matrix.leaks += [f"call {step} ({where}) {kind}: {leak}" for leak in leaks]
+    missed = []
+    for step in range(1, len(matrix.calls) + 1):
+        where = f"call {step} ({matrix.calls[step - 1]})"
+        reached, hit, leaks = scenarios.run(step, kind)
+        matrix.scenarios += 1
+        matrix.hit += hit
+        # The last calls depend on how far the nodes booted meanwhile: a run may end before
+        # its step (the report counts those); one that made the call must have met the fault.
+        matrix.unreached += not reached
+        if reached and not hit:
+            missed.append(where)
+        matrix.leaks += [f"{where} {kind}: {leak}" for leak in leaks]
     with capsys.disabled():
         print(f"\n[yellowdog fault matrix] {matrix.report()}")
         print(f"[yellowdog fault matrix] {name} calls: {', '.join(matrix.calls)}")
     assert matrix.leaks == [], "\n".join(matrix.leaks)
-    assert matrix.hit >= matrix.scenarios * 2 // 3, "most scenarios must hit their step"
+    assert missed == [], f"scenarios that made their call but met no fault: {missed}"
+    assert matrix.hit >= matrix.scenarios - 2, "only the last calls may be left unreached"
 
 
+@pytest.mark.parametrize("kind", KINDS)
 def test_a_head_launch_cleans_up_after_any_failed_or_interrupted_call(
-    emulator: Emulator, yd_env: str, capsys: pytest.CaptureFixture[str]
+    emulator: Emulator, yd_env: str, kind: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    run_matrix(emulator, "head launch", False, head_launch, capsys)
+    run_matrix(emulator, "head launch", False, head_launch, kind, capsys)
 
 
+@pytest.mark.parametrize("kind", KINDS)
 def test_a_worker_scale_up_leaves_nothing_after_ray_down(
-    emulator: Emulator, yd_env: str, capsys: pytest.CaptureFixture[str]
+    emulator: Emulator, yd_env: str, kind: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    run_matrix(emulator, "worker scale-up", True, worker_scale_up, capsys)
+    run_matrix(emulator, "worker scale-up", True, worker_scale_up, kind, capsys)
 
 
+@pytest.mark.parametrize("kind", KINDS)
 def test_ray_up_through_the_node_provider_cleans_up_after_any_failed_or_interrupted_call(
-    emulator: Emulator, yd_env: str, capsys: pytest.CaptureFixture[str]
+    emulator: Emulator, yd_env: str, kind: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    run_matrix(emulator, "ray up via the provider", False, ray_up_through_the_provider, capsys)
+    run_matrix(
+        emulator, "ray up via the provider", False, ray_up_through_the_provider, kind, capsys
+    )
 
 
+@pytest.mark.parametrize("kind", KINDS)
 def test_a_scale_up_through_the_node_provider_leaves_nothing_after_ray_down(
-    emulator: Emulator, yd_env: str, capsys: pytest.CaptureFixture[str]
+    emulator: Emulator, yd_env: str, kind: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    run_matrix(emulator, "scale-up via the provider", True, scale_up_through_the_provider, capsys)
+    run_matrix(
+        emulator, "scale-up via the provider", True, scale_up_through_the_provider, kind, capsys
+    )
 
 
 def test_the_matrix_catches_a_backend_that_does_not_clean_up(
@@ -329,7 +356,7 @@ def test_the_matrix_catches_a_backend_that_does_not_clean_up(
     scenarios = Scenarios(emulator, False, head_launch)
     calls = scenarios.record()
     step = calls.index("POST /work/taskGroups/{id}/tasks") + 1
-    hit, leaks = scenarios.run(step, "failing")
+    _, hit, leaks = scenarios.run(step, "failing")
     assert hit and any(leak.startswith("after the failure: worker pool") for leak in leaks)
 
 
@@ -382,11 +409,16 @@ def test_inconsistent_node_searches_end_no_node_and_leave_nothing_after_ray_down
         lambda: sum(n.state.value == "running" for n in backend.describe()) == 4,
         "the cluster to run",
     )
+    left_out = client.searches_with_a_node_left_out()
     client.hide_node_from_searches(None, times=10)
-    for _ in range(10):
-        time.sleep(0.02)  # each describe is due a node search
+
+    def ten_searches_left_a_node_out() -> bool:
+        """Each describe, those of the 10 inconsistent searches included."""
         nodes = {n.node_id: n for n in backend.describe()}
         assert {nodes[n].state.value for n in (head, *started)} == {"running"}
+        return client.searches_with_a_node_left_out() >= left_out + 10
+
+    wait_until(ten_searches_left_a_node_out, "10 node searches that leave a node out")
     assert live_tasks(client, slug(spec.cluster_name) or "") == {head, *started}
     backend.close()
     ray_down(spec)

@@ -359,18 +359,22 @@ class KeyValueTagStore(TagStore):
             int(kwargs.get("port", 0)),
         )
         self._client = client
-        self._scripts = {
-            name: client.register_script(source)
-            for name, source in (
-                ("load_all", _LOAD_ALL),
-                ("update", _UPDATE),
-                ("delete", _DELETE),
-                ("changes", _CHANGES),
-            )
+        sources = {
+            "load_all": _LOAD_ALL,
+            "update": _UPDATE,
+            "delete": _DELETE,
+            "changes": _CHANGES,
         }
+        self._scripts = {name: client.register_script(source) for name, source in sources.items()}
         try:
             with self._errors("connect"):
-                client.ping()
+                # The scripts are loaded with the first ping, in the same round trip: else each
+                # one's first call is EVALSHA, NOSCRIPT, load (again after a server restart).
+                check = client.pipeline(transaction=False)
+                check.ping()
+                for source in sources.values():
+                    check.script_load(source)
+                check.execute()
             self._refuse_eviction(client)
         except RayDogError:
             self.close()

@@ -46,6 +46,10 @@ class EmulatorClient:
     def request_count(self) -> int:
         return int(self.state()["request_count"])
 
+    def searches_with_a_node_left_out(self) -> int:
+        """How many node searches :meth:`hide_node_from_searches` has changed so far."""
+        return int(self.state()["searches_with_a_node_left_out"])
+
     def live_work_requirements(self) -> list[dict[str, Any]]:
         return [r for r in self.state()["work_requirements"] if r["live"]]
 

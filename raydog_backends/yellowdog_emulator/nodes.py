@@ -59,6 +59,8 @@ class Nodes:
         self._numbers = itertools.count(1)
         self.hidden: dict[str | None, int] = {}
         """Node ids (None: whichever comes first) left out of the next node searches."""
+        self.searches_with_a_node_left_out = 0
+        """So that a test knows the search it arranged happened."""
 
     # --- the API -------------------------------------------------------------------------
 
@@ -87,6 +89,7 @@ class Nodes:
                 self.hidden[key] -= 1
                 if not self.hidden[key]:
                     del self.hidden[key]
+                self.searches_with_a_node_left_out += 1
                 logger.info("emulator: node %s left out of a node search", node.id)
                 return [n for n in found if n is not node]
         return found

@@ -269,7 +269,11 @@ def _control(
     platform, api = emulator.platform, emulator.api
     try:
         if (method, path) == ("GET", "/emulator/state"):
-            return 200, {**platform.snapshot(), "request_count": len(api.requests)}
+            return 200, {
+                **platform.snapshot(),
+                "request_count": len(api.requests),
+                "searches_with_a_node_left_out": platform.nodes.searches_with_a_node_left_out,
+            }
         if (method, path) == ("GET", "/emulator/requests"):
             since = int((query.get("since") or ["0"])[0])
             return 200, {"requests": api.served(since)}
