@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -233,8 +234,11 @@ def test_clusters_without_a_port_each_get_their_own_and_serve_side_by_side(
     supervise: Callable[..., Supervised],
 ) -> None:
     """Two local clusters on one machine: each head's server on a port of its cluster's."""
-    ports = {cluster: default_port(cluster) for cluster in ("left-cluster", "right-cluster")}
-    assert len(set(ports.values())) == 2
+    ports: dict[str, int] = {}
+    while len(ports) < 2:  # fresh names (other runs may share the machine), distinct ports
+        cluster = f"side-{uuid.uuid4().hex[:8]}"
+        if default_port(cluster) not in ports.values():
+            ports[cluster] = default_port(cluster)
     for cluster, port in ports.items():
         state.cluster_secret(cluster, PASSWORD_SECRET)
         assert ValkeyTagStore(cluster).head_port == port
