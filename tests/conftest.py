@@ -22,13 +22,12 @@ SHARED_SCOPES = ("class", "module", "package")
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Keep on one xdist worker what must not be split, so that a new test is parallel-safe
     without marks: tests sharing a class-, module- or package-scoped fixture (it is set up once,
-    on that worker), and every ``e2e`` test (one real Ray cluster at a time; they are also the
-    slowest, so their group starts first). A test's own ``xdist_group`` mark wins."""
+    on that worker; an end-to-end module's cluster, for one). The ``e2e`` tests, the slowest
+    (they wait on Ray's autoscaler more than they compute), start first. A test's own
+    ``xdist_group`` mark wins."""
     for item in items:
         if item.get_closest_marker("xdist_group") is None:
             group = shared_fixture_group(item)
-            if item.get_closest_marker("e2e") is not None:
-                group = "e2e"
             if group is not None:
                 item.add_marker(pytest.mark.xdist_group(group))
         if getattr(config.option, "loadgroup", False):
