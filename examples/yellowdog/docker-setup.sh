@@ -19,7 +19,8 @@ fi
 
 if [ ! -d /opt/yellowdog/agent ]; then
   # The agent's user as its installer would make it (home /opt/yellowdog/agent), in the docker
-  # group; then the installer, which starts the agent at once.
+  # group; then the installer, which starts the agent at once. (YellowDog's earlier installer made
+  # the user only if missing; the current one installs a package, untested with a user made first.)
   id yd-agent >/dev/null 2>&1 || useradd --system --user-group --create-home \
     --home-dir /opt/yellowdog/agent --shell /bin/bash yd-agent
   usermod -aG docker yd-agent
