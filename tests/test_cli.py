@@ -71,6 +71,10 @@ def test_node_setup_pins_the_clients_versions_and_key(tmp_path: Path) -> None:
     assert "'raydog" not in head.stdout and "'raydog" not in worker.stdout  # wheels, not an index
     public = (tmp_path / "id_ed25519.pub").read_text().strip()
     assert public in head.stdout and "RAYDOG_USER=ubuntu" in head.stdout
+    # The key is in place before the long installs, so `ray up` is not refused meanwhile; uv
+    # keeps the Python it downloads out of root's home (tasks run as another user).
+    assert head.stdout.index("authorized_keys") < head.stdout.index("uv venv")
+    assert "UV_PYTHON_INSTALL_DIR=/opt/raydog/python" in head.stdout
     assert "PRIVATE KEY" not in head.stdout
     syntax = subprocess.run(["bash", "-n"], input=head.stdout, text=True, capture_output=True)
     assert syntax.returncode == 0, syntax.stderr
