@@ -17,7 +17,14 @@ from typing import TYPE_CHECKING
 from raydog_core import config as raydog_config
 from raydog_core import plugins, starter, user_input, validation
 from raydog_core.errors import ConfigErrors, RayDogError
-from raydog_core.interfaces import Check, NodeState
+from raydog_core.interfaces import (
+    Check,
+    ComputeBackend,
+    Fleet,
+    FleetCluster,
+    NodeState,
+    offers_fleet,
+)
 
 if TYPE_CHECKING:
     from raydog_core.provider import RayDogNodeProvider
@@ -83,8 +90,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     status.add_argument("config", type=Path)
 
+    def fleet_options(command: argparse.ArgumentParser) -> None:
+        command.add_argument(
+            "--namespace",
+            help="where to look (default: the config next to you, else the backend's)",
+        )
+        command.add_argument(
+            "--compute",
+            help="the compute backend (default: the one of ./cluster.yaml, else "
+            f"{raydog_config.DEFAULT_PLUGINS['compute']})",
+        )
+
+    clusters = commands.add_parser(
+        "clusters", help="every RayDog cluster a compute backend can see, without a config"
+    )
+    fleet_options(clusters)
+    clusters.add_argument("--json", action="store_true", help="the same, as one JSON document")
+
+    shutdown = commands.add_parser(
+        "shutdown", help="end a cluster, or every failed run's leftovers, without its config"
+    )
+    shutdown.add_argument("name", nargs="?", help="the cluster, as `raydog clusters` names it")
+    shutdown.add_argument(
+        "--leftovers", action="store_true", help="end every cluster whose head is not alive"
+    )
+    fleet_options(shutdown)
+    shutdown.add_argument("--yes", action="store_true", help="do not ask")
+
     args = parser.parse_args(argv)
     try:
+        if args.command == "clusters":
+            return _clusters(args)
+        if args.command == "shutdown":
+            return _shutdown(args)
         if args.command == "plugins":
             return _plugins()
         if args.command == "validate":
@@ -435,6 +473,101 @@ def _status(path: Path) -> int:
     if not described and not stored:
         print("no nodes")
     provider.close()
+    return 0
+
+
+NEARBY_CONFIG = Path("cluster.yaml")
+"""The config the fleet commands take their backend and its options from, when it exists."""
+
+
+def _open_fleet(namespace: str | None, compute: str | None) -> Fleet:
+    """The fleet of the backend asked for (or ./cluster.yaml's), with that config's options."""
+    options: Mapping[str, object] = {}
+    name = compute
+    if NEARBY_CONFIG.is_file():
+        parsed = raydog_config.parse(validation.load_file(NEARBY_CONFIG))
+        if name is None or name == parsed.compute.name:
+            name, options = parsed.compute.name, parsed.compute.options
+    name = name or raydog_config.DEFAULT_PLUGINS["compute"]
+    backend: type[ComputeBackend] = plugins.load("compute", name, "--compute")
+    if not offers_fleet(backend):
+        raise RayDogError(
+            f"the {name} compute backend cannot list or end clusters without their config "
+            "(it does not implement ComputeBackend.fleet)"
+        )
+    return backend.fleet(namespace, options)
+
+
+def _age(seconds: float) -> str:
+    minutes = int(max(seconds, 0) // 60)
+    return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m"
+
+
+def _cluster_lines(cluster: FleetCluster, now: float) -> list[str]:
+    nodes = ", ".join(
+        f"{node_type}: " + " ".join(f"{count} {state}" for state, count in sorted(states.items()))
+        for node_type, states in sorted(cluster.nodes.items())
+    )
+    age = _age(now - cluster.started) if cluster.started is not None else "?"
+    left = _age(cluster.ends - now) if cluster.ends is not None else "-"
+    lines = [
+        f"{cluster.name}  {cluster.state}  head {cluster.head_address or '-'}  age {age}  "
+        f"lifetime left {left}",
+        f"    nodes: {nodes or 'none'}",
+    ]
+    lines += [f"    costs: {item}" for item in cluster.billable]
+    return lines
+
+
+def _clusters(args: argparse.Namespace) -> int:
+    import time
+
+    fleet = _open_fleet(args.namespace, args.compute)
+    try:
+        found = sorted(fleet.clusters(), key=lambda cluster: cluster.name)
+    finally:
+        fleet.close()
+    if args.json:
+        document = {"where": fleet.where, "clusters": [dataclasses.asdict(c) for c in found]}
+        print(json.dumps(document, indent=2))
+        return 0
+    now = time.time()
+    print(f"{len(found)} cluster(s) in {fleet.where}")
+    for cluster in found:
+        print("\n".join(_cluster_lines(cluster, now)))
+    return 0
+
+
+def _shutdown(args: argparse.Namespace) -> int:
+    import time
+
+    if bool(args.name) == bool(args.leftovers):
+        raise RayDogError("raydog shutdown: give a cluster's NAME or --leftovers (one of them)")
+    fleet = _open_fleet(args.namespace, args.compute)
+    try:
+        found = fleet.clusters()
+        if args.leftovers:
+            chosen = [c for c in found if c.state == "leftovers"]
+        else:
+            chosen = [c for c in found if c.name == args.name]
+            if not chosen:
+                print(f"nothing to end: no cluster {args.name!r} in {fleet.where}")
+                return 0
+        if not chosen:
+            print(f"nothing to end: no leftovers in {fleet.where}")
+            return 0
+        now = time.time()
+        print(f"to end in {fleet.where}:")
+        for cluster in chosen:
+            print("\n".join(_cluster_lines(cluster, now)))
+        if not args.yes and input("end them? [y/N] ").strip().lower() not in ("y", "yes"):
+            print("nothing ended")
+            return 1
+        for cluster in chosen:
+            ended = fleet.shutdown(cluster.name)
+            print(f"ended {cluster.name}: {', '.join(ended) or 'nothing was left'}")
+    finally:
+        fleet.close()
     return 0
 
 

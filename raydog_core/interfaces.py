@@ -271,6 +271,51 @@ class LaunchRequest:
     reports it back in :attr:`NodeInfo.launch_config`."""
 
 
+CLUSTER_STATES = ("running", "shutting down", "leftovers")
+"""What :attr:`FleetCluster.state` may say: a live head; only objects already ending; objects
+that still cost money with no live head (a failed or interrupted run)."""
+
+
+@dataclass(frozen=True)
+class FleetCluster:
+    """One cluster a compute backend can see, found without its config (``raydog clusters``)."""
+
+    name: str
+    """The name ``raydog shutdown`` takes (the backend's form of the cluster's name)."""
+    state: str
+    """One of :data:`CLUSTER_STATES`."""
+    head_address: str | None = None
+    nodes: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
+    """Node type -> node state (``NodeState`` values) -> how many."""
+    started: float | None = None
+    """When the cluster was made, in seconds since the epoch (None: unknown)."""
+    ends: float | None = None
+    """When the last of what it runs ends by itself (its lifetime), in seconds since the epoch."""
+    billable: tuple[str, ...] = ()
+    """What still costs money or holds the machine, one line each (``worker pool x (RUNNING)``)."""
+
+
+class Fleet(ABC):
+    """Optional (ComputeBackend interface 2): every cluster of one backend that this machine's
+    credentials can see, and how to end one, without its config (``raydog clusters`` and
+    ``raydog shutdown``). Only the backend's own objects are listed or touched."""
+
+    where: str = ""
+    """Where it looks, for messages (``YellowDog namespace ns``)."""
+
+    @abstractmethod
+    def clusters(self) -> list[FleetCluster]:
+        """Every cluster with something left (running, ending, or leftovers); reads only."""
+
+    @abstractmethod
+    def shutdown(self, name: str) -> list[str]:
+        """End the cluster ``name`` as ``ComputeBackend.shutdown`` does; what was ended
+        (empty when nothing was left). Idempotent. Raises ``BackendError`` naming what failed."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
+        """Release clients."""
+
+
 class ComputeBackend(ABC):
     """Where nodes come from. One instance per provider; the core serialises nothing here,
     so methods may be called from several threads at once and must be safe for that.
@@ -358,3 +403,17 @@ class ComputeBackend(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
         """Optional: release clients and threads (not the cluster's nodes)."""
+
+    @classmethod
+    def fleet(cls, namespace: str | None, options: Mapping[str, Any]) -> Fleet:
+        """Optional (ComputeBackend interface 2): the :class:`Fleet` of this backend.
+
+        ``namespace``: where to look, as the user named it (None: from ``options``, else the
+        backend's default; backends without namespaces ignore it). ``options``: the backend's
+        options from the config next to the user ({} when there is none). No I/O here."""
+        raise NotImplementedError
+
+
+def offers_fleet(backend: type[ComputeBackend]) -> bool:
+    """Whether ``backend`` implements the optional :meth:`ComputeBackend.fleet`."""
+    return backend.fleet.__func__ is not ComputeBackend.fleet.__func__  # type: ignore[attr-defined]

@@ -52,6 +52,8 @@ class Api:
         self.cluster_name = cluster_name
         self.api_url = api_url
         self.max_attempts = max_attempts
+        self.save_credentials = True
+        """Whether the credentials found are copied to the cluster's folder (for its head)."""
         self._lock = threading.Lock()
         self._clients: dict[int, PlatformClient] = {}
 
@@ -66,7 +68,7 @@ class Api:
         return self._client(1)
 
     def credentials(self) -> credentials.Credentials:
-        return credentials.load(self.cluster_name, os.environ, self.api_url)
+        return credentials.load(self.cluster_name, os.environ, self.api_url, self.save_credentials)
 
     def _client(self, attempts: int) -> PlatformClient:
         with self._lock:

@@ -29,12 +29,20 @@ from raydog_backends.yellowdog.cluster import (
     Clusters,
 )
 from raydog_backends.yellowdog.describe import Describer
+from raydog_backends.yellowdog.fleet import fleet as fleet_of
 from raydog_backends.yellowdog.launch import Launcher
 from raydog_backends.yellowdog.options import DEFAULT_LIFETIME_HOURS, Options, userdata_of
 from raydog_backends.yellowdog.pools import Pools
 from raydog_backends.yellowdog.teardown import shutdown_everything
 from raydog_core.errors import BackendError
-from raydog_core.interfaces import Check, ClusterSpec, ComputeBackend, LaunchRequest, NodeInfo
+from raydog_core.interfaces import (
+    Check,
+    ClusterSpec,
+    ComputeBackend,
+    Fleet,
+    LaunchRequest,
+    NodeInfo,
+)
 
 if TYPE_CHECKING:
     pass
@@ -246,3 +254,8 @@ class YellowDogComputeBackend(ComputeBackend):
 
     def close(self) -> None:
         self.api.close()
+
+    @classmethod
+    def fleet(cls, namespace: str | None, options: Mapping[str, Any]) -> Fleet:
+        """Every RayDog cluster of the namespace, without a config (see ``fleet``)."""
+        return fleet_of(cls, namespace, options)

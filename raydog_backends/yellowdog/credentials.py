@@ -57,11 +57,14 @@ class Credentials:
         return json.dumps({KEY_ID: self.key_id, KEY_SECRET: self.secret, API_URL: self.url})
 
 
-def load(cluster_name: str, environ: Mapping[str, str], api_url: str | None) -> Credentials:
+def load(
+    cluster_name: str, environ: Mapping[str, str], api_url: str | None, save: bool = True
+) -> Credentials:
     """The first source that has any of the variables gives all of them.
 
     ``api_url`` (the backend's option) overrides the source's ``YD_API_URL``. A set found
-    outside the cluster's folder is written there, so that the head finds it after the upload.
+    outside the cluster's folder is written there (unless not ``save``: the fleet commands
+    look at clusters they did not start), so that the head finds it after the upload.
     """
     saved = state.read_secret(cluster_name, SECRET_FILE)
     for source, values in _sources(cluster_name, environ):
@@ -80,7 +83,7 @@ def load(cluster_name: str, environ: Mapping[str, str], api_url: str | None) -> 
         else:
             url, url_source = values.get(API_URL) or DEFAULT_URL, source
         found = Credentials(key_id, secret, checked_url(url, url_source), source)
-        if saved != found.saved_form():
+        if save and saved != found.saved_form():
             state.write_secret(cluster_name, SECRET_FILE, found.saved_form())
         logger.debug("YellowDog API key %s from %s, API at %s", key_id, source, url)
         return found

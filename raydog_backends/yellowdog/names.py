@@ -192,3 +192,30 @@ class ClusterNames:
         if len(parts) == 4 and parts[0] == self.cluster and _STAMP.fullmatch(parts[2]):
             return parts[2]
         return None
+
+
+@dataclass(frozen=True)
+class ParsedName:
+    """What a RayDog name says of its object, read without the cluster's config."""
+
+    cluster: str
+    generation: str
+    node_type: str | None
+    """The node type's slug (a pool or compute requirement); None for a work requirement."""
+
+
+def parse_name(name: str | None) -> ParsedName | None:
+    """A work requirement's (``<cluster>_<generation>``) or a pool's or its compute
+    requirement's (``<cluster>_<generation>_<node type>_<pool stamp>``) name, read; None for
+    a name RayDog does not make."""
+    parts = (name or "").split(SEPARATOR)
+    if len(parts) not in (2, 4) or not all(_SLUG.fullmatch(p) for p in parts[:1] + parts[2:3]):
+        return None
+    if not all(_STAMP.fullmatch(p) for p in parts[1::2]):
+        return None
+    return ParsedName(parts[0], parts[1], parts[2] if len(parts) == 4 else None)
+
+
+def stamp_time(text: str) -> float:
+    """The time a :func:`stamp` was taken, in seconds since the epoch."""
+    return int(text, 36) / 10

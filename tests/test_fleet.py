@@ -1,0 +1,149 @@
+"""The fleet commands (``raydog clusters``, ``raydog shutdown``): every cluster a compute
+backend can see, and ending one or every failed run's leftovers, without a config."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from raydog_backends.yellowdog.launch import Launcher
+from raydog_backends.yellowdog.names import ClusterNames
+from raydog_backends.yellowdog_emulator import EmulatorClient
+from raydog_core import cli
+from raydog_core.interfaces import LaunchRequest
+from tests.yellowdog_fixtures import NAMESPACE, make_backend, make_spec
+
+pytest_plugins = ["tests.yellowdog_fixtures"]
+
+HEAD = LaunchRequest("head", 1, True)
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
+    capsys.readouterr()  # what came before (a launch's progress lines)
+    code = cli.main(list(argv))
+    return code, capsys.readouterr().out
+
+
+def clusters(capsys: pytest.CaptureFixture[str], *extra: str) -> dict[str, Any]:
+    code, out = run(capsys, "clusters", "--compute", "yellowdog", "--json", *extra)
+    assert code == 0
+    return {cluster["name"]: cluster for cluster in json.loads(out)["clusters"]}
+
+
+def interrupted_ray_up(monkeypatch: pytest.MonkeyPatch, cluster_name: str) -> None:
+    """A `ray up` killed after its head's pool was made: nothing undone, no head task."""
+
+    def killed(*_: object, **__: object) -> list[str]:
+        raise KeyboardInterrupt
+
+    backend = make_backend(make_spec(cluster_name))
+    with monkeypatch.context() as patch:
+        patch.setattr(Launcher, "_add_tasks", killed)
+        patch.setattr(Launcher, "_undo_head", lambda *_: [])
+        with pytest.raises(KeyboardInterrupt):
+            backend.launch(HEAD)
+    backend.close()
+
+
+def test_clusters_and_shutdown_find_and_end_yellowdog_clusters_without_their_config(
+    yd_env: str,
+    emulator_client: EmulatorClient,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    running = make_backend(make_spec("fleet-running"))
+    running.launch(HEAD)
+    running.close()
+    interrupted_ray_up(monkeypatch, "fleet-failed")
+
+    found = clusters(capsys, "--namespace", NAMESPACE)
+    assert {name: c["state"] for name, c in found.items()} == {
+        "fleet-running": "running",
+        "fleet-failed": "leftovers",
+    }
+    assert found["fleet-running"]["head_address"]
+    assert found["fleet-running"]["nodes"] == {"head": {"running": 1}}
+    assert found["fleet-running"]["ends"] > found["fleet-running"]["started"]
+    assert any("worker pool fleet-failed_" in item for item in found["fleet-failed"]["billable"])
+
+    code, out = run(capsys, "shutdown", "--leftovers", "--namespace", NAMESPACE, "--yes")
+    assert (
+        code == 0
+        and "ended fleet-failed: " in out
+        and "fleet-running" not in out.split("ended")[-1]
+    )
+    left = [leak.split(" ")[2] for leak in emulator_client.leaks()]
+    assert left and all(name.startswith("fleet-running_") for name in left), left
+    assert set(clusters(capsys, "--namespace", NAMESPACE)) == {"fleet-running"}
+
+    code, out = run(capsys, "shutdown", "fleet-running", "--namespace", NAMESPACE, "--yes")
+    assert code == 0 and "ended fleet-running: work requirement fleet-running_" in out
+    assert emulator_client.leaks() == []
+    assert clusters(capsys, "--namespace", NAMESPACE) == {}
+
+    code, out = run(capsys, "shutdown", "fleet-running", "--namespace", NAMESPACE, "--yes")
+    assert code == 0 and "nothing to end" in out
+
+
+def test_shutdown_asks_first_and_ends_nothing_unless_told_yes(
+    yd_env: str,
+    emulator_client: EmulatorClient,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    interrupted_ray_up(monkeypatch, "fleet-asked")
+    before = emulator_client.leaks()
+    monkeypatch.setattr("builtins.input", lambda prompt: "n")
+    code, out = run(capsys, "shutdown", "fleet-asked", "--namespace", NAMESPACE)
+    assert code == 1 and "worker pool fleet-asked_" in out and "nothing ended" in out
+    assert emulator_client.leaks() == before
+    monkeypatch.setattr("builtins.input", lambda prompt: "y")
+    assert run(capsys, "shutdown", "fleet-asked", "--namespace", NAMESPACE)[0] == 0
+    assert emulator_client.leaks() == []
+
+
+def test_objects_named_like_raydogs_but_not_raydogs_are_left_alone(
+    yd_env: str,
+    emulator_client: EmulatorClient,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from yellowdog_client.model import RunSpecification, TaskGroup, WorkRequirement
+
+    from tests.yellowdog_fixtures import sdk_client
+
+    names = ClusterNames.for_cluster("other-tool", [])
+    client = sdk_client(yd_env)
+    group = TaskGroup(
+        name="batch", tag="not-ray", runSpecification=RunSpecification(taskTypes=["bash"])
+    )
+    client.work_client.add_work_requirement(
+        WorkRequirement(
+            namespace=NAMESPACE, name=names.work_requirement("0000001"), taskGroups=[group]
+        )
+    )
+    client.close()
+    assert clusters(capsys, "--namespace", NAMESPACE) == {}
+    code, out = run(capsys, "shutdown", "other-tool", "--namespace", NAMESPACE, "--yes")
+    assert code == 0 and "nothing to end" in out
+    assert len(emulator_client.leaks()) == 1
+
+
+def test_a_backend_without_a_fleet_says_so(capsys: pytest.CaptureFixture[str]) -> None:
+    code = cli.main(["clusters", "--compute", "memory"])
+    assert code == 2
+    assert "does not implement ComputeBackend.fleet" in capsys.readouterr().err
+
+
+def test_a_failed_end_is_an_error_naming_what_failed(
+    yd_env: str,
+    emulator_client: EmulatorClient,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    interrupted_ray_up(monkeypatch, "fleet-stuck")
+    emulator_client.fail("/workerPools/", 500, method="DELETE")
+    code = cli.main(["shutdown", "fleet-stuck", "--namespace", NAMESPACE, "--yes"])
+    error = capsys.readouterr().err
+    assert code == 2 and "shut down worker pool fleet-stuck_" in error, error
