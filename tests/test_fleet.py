@@ -4,15 +4,24 @@ backend can see, and ending one or every failed run's leftovers, without a confi
 from __future__ import annotations
 
 import json
+import os
+import signal
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from raydog_backends.local import LocalComputeBackend
+from raydog_backends.process_nodes.processes import pid_alive
 from raydog_backends.yellowdog.launch import Launcher
 from raydog_backends.yellowdog.names import ClusterNames
 from raydog_backends.yellowdog_emulator import EmulatorClient
 from raydog_core import cli
-from raydog_core.interfaces import LaunchRequest
+from raydog_core.interfaces import LaunchRequest, NodeState
+from tests.test_local_backend import launch_cluster, record
+from tests.test_local_backend import make_spec as local_spec
+from tests.waiting import wait_until
 from tests.yellowdog_fixtures import NAMESPACE, make_backend, make_spec
 
 pytest_plugins = ["tests.yellowdog_fixtures"]
@@ -147,3 +156,50 @@ def test_a_failed_end_is_an_error_naming_what_failed(
     code = cli.main(["shutdown", "fleet-stuck", "--namespace", NAMESPACE, "--yes"])
     error = capsys.readouterr().err
     assert code == 2 and "shut down worker pool fleet-stuck_" in error, error
+
+
+# --- local clusters -----------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the local backend is Linux only")
+def test_clusters_and_shutdown_find_and_end_local_clusters_without_their_config(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Two local clusters of sleeping nodes: one whole, one whose head died (its worker left)."""
+    whole = LocalComputeBackend(local_spec(), grace_seconds=1.0)
+    broken = LocalComputeBackend(local_spec(), grace_seconds=1.0)
+    try:
+        launch_cluster(whole, workers=1)
+        dead_head, (orphan,) = launch_cluster(broken, workers=1)
+        records = [*whole.folder.records(), *broken.folder.records()]
+        head_pid = record(broken, dead_head).pid
+        assert head_pid is not None
+        os.killpg(head_pid, signal.SIGKILL)
+        wait_until(lambda: not pid_alive(head_pid), "the broken cluster's head to end")
+
+        code, out = run(capsys, "clusters", "--compute", "local", "--json")
+        found = {c["name"]: c for c in json.loads(out)["clusters"]}
+        assert {name: c["state"] for name, c in found.items()} == {
+            whole.spec.cluster_name: "running",
+            broken.spec.cluster_name: "leftovers",
+        }
+        running = found[whole.spec.cluster_name]
+        assert running["nodes"] == {"head": {"running": 1}, "cpu": {"running": 1}}
+        assert running["head_address"].startswith("127.")
+        assert found[broken.spec.cluster_name]["nodes"]["cpu"] == {"running": 1}
+
+        code, out = run(capsys, "shutdown", "--leftovers", "--compute", "local", "--yes")
+        assert code == 0 and f"node {orphan} (running)" in out
+        assert not broken.folder.root.exists()
+        assert [info.state for info in whole.describe()] == [NodeState.RUNNING] * 2
+
+        code, out = run(capsys, "shutdown", whole.spec.cluster_name, "--compute", "local", "--yes")
+        assert code == 0 and not whole.folder.root.exists()
+        assert not any(pid_alive(r.pid) for r in records if r.pid is not None)
+        assert not any(Path(r.tmp_dir).exists() for r in records)
+        assert run(capsys, "clusters", "--compute", "local", "--json")[1].count('"name"') == 0
+        code, out = run(capsys, "shutdown", whole.spec.cluster_name, "--compute", "local")
+        assert code == 0 and "nothing to end" in out
+    finally:
+        whole.shutdown()
+        broken.shutdown()

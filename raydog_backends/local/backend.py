@@ -37,6 +37,7 @@ from typing import Any
 
 from ray.autoscaler.command_runner import CommandRunnerInterface
 
+from raydog_backends.local.fleet import LocalFleet
 from raydog_backends.local.nodes import (
     BASE_DIR_VARIABLE,
     ClusterFolder,
@@ -52,6 +53,7 @@ from raydog_core.errors import BackendError, ConfigError
 from raydog_core.interfaces import (
     ClusterSpec,
     ComputeBackend,
+    Fleet,
     LaunchRequest,
     NodeInfo,
     NodeState,
@@ -61,6 +63,19 @@ HEAD_START_CHECK_SECONDS = 0.5
 """How long a head launch watches its task script for an immediate failure."""
 STARTING_GRACE_SECONDS = 60.0
 """A node whose launcher died before recording its pid counts as pending this long."""
+
+
+def base_folder(base_dir: str | None) -> Path:
+    """The folder of node folders: a node's inherited one, else ``base_dir``, else the default."""
+    inherited = os.environ.get(BASE_DIR_VARIABLE)
+    if inherited:
+        return Path(inherited)
+    if base_dir is None:
+        return state.raydog_home() / "local"
+    base = Path(base_dir).expanduser()
+    if not base.is_absolute():
+        raise ConfigError("base_dir", f"must be an absolute path, got {base_dir!r}")
+    return base
 
 
 class LocalComputeBackend(ComputeBackend):
@@ -83,17 +98,8 @@ class LocalComputeBackend(ComputeBackend):
             raise ConfigError("grace_seconds", f"must be 0 to 3600 seconds, got {grace_seconds}")
         if "/" in spec.cluster_name or spec.cluster_name in ("", ".", ".."):
             raise ConfigError("cluster_name", f"{spec.cluster_name!r} cannot name a folder")
-        inherited = os.environ.get(BASE_DIR_VARIABLE)
-        if inherited:
-            base = Path(inherited)
-        elif base_dir is not None:
-            base = Path(base_dir).expanduser()
-            if not base.is_absolute():
-                raise ConfigError("base_dir", f"must be an absolute path, got {base_dir!r}")
-        else:
-            base = state.raydog_home() / "local"
-        self.base_dir = base
-        self.folder = ClusterFolder(base / spec.cluster_name)
+        self.base_dir = base_folder(base_dir)
+        self.folder = ClusterFolder(self.base_dir / spec.cluster_name)
         self.grace_seconds = grace_seconds
         self.addresses = LoopbackAddresses()
         self._started: dict[str, NodeProcess] = {}
@@ -181,6 +187,18 @@ class LocalComputeBackend(ComputeBackend):
     ) -> CommandRunnerInterface:
         return LocalCommandRunner(
             self.spec, self.folder, node_id, process_runner=process_runner, log_prefix=log_prefix
+        )
+
+    @classmethod
+    def fleet(cls, namespace: str | None, options: Mapping[str, Any]) -> Fleet:
+        """Every local cluster under the base folder (``options``' ``base_dir``, else the
+        default); local clusters have no namespace."""
+        base_dir = options.get("base_dir")
+        grace = options.get("grace_seconds", 5.0)
+        return LocalFleet(
+            cls,
+            base_folder(str(base_dir) if base_dir is not None else None),
+            float(grace) if isinstance(grace, (int, float)) else 5.0,
         )
 
     def node_record(self, node_id: str) -> NodeRecord | None:
