@@ -433,12 +433,11 @@ class TagCache:
 
     def _refill(self, remote: Mapping[str, Tags], restored: bool) -> None:
         """With ``_cond`` held: the store lost data. Queue every tag this cache knows that the
-        store lacks, and the deletes this process made (all: a tombstone stops a writer that missed
-        the delete from bringing the node back). A store
-        ``restored`` to an older copy (same epoch, behind what this cache saw) also gets back
-        each value this process wrote (and the store acknowledged) that it holds otherwise:
-        the copy has the value from before. After a new epoch, what the store holds was
-        written since, so it is newer and stays."""
+        store lacks, and every delete this process made (a tombstone then stops a writer that
+        missed the delete from bringing the node back). A store ``restored`` to an older copy
+        (same epoch, behind what this cache saw) also gets back each value this process wrote
+        (and the store acknowledged) that it holds otherwise: the copy has the value from
+        before. After a new epoch, what the store holds was written since: newer, so it stays."""
         refilled: set[str] = set()
         for node_id, known in self._tags.items():
             there = remote.get(node_id, {})
@@ -452,8 +451,6 @@ class TagCache:
                 held = self._pending_updates.get(node_id, {})
                 self._pending_updates[node_id] = {**newer, **held}
                 refilled.add(node_id)
-        # Every one, not only those the store has: their tombstones then stop a writer that
-        # missed the delete from bringing the node back later.
         deleted_again = [
             node_id for node_id in self._deleted if node_id not in self._pending_updates
         ]
