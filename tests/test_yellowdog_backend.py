@@ -1035,6 +1035,28 @@ def test_a_provisioning_failure_ends_the_waiting_nodes_with_the_reason_ray_sees(
         MemoryTagStore.forget(name)
 
 
+def test_the_next_launch_after_a_provisioning_failure_replaces_the_failed_pool(
+    backends: Callable[..., YellowDogComputeBackend], emulator_client: EmulatorClient
+) -> None:
+    """The failed pool stays live on the platform (its source ERRORED); once the cause is gone,
+    the node type's next launch ends it and provisions a new one, whose node runs."""
+    backend = backends(node_recheck_seconds=0.05)
+    backend.launch(HEAD)
+    emulator_client.fail_provisioning("vCPU quota exceeded in eu-west-2")
+    (failed,) = backend.launch(workers(1))
+    wait_until(
+        lambda: described(backend)[failed].state is NodeState.TERMINATED, "the worker to end"
+    )
+    assert "vCPU quota exceeded in eu-west-2" in described(backend)[failed].detail
+    backend.terminate([failed])
+    (failed_pool,) = [p for p in emulator_client.live_pools() if "_cpu_" in p["name"]]
+    emulator_client.clear_faults()
+    (worker,) = backend.launch(workers(1))
+    wait_until(lambda: running(backend, [worker]), "the new pool's worker to run")
+    live = [p["id"] for p in emulator_client.live_pools() if "_cpu_" in p["name"]]
+    assert len(live) == 1 and live != [failed_pool["id"]]
+
+
 def test_raydog_status_shows_why_a_pool_failed_and_the_monitor_log_keeps_it(
     yd_env: str,
     emulator_client: EmulatorClient,
