@@ -72,13 +72,17 @@ def wait_running(client: EmulatorClient, count: int) -> None:
 
 
 def booted_settled(client: EmulatorClient, running: int) -> int:
-    """Nodes the platform ever booted, once ``running`` tasks execute and no node still boots
-    (nodes a scale-up boots beyond its tasks would still be booting before)."""
+    """Nodes the platform ever booted, once ``running`` tasks execute, no node still boots
+    (nodes a scale-up boots beyond its tasks would still be booting before) and every live
+    instance lists its addresses (an instance is listed ``PENDING`` at first)."""
     wait_running(client, running)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        nodes = client.state()["nodes"]
-        if not any(n["status"] == "BOOTING" for n in nodes):
+        state = client.state()
+        nodes = state["nodes"]
+        instances = [i for c in state["compute_requirements"] for i in c["instances"]]
+        booting = any(n["status"] == "BOOTING" for n in nodes)
+        if not booting and all(i["public_ip"] for i in instances if i["live"]):
             return len(nodes)
         time.sleep(0.1)
     raise RuntimeError("nodes still booting")
