@@ -24,6 +24,7 @@ from raydog_core.interfaces import (
     FleetCluster,
     NodeState,
     offers_fleet,
+    offers_smoke_test,
 )
 
 if TYPE_CHECKING:
@@ -117,8 +118,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     fleet_options(shutdown)
     shutdown.add_argument("--yes", action="store_true", help="do not ask")
 
+    smoke = commands.add_parser(
+        "smoke-test",
+        help="with real credentials: one small node, each platform fact RayDog relies on "
+        "measured against the emulator's, everything ended before the deadline",
+    )
+    smoke.add_argument("config", type=Path)
+    smoke.add_argument(
+        "--record", type=Path, metavar="FILE", help="write the answers (no ids, names or secrets)"
+    )
+    smoke.add_argument(
+        "--deadline", type=float, default=15.0, metavar="MINUTES", help="default: 15"
+    )
+
     args = parser.parse_args(argv)
     try:
+        if args.command == "smoke-test":
+            return _smoke_test(args.config, args.record, args.deadline)
         if args.command == "clusters":
             return _clusters(args)
         if args.command == "shutdown":
@@ -473,6 +489,44 @@ def _status(path: Path) -> int:
     if not described and not stored:
         print("no nodes")
     provider.close()
+    return 0
+
+
+RECORD_VERSION = 1
+MAX_DEADLINE_MINUTES = 120.0
+
+
+def _smoke_test(path: Path, record: Path | None, deadline_minutes: float) -> int:
+    if not 0 < deadline_minutes <= MAX_DEADLINE_MINUTES:
+        raise RayDogError(
+            f"--deadline: 0 to {MAX_DEADLINE_MINUTES:g} minutes, got {deadline_minutes:g}"
+        )
+    parsed = validation.validate(validation.load_file(path))  # no SSH: no key needed
+    _, _, compute = raydog_config.build_plugins(parsed)
+    if not offers_smoke_test(compute):
+        raise RayDogError(
+            f"the {parsed.compute.name} compute backend has no smoke test "
+            "(it does not implement ComputeBackend.smoke_test)"
+        )
+    answers = compute.smoke_test(deadline_minutes * 60, lambda line: print(line, flush=True))
+    width = max(len(a.fact) for a in answers) + 2
+    print(f"{'fact':<{width}}{'emulator':<22}{'platform':<40}agree")
+    for answer in answers:
+        agree = ("yes" if answer.agrees else "NO") if answer.compared else "-"
+        print(f"{answer.fact:<{width}}{answer.emulator or '-':<22}{answer.platform:<40}{agree}")
+    if record is not None:
+        document = {
+            "raydog_smoke_test": RECORD_VERSION,
+            "compute": parsed.compute.name,
+            "answers": {answer.fact: answer.platform for answer in answers},
+        }
+        write_atomically(record, json.dumps(document, indent=2) + "\n")
+        print(f"recorded in {record}")
+    differ = [answer.fact for answer in answers if not answer.agrees]
+    if differ:
+        print(f"the emulator differs from the platform on: {', '.join(differ)}")
+        return 1
+    print("the emulator agrees with the platform on every fact")
     return 0
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 from abc import ABC, abstractmethod
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -316,6 +316,22 @@ class Fleet(ABC):
         """Release clients."""
 
 
+@dataclass(frozen=True)
+class PlatformAnswer:
+    """One fact of ``raydog smoke-test``: what the backend's emulator answers, what the platform
+    answered (a category or a figure: never an id, an address, a name or a secret)."""
+
+    fact: str
+    emulator: str
+    platform: str
+    compared: bool = True
+    """False: a measurement (a duration...), recorded but not held against the emulator."""
+
+    @property
+    def agrees(self) -> bool:
+        return not self.compared or self.emulator == self.platform
+
+
 class ComputeBackend(ABC):
     """Where nodes come from. One instance per provider; the core serialises nothing here,
     so methods may be called from several threads at once and must be safe for that.
@@ -404,6 +420,14 @@ class ComputeBackend(ABC):
     def close(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
         """Optional: release clients and threads (not the cluster's nodes)."""
 
+    def smoke_test(self, deadline_s: float, say: Callable[[str], None]) -> list[PlatformAnswer]:
+        """Optional (ComputeBackend interface 2): ``raydog smoke-test``. The smallest real
+        sequence that answers the platform facts the backend relies on, with the config's
+        credentials and node types; every object it makes is ended before ``deadline_s``
+        seconds have passed, whatever happens (an error, KeyboardInterrupt). ``say`` prints
+        progress. Unlike the other methods, it creates (and ends) billable objects."""
+        raise NotImplementedError
+
     @classmethod
     def fleet(cls, namespace: str | None, options: Mapping[str, Any]) -> Fleet:
         """Optional (ComputeBackend interface 2): the :class:`Fleet` of this backend.
@@ -412,6 +436,11 @@ class ComputeBackend(ABC):
         backend's default; backends without namespaces ignore it). ``options``: the backend's
         options from the config next to the user ({} when there is none). No I/O here."""
         raise NotImplementedError
+
+
+def offers_smoke_test(backend: ComputeBackend) -> bool:
+    """Whether ``backend`` implements the optional :meth:`ComputeBackend.smoke_test`."""
+    return type(backend).smoke_test is not ComputeBackend.smoke_test
 
 
 def offers_fleet(backend: type[ComputeBackend]) -> bool:

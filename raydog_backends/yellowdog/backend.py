@@ -15,11 +15,11 @@ what this costs in API calls and what it leaves behind (nothing).
 from __future__ import annotations
 
 import os
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from raydog_backends.yellowdog import credentials, doctor
+from raydog_backends.yellowdog import credentials, doctor, smoke
 from raydog_backends.yellowdog.addresses import Addresses
 from raydog_backends.yellowdog.api import API_ERRORS, Api, is_refusal, reason
 from raydog_backends.yellowdog.cluster import (
@@ -42,6 +42,7 @@ from raydog_core.interfaces import (
     Fleet,
     LaunchRequest,
     NodeInfo,
+    PlatformAnswer,
 )
 
 if TYPE_CHECKING:
@@ -254,6 +255,11 @@ class YellowDogComputeBackend(ComputeBackend):
 
     def close(self) -> None:
         self.api.close()
+
+    def smoke_test(self, deadline_s: float, say: Callable[[str], None]) -> list[PlatformAnswer]:
+        """One node from the head's template, one tiny task, each platform fact measured, and
+        everything ended before the deadline (see ``smoke``)."""
+        return smoke.smoke_test(type(self), self.api, self.options, deadline_s, say)
 
     @classmethod
     def fleet(cls, namespace: str | None, options: Mapping[str, Any]) -> Fleet:
