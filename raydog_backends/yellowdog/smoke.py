@@ -7,7 +7,7 @@ or a secret, so a recording can be shared. Every object is named as RayDog names
 all: at the end, on an error, on Ctrl-C (a second one is ignored while it ends them), and the
 platform itself ends the compute requirement at the deadline (its ``autoShutdown``).
 
-``EMULATOR_ANSWERS`` is what the emulator answers (docs/emulator.md); tests check the emulator
+``FACTS`` holds what the emulator answers (docs/emulator.md); tests check the emulator
 against every recorded document in tests/data/platform-answers/.
 """
 
@@ -79,16 +79,25 @@ MEASURED = (
     "seconds from compute requirement termination to TERMINATED",
 )
 """Facts only recorded: they depend on the machine, the cloud and the moment."""
-EMULATOR_ANSWERS = dict(FACTS)
 
 
 class Deadline:
+    """When everything must have ended; waits stop ``margin`` before it, for the ending."""
+
     def __init__(self, seconds: float) -> None:
         self.end = time.monotonic() + seconds
         self.seconds = seconds
+        self.margin = min(60.0, seconds / 10)
 
     def left(self) -> float:
         return self.end - time.monotonic()
+
+    def lifetime(self) -> timedelta:
+        """What is left: the platform's own end (``autoShutdown``) for what is made now."""
+        return timedelta(seconds=max(self.left(), 1.0))
+
+    def may_wait(self) -> bool:
+        return self.left() > self.margin
 
 
 class SmokeTest:
@@ -134,7 +143,7 @@ class SmokeTest:
                 taskTypes=[TASK_TYPE],
                 workerTags=[worker_tag],
                 namespaces=[self.options.namespace],
-                taskTimeout=timedelta(seconds=self.deadline.seconds),
+                taskTimeout=self.deadline.lifetime(),
                 retryPolicy=RetryPolicy(maxRetries=0),
                 disablePreallocation=True,
             ),
@@ -168,15 +177,13 @@ class SmokeTest:
             targetInstanceCount=0,
             imagesId=config.images_id,
             userData=config.userdata,
-            autoShutdown=AutoShutdown(
-                enabled=True, timeout=timedelta(seconds=self.deadline.seconds)
-            ),
+            autoShutdown=AutoShutdown(enabled=True, timeout=self.deadline.lifetime()),
         )
         properties = ProvisionedWorkerPoolProperties(
             createNodeWorkers=NodeWorkerTarget.per_node(1),
             minNodes=0,
             maxNodes=1,
-            nodeBootTimeout=timedelta(seconds=self.deadline.seconds),
+            nodeBootTimeout=self.deadline.lifetime(),
             idleNodeShutdown=AutoShutdown(enabled=True, timeout=timedelta(minutes=1)),
             idlePoolShutdown=AutoShutdown(enabled=True, timeout=timedelta(minutes=5)),
             workerTag=worker_tag,
@@ -218,7 +225,7 @@ class SmokeTest:
         seen: list[str] = []
         grew = runs = False
         budget = self.deadline.seconds * (1 - CLEANUP_SHARE)
-        while time.monotonic() - started < budget and self.deadline.left() > 0:
+        while time.monotonic() - started < budget and self.deadline.may_wait():
             nodes = all_items(sdk.worker_pool_client.get_nodes(NodeSearch(workerPoolId=pool_id)))
             grew = grew or bool(nodes)
             addresses = "none"
@@ -252,7 +259,7 @@ class SmokeTest:
         sdk = self.api.sdk
         started = time.monotonic()
         sdk.worker_pool_client.shutdown_worker_pool_by_id(pool_id)
-        while self.deadline.left() > 0:
+        while self.deadline.may_wait():
             pool = sdk.worker_pool_client.get_worker_pool_by_id(pool_id)
             nodes = all_items(sdk.worker_pool_client.get_nodes(NodeSearch(workerPoolId=pool_id)))
             live = [n for n in nodes if n.status is not None and n.status.active]
@@ -266,7 +273,7 @@ class SmokeTest:
             return
         started = time.monotonic()
         sdk.compute_client.terminate_compute_requirement_by_id(self.requirement_id)
-        while self.deadline.left() > 0:
+        while self.deadline.may_wait():
             requirement = sdk.compute_client.get_compute_requirement_by_id(self.requirement_id)
             if requirement.status is ComputeRequirementStatus.TERMINATED:
                 break
