@@ -3,7 +3,15 @@
 Cluster YAML: ``provider: {type: external, module: raydog_core.RayDogNodeProvider}``.
 """
 
+from raydog_core.cluster import Cluster
 from raydog_core.errors import BackendError, ConfigError, RayDogError, UnreachableError
 from raydog_core.provider import RayDogNodeProvider
 
-__all__ = ["BackendError", "ConfigError", "RayDogError", "RayDogNodeProvider", "UnreachableError"]
+__all__ = [
+    "BackendError",
+    "Cluster",
+    "ConfigError",
+    "RayDogError",
+    "RayDogNodeProvider",
+    "UnreachableError",
+]
