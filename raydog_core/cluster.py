@@ -99,8 +99,8 @@ class Cluster:
         """The head's Ray address (``host:port``), for ``ray.init`` on a machine that reaches
         the head's address: this one, on the ``local`` backend."""
         if self._address is None:
-            output = sdk.run_on_cluster(self.config, cmd=HEAD_ADDRESS_COMMAND, with_output=True)
-            found = [line for line in (output or "").split() if _ADDRESS.match(line)]
+            output = self._on_head(HEAD_ADDRESS_COMMAND)
+            found = [word for word in output.split() if _ADDRESS.match(word)]
             if not found:
                 raise RayDogError(f"cluster {self.name!r}: Ray does not run on its head")
             self._address = found[-1]
@@ -137,4 +137,9 @@ class Cluster:
 
     def status(self) -> str:
         """``ray status`` on the head: the nodes, resources in use and pending demands."""
-        return sdk.run_on_cluster(self.config, cmd="ray status", with_output=True) or ""
+        return self._on_head("ray status")
+
+    def _on_head(self, command: str) -> str:
+        """What ``command`` printed on the head (Ray's runners give text or bytes)."""
+        output = sdk.run_on_cluster(self.config, cmd=command, with_output=True) or ""
+        return output.decode(errors="replace") if isinstance(output, bytes) else output
