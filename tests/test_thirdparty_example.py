@@ -24,7 +24,11 @@ from ray.autoscaler.tags import TAG_RAY_NODE_NAME
 
 from raydog_core import RayDogNodeProvider
 from raydog_core.testing import TagStoreContract
-from raydog_core.testing.tag_store_contract import TagStoreChangesContract
+from raydog_core.testing.tag_store_contract import (
+    TagStoreChangesContract,
+    TagStoreTombstoneContract,
+    TagStoreValueLimitContract,
+)
 from tests.conftest import memory_cluster_config
 from tests.ray_helpers import bootstrap, head_tags, load_provider, worker_tags
 
@@ -158,8 +162,14 @@ def test_the_examples_own_contract_tests_pass(site_dir: Path, example_copy: Path
     assert tested.returncode == 0, tested.stdout + tested.stderr
     passed = re.search(r"(\d+) passed", summary)
     contract_tests = [name for name in dir(TagStoreContract) if name.startswith("test_")]
-    # The example has load_all only: the optional changes_since tests are all that skip.
-    optional = [name for name in dir(TagStoreChangesContract) if name.startswith("test_")]
+    # The example has the required methods only: the optional contracts' tests (changes_since,
+    # update_unless_deleted, max_value_bytes) are all that skip.
+    optional = [
+        name
+        for kit in (TagStoreChangesContract, TagStoreTombstoneContract, TagStoreValueLimitContract)
+        for name in dir(kit)
+        if name.startswith("test_")
+    ]
     assert passed and int(passed.group(1)) > len(contract_tests) - len(optional), summary
     assert f"{len(optional)} skipped" in summary and "failed" not in summary
 
