@@ -40,6 +40,43 @@ ENDED_REQUIREMENT = {ComputeRequirementStatus.TERMINATING, ComputeRequirementSta
 UNENDED_REQUIREMENT = [s for s in ComputeRequirementStatus if s not in ENDED_REQUIREMENT]
 
 
+def find_work_requirements(
+    api: Api, namespace: str, statuses: Collection[WorkRequirementStatus], what: str
+) -> list[Any]:
+    """Every work requirement of the namespace in these statuses, as summaries (of ``what``,
+    for the error)."""
+    search = WorkRequirementSearch(namespaces=[namespace], statuses=list(statuses))
+    return call(
+        "find",
+        f"work requirements of {what}",
+        lambda: all_items(api.sdk.work_client.get_work_requirements(search)),
+    )
+
+
+def find_pools(
+    api: Api, namespace: str, statuses: Collection[WorkerPoolStatus] | None, what: str
+) -> list[Any]:
+    """Every worker pool of the namespace in these statuses (None: any), as summaries."""
+    search = WorkerPoolSearch(namespaces=[namespace], statuses=list(statuses) if statuses else None)
+    return call(
+        "find",
+        f"worker pools of {what}",
+        lambda: all_items(api.sdk.worker_pool_client.get_worker_pools(search)),
+    )
+
+
+def find_compute_requirements(
+    api: Api, namespace: str, statuses: Collection[ComputeRequirementStatus], what: str
+) -> list[Any]:
+    """Every compute requirement of the namespace in these statuses, as summaries."""
+    search = ComputeRequirementSummarySearch(namespaces=[namespace], statuses=list(statuses))
+    return call(
+        "find",
+        f"compute requirements of {what}",
+        lambda: all_items(api.sdk.compute_client.get_compute_requirement_summaries(search)),
+    )
+
+
 @dataclass(frozen=True)
 class Group:
     """One of the cluster's task groups: which node type's tasks it takes, on which workers."""
@@ -139,41 +176,20 @@ class Clusters:
             self._cluster = None
             self._pools.clear()
 
-    def work_requirements(self, statuses: list[WorkRequirementStatus]) -> list[Any]:
+    def work_requirements(self, statuses: Collection[WorkRequirementStatus]) -> list[Any]:
         """This cluster's work requirements of every generation, as summaries."""
-        search = WorkRequirementSearch(namespaces=[self.namespace], statuses=statuses)
-        found = call(
-            "find",
-            f"work requirements of {self.what()}",
-            lambda: all_items(self.api.sdk.work_client.get_work_requirements(search)),
-        )
+        found = find_work_requirements(self.api, self.namespace, statuses, self.what())
         return [s for s in found if s.id and self.names.generation_of(s.name) is not None]
 
     def pools(self, statuses: Collection[WorkerPoolStatus] | None) -> list[Any]:
         """This cluster's worker pools of every generation (None: in any status), as summaries."""
-        search = WorkerPoolSearch(
-            namespaces=[self.namespace], statuses=list(statuses) if statuses else None
-        )
-        found = call(
-            "find",
-            f"worker pools of {self.what()}",
-            lambda: all_items(self.api.sdk.worker_pool_client.get_worker_pools(search)),
-        )
+        found = find_pools(self.api, self.namespace, statuses, self.what())
         return [s for s in found if s.id and self.names.parse_pool(s.name) is not None]
 
     def compute_requirements(self, statuses: Collection[ComputeRequirementStatus]) -> list[Any]:
         """This cluster's compute requirements of every generation (each named as its pool), as
         summaries."""
-        search = ComputeRequirementSummarySearch(
-            namespaces=[self.namespace], statuses=list(statuses)
-        )
-        found = call(
-            "find",
-            f"compute requirements of {self.what()}",
-            lambda: all_items(
-                self.api.sdk.compute_client.get_compute_requirement_summaries(search)
-            ),
-        )
+        found = find_compute_requirements(self.api, self.namespace, statuses, self.what())
         return [s for s in found if s.id and self.names.parse_pool(s.name) is not None]
 
     def pool(self, pool_id: str, refresh: bool = False) -> ProvisionedWorkerPool:

@@ -10,18 +10,15 @@ requirement whose pool is already gone is terminated after it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from yellowdog_client.model import (
     ComputeRequirementStatus,
-    ComputeRequirementSummarySearch,
-    WorkerPoolSearch,
-    WorkRequirementSearch,
 )
 
-from raydog_backends.yellowdog.api import API_ERRORS, Api, all_items, call, is_refusal, reason
+from raydog_backends.yellowdog.api import API_ERRORS, Api, call, is_refusal, reason
 from raydog_backends.yellowdog.cluster import (
     HEAD_GROUP_TAG,
     LIVE_POOL,
@@ -30,10 +27,13 @@ from raydog_backends.yellowdog.cluster import (
     UNFINISHED_WORK_REQUIREMENT,
     UNTERMINATED_POOL,
     WORKER_GROUP_TAG,
+    find_compute_requirements,
+    find_pools,
+    find_work_requirements,
 )
 from raydog_backends.yellowdog.names import parse_name, slug, stamp_time
 from raydog_backends.yellowdog.teardown import shutdown_everything
-from raydog_core.errors import BackendError
+from raydog_core.errors import BackendError, ConfigError
 from raydog_core.interfaces import (
     ClusterSpec,
     ComputeBackend,
@@ -71,13 +71,20 @@ class _Found:
 class YellowDogFleet(Fleet):
     """The RayDog clusters of one namespace, with the credentials ``ray up`` would use."""
 
-    def __init__(self, backend: type[ComputeBackend], namespace: str, api_url: str | None) -> None:
+    def __init__(
+        self,
+        backend: type[ComputeBackend],
+        namespace: str,
+        api_url: str | None,
+        max_attempts: int = 3,
+    ) -> None:
         self.backend = backend
         """The yellowdog backend's class (given, so that this module does not import it)."""
         self.namespace = namespace
         self.api_url = api_url
         self.where = f"YellowDog namespace {namespace}"
-        self.api = Api("", api_url, max_attempts=3)
+        self.max_attempts = max_attempts
+        self.api = Api("", api_url, max_attempts)
         self.api.save_credentials = False
 
     def clusters(self) -> list[FleetCluster]:
@@ -94,7 +101,7 @@ class YellowDogFleet(Fleet):
                 cleaned, failures = shutdown_everything(
                     backend.api, backend.clusters, backend.pools
                 )
-            for compute in self._computes(cluster, UNENDED_REQUIREMENT):
+            for compute in backend.clusters.compute_requirements(UNENDED_REQUIREMENT):
                 if any(compute.name in line for line in cleaned):
                     continue
                 try:
@@ -128,32 +135,26 @@ class YellowDogFleet(Fleet):
             entry = found.setdefault(parsed.cluster, _Found(parsed.cluster))
             return entry, parsed
 
-        for summary in self._work_requirements():
+        for summary in find_work_requirements(
+            self.api, self.namespace, UNFINISHED_WORK_REQUIREMENT, self.where
+        ):
             hit = of(summary.name)
             if hit is not None and hit[1].node_type is None and self._is_raydogs(summary.id):
                 hit[0].add(hit[1].generation, None)
                 hit[0].work_requirements.append(summary)
-        for pool in self._pools():
+        for pool in find_pools(self.api, self.namespace, UNTERMINATED_POOL, self.where):
             hit = of(pool.name)
             if hit is not None and hit[1].node_type is not None:
                 hit[0].add(hit[1].generation, hit[1].node_type)
                 hit[0].pools.append(pool)
-        for compute in self._computes(None, UNTERMINATED_REQUIREMENT):
+        for compute in find_compute_requirements(
+            self.api, self.namespace, UNTERMINATED_REQUIREMENT, self.where
+        ):
             hit = of(compute.name)
             if hit is not None and hit[1].node_type is not None:
                 hit[0].add(hit[1].generation, hit[1].node_type)
                 hit[0].computes.append(compute)
         return {name: entry for name, entry in found.items() if entry.generations}
-
-    def _work_requirements(self) -> list[Any]:
-        search = WorkRequirementSearch(
-            namespaces=[self.namespace], statuses=UNFINISHED_WORK_REQUIREMENT
-        )
-        return call(
-            "find",
-            f"work requirements in {self.where}",
-            lambda: all_items(self.api.sdk.work_client.get_work_requirements(search)),
-        )
 
     def _is_raydogs(self, requirement_id: str | None) -> bool:
         """Names tell, and the task groups confirm: RayDog tags every group it makes."""
@@ -165,33 +166,6 @@ class YellowDogFleet(Fleet):
             lambda: self.api.sdk.work_client.get_work_requirement_by_id(requirement_id),
         )
         return all(group.tag in RAYDOG_GROUP_TAGS for group in requirement.taskGroups or [])
-
-    def _pools(self) -> list[Any]:
-        search = WorkerPoolSearch(namespaces=[self.namespace], statuses=list(UNTERMINATED_POOL))
-        return call(
-            "find",
-            f"worker pools in {self.where}",
-            lambda: all_items(self.api.sdk.worker_pool_client.get_worker_pools(search)),
-        )
-
-    def _computes(
-        self, cluster: str | None, statuses: Iterable[ComputeRequirementStatus]
-    ) -> list[Any]:
-        search = ComputeRequirementSummarySearch(
-            namespaces=[self.namespace], statuses=list(statuses)
-        )
-        found = call(
-            "find",
-            f"compute requirements in {self.where}",
-            lambda: all_items(
-                self.api.sdk.compute_client.get_compute_requirement_summaries(search)
-            ),
-        )
-        return [
-            c
-            for c in found
-            if c.id and (cluster is None or getattr(parse_name(c.name), "cluster", None) == cluster)
-        ]
 
     # --- looking at one cluster --------------------------------------------------------------
 
@@ -276,7 +250,11 @@ def _status(summary: Any) -> str:
 def fleet(
     backend: type[ComputeBackend], namespace: str | None, options: Mapping[str, Any]
 ) -> YellowDogFleet:
-    """The fleet of ``namespace`` (else the config's ``cluster_namespace``, else ``default``)."""
+    """The fleet of ``namespace`` (else the config's ``cluster_namespace``, else ``default``),
+    with the config's ``api_url`` and ``api_max_attempts``."""
     chosen = namespace or options.get("cluster_namespace") or "default"
     api_url = options.get("api_url")
-    return YellowDogFleet(backend, str(chosen), str(api_url) if api_url else None)
+    attempts = options.get("api_max_attempts", 3)
+    if not isinstance(attempts, int) or attempts < 1:
+        raise ConfigError("api_max_attempts", f"must be at least 1, got {attempts!r}")
+    return YellowDogFleet(backend, str(chosen), str(api_url) if api_url else None, attempts)
