@@ -221,8 +221,13 @@ def test_an_example_cluster_boots_as_yellowdog_runs_it(
         for wheel in node_setup.stage_head_wheels(parsed):
             shutil.copy(wheel, remote / head_packages.WHEELS)
         (remote / PASSWORD_SECRET).write_text("p" * 43)
-        head_config = raydog_config.bootstrap(memory_cluster_config(parsed.cluster_name))
-        head_config.update(max_workers=0, file_mounts={})  # Ray's head keeps its copies
+        # The autoscaler's config: RayDog's provider, imported from the wheels as yd-agent, on
+        # the memory backends (no YellowDog account here), with nothing it may launch.
+        stand_in = memory_cluster_config(parsed.cluster_name)
+        stand_in["max_workers"] = 0
+        stand_in["available_node_types"] = {"head": {"resources": {"CPU": 0}, "max_workers": 0}}
+        head_config = raydog_config.bootstrap(stand_in)
+        head_config["file_mounts"] = {}  # Ray's head keeps its copies where they are
         (remote.parents[2] / "ray_bootstrap_config.yaml").write_text(yaml.safe_dump(head_config))
         subprocess.run(["chown", "-R", f"{uid}:{uid}", str(remote.parents[2])], check=True)
         (setup_command,) = node_setup.head_setup_commands(parsed, [])
@@ -268,7 +273,9 @@ def test_an_example_cluster_boots_as_yellowdog_runs_it(
             timeout=240,
         )
         assert driver.returncode == 0, driver.stdout + driver.stderr + _logs(head, worker)
-        report = json.loads(driver.stdout.strip().splitlines()[-1])
+        # Ray may print the autoscaler's events too; the report is the line of JSON.
+        (line,) = [line for line in driver.stdout.splitlines() if line.startswith('{"python"')]
+        report = json.loads(line)
         assert report["uid"] == uid and report["home"] == AGENT_HOME
         assert report["python"].startswith(node_setup.PYTHONS + "/")
         extra = cluster["available_node_types"]["cpu_worker"]["node_config"].get("extra_userdata")
