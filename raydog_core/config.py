@@ -48,6 +48,9 @@ FILE_PREFIX = "file:"
 NORMALIZED_KEY = "_raydog"
 ON_HEAD_KEY = "_raydog_on_head"
 MODULE = "raydog_core.RayDogNodeProvider"
+# Five minutes: several autoscaler ticks for Ray to try another node type, short enough that a
+# platform problem fixed meanwhile costs little.
+DEFAULT_LAUNCH_FAILURE_MEMORY = 300.0
 
 # Provider keys that Ray itself reads; they are neither ours nor the compute backend's.
 RAY_PROVIDER_KEYS = frozenset(
@@ -103,6 +106,7 @@ CORE_KEYS = frozenset(
         "files_to_upload",
         "head_node_tag_server_port",
         "tag_store_read_timeout",
+        "launch_failure_memory",
         "auth",
         NORMALIZED_KEY,
         ON_HEAD_KEY,
@@ -140,6 +144,8 @@ class RayDogConfig:
     on_head: bool = False
     setup_options: node_setup.NodeSetupOptions = field(default_factory=node_setup.NodeSetupOptions)
     tag_store_read_timeout: float = DEFAULT_READ_TIMEOUT
+    launch_failure_memory: float = DEFAULT_LAUNCH_FAILURE_MEMORY
+    """How long a node type's late launch failure makes its next launches fail (seconds)."""
     missing_files: tuple[ConfigError, ...] = ()
     """``file:`` references whose file was not there when the provider was built."""
     autoscaler_v2: bool = False
@@ -619,6 +625,9 @@ def _parse_provider(
     read_timeout = DEFAULT_READ_TIMEOUT
     with problems.collect():
         read_timeout = _read_timeout(provider.get("tag_store_read_timeout"))
+    failure_memory = DEFAULT_LAUNCH_FAILURE_MEMORY
+    with problems.collect():
+        failure_memory = _launch_failure_memory(provider.get("launch_failure_memory"))
     return RayDogConfig(
         cluster_name=cluster_name,
         compute=choices["compute"],
@@ -633,6 +642,7 @@ def _parse_provider(
         on_head=on_head,
         setup_options=setup_options,
         tag_store_read_timeout=read_timeout,
+        launch_failure_memory=failure_memory,
         internal_ips=provider.get("use_internal_ips") is True,
     )
 
@@ -649,6 +659,23 @@ def _read_timeout(value: Any) -> float:
         raise ConfigError(
             "provider.tag_store_read_timeout",
             f"expected seconds above 0 and at most 60, got {value!r}",
+        )
+    return float(value)
+
+
+def _launch_failure_memory(value: Any) -> float:
+    """``provider.launch_failure_memory``: seconds a late launch failure is held against its
+    node type (0: never)."""
+    if value is None:
+        return DEFAULT_LAUNCH_FAILURE_MEMORY
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(
+            "provider.launch_failure_memory", f"expected a number of seconds, got {value!r}"
+        )
+    if not 0 <= value <= 86_400 or not math.isfinite(value):
+        raise ConfigError(
+            "provider.launch_failure_memory",
+            f"expected seconds from 0 to 86400 (a day), got {value!r}",
         )
     return float(value)
 

@@ -34,8 +34,8 @@ from ray.autoscaler.tags import (
     TAG_RAY_USER_NODE_TYPE,
 )
 
+from raydog_core import clock, node_setup, state
 from raydog_core import config as raydog_config
-from raydog_core import node_setup, state
 from raydog_core.errors import BackendError, RayDogError
 from raydog_core.interfaces import (
     ComputeBackend,
@@ -57,6 +57,20 @@ logger = logging.getLogger(__name__)
 # yet (a describe that started before the launch returned cannot know it).
 LAUNCH_GRACE_SECONDS = 120.0
 
+# NodeLaunchException's category (Ray asks for under 20 characters): a launch create_node took
+# that ended before its node ran, as the compute backend reports it.
+LATE_FAILURE_CATEGORY = "LaunchFailedLater"
+
+
+@dataclasses.dataclass(frozen=True)
+class LaunchFailure:
+    """A node type's latest launch that ended before its node ran: when, and the platform's
+    reason."""
+
+    node_type: str
+    at: float
+    reason: str
+
 
 class RayDogNodeProvider(NodeProvider):
     """``provider: {type: external, module: raydog_core.RayDogNodeProvider}``."""
@@ -74,6 +88,8 @@ class RayDogNodeProvider(NodeProvider):
         self._refresh_lock = threading.Lock()
         self._nodes: dict[str, NodeInfo] = {}
         self._launched_at: dict[str, float] = {}
+        self._clock = clock.of_cluster(cluster_name)
+        self._late_failures: dict[str, LaunchFailure] = {}
         self._versions_reported = False
         self._filled_reload = 0
         # _derived_tags(info) by the NodeInfo fields it reads; a handful of distinct values.
@@ -163,6 +179,11 @@ class RayDogNodeProvider(NodeProvider):
                 f"(available_node_types: {', '.join(self.raydog_config.node_types)})"
             )
         self.raydog_config.check_files()
+        if not is_head:
+            failure = self.recent_failure(node_type)
+            if failure is not None:
+                # Ray records this against the node type (``ray status``: Recent failures).
+                raise NodeLaunchException(LATE_FAILURE_CATEGORY, failure.reason, src_exc_info=None)
         request = LaunchRequest(
             node_type, count, is_head, node_config, tags.get(TAG_RAY_LAUNCH_CONFIG, "")
         )
@@ -190,6 +211,24 @@ class RayDogNodeProvider(NodeProvider):
         # The launch's own write: the only one that may bring back a node id deleted before.
         self.tags.update({node_id: base for node_id in node_ids}, launched=True)
         return {node_id: node_id for node_id in node_ids}
+
+    def recent_failure(self, node_type: str) -> LaunchFailure | None:
+        """The node type's late launch failure while it counts: within
+        ``provider.launch_failure_memory`` and no node of the type has run since."""
+        with self._lock:
+            failure = self._late_failures.get(node_type)
+            if failure is None:
+                return None
+            if self._clock.now() - failure.at < self.raydog_config.launch_failure_memory:
+                return failure
+            del self._late_failures[node_type]
+            return None
+
+    def late_failures(self) -> list[LaunchFailure]:
+        """Every node type's late launch failure that still counts."""
+        with self._lock:
+            types = list(self._late_failures)
+        return [f for f in map(self.recent_failure, types) if f is not None]
 
     def cleanup_cluster_resources(self, node_ids: Collection[str] = ()) -> None:
         """Shut the whole cluster down; Ray's ``ray down`` calls it last (a head that had
@@ -323,6 +362,7 @@ class RayDogNodeProvider(NodeProvider):
                 gone = {node_id: _why_ended(described.get(node_id)) for node_id in vanished - kept}
                 for node_id in gone:
                     self._composed.pop(node_id, None)
+                self._note_launch_outcomes(previous, described, gone)
             if gone and reconcile:
                 self._reconcile(gone)
             if fresh and reconcile and self.tags.reloads != self._filled_reload:
@@ -333,6 +373,33 @@ class RayDogNodeProvider(NodeProvider):
                 self.tags.refresh()
         if self.raydog_config.on_head and not self._versions_reported:
             self._report_versions()
+
+    def _note_launch_outcomes(
+        self,
+        previous: Mapping[str, NodeInfo],
+        described: Mapping[str, NodeInfo],
+        gone: Mapping[str, str],
+    ) -> None:
+        """A worker that ended while pending is its type's late launch failure; a worker
+        running clears its type's (the platform launches that type again). Holds ``_lock``."""
+        now = self._clock.now()
+        for node_id, why in gone.items():
+            before = previous.get(node_id) or described.get(node_id)
+            if before is None or before.is_head or before.state is not NodeState.PENDING:
+                continue
+            self._late_failures[before.node_type] = LaunchFailure(before.node_type, now, why)
+            logger.warning(
+                "RayDog: a %s launch failed after create_node returned (%s); the next %s "
+                "launches fail for up to %.0f s so Ray can try another node type",
+                before.node_type,
+                why,
+                before.node_type,
+                self.raydog_config.launch_failure_memory,
+            )
+        if self._late_failures:
+            for info in described.values():
+                if info.state is NodeState.RUNNING:
+                    self._late_failures.pop(info.node_type, None)
 
     def _reconcile(self, gone: Mapping[str, str]) -> None:
         """Nodes the backend reports ended: forget their tags, stop what they left.

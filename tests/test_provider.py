@@ -20,8 +20,9 @@ from ray.autoscaler.tags import (
 
 from raydog_backends.memory.compute import MemoryComputeBackend
 from raydog_backends.memory.tag_store import MemoryTagStore
-from raydog_core import RayDogNodeProvider, state
+from raydog_core import RayDogNodeProvider, clock, state
 from raydog_core import config as raydog_config
+from raydog_core.clock import SimulatedClock
 from raydog_core.interfaces import NodeState
 from tests.ray_helpers import bootstrap, head_tags, load_provider, worker_tags
 
@@ -239,6 +240,71 @@ def test_a_failed_worker_launch_is_a_ray_launch_exception(provider: RayDogNodePr
     with pytest.raises(NodeLaunchException, match="no capacity"):
         provider.create_node({}, worker_tags(), 2)
     assert provider.non_terminated_nodes({}) == []
+
+
+def _pending_launches_provider(
+    cluster_config: ConfigFactory, forget: Callable[[str], None], **provider_options: Any
+) -> tuple[RayDogNodeProvider, SimulatedClock]:
+    """A provider whose workers stay pending for an hour of the returned clock's time."""
+    config = cluster_config(compute={"type": "memory", "launch_delay": 3600}, **provider_options)
+    name = config["cluster_name"]
+    forget(name)
+    time = SimulatedClock()
+    clock.simulate(name, time)
+    try:
+        return load_provider(config), time
+    finally:
+        clock.forget(name)
+
+
+def test_a_launch_that_fails_later_fails_the_types_next_launches_until_it_expires(
+    cluster_config: ConfigFactory, forget_memory_clusters: Callable[[str], None]
+) -> None:
+    """Ray puts the exception under "Recent failures" and may prefer another node type."""
+    from ray.autoscaler.node_launch_exception import NodeLaunchException
+
+    provider, time = _pending_launches_provider(
+        cluster_config, forget_memory_clusters, launch_failure_memory=600
+    )
+    (worker,) = provider.create_node({}, worker_tags(), 1)
+    provider.non_terminated_nodes({})
+    MemoryComputeBackend.cluster(provider.cluster_name).lose(worker, "pool: quota exceeded")
+    assert worker not in provider.non_terminated_nodes({})
+    with pytest.raises(NodeLaunchException, match="quota exceeded") as raised:
+        provider.create_node({}, worker_tags(), 1)
+    assert raised.value.category == "LaunchFailedLater"
+    time.advance(599)
+    with pytest.raises(NodeLaunchException):
+        provider.create_node({}, worker_tags(), 1)
+    time.advance(2)
+    assert len(provider.create_node({}, worker_tags(), 1)) == 1
+
+
+def test_a_node_of_the_failed_type_running_ends_its_failure_at_once(
+    cluster_config: ConfigFactory, forget_memory_clusters: Callable[[str], None]
+) -> None:
+    from ray.autoscaler.node_launch_exception import NodeLaunchException
+
+    provider, time = _pending_launches_provider(cluster_config, forget_memory_clusters)
+    first, second = provider.create_node({}, worker_tags(), 2)
+    provider.non_terminated_nodes({})
+    MemoryComputeBackend.cluster(provider.cluster_name).lose(first, "setup timed out")
+    provider.non_terminated_nodes({})
+    with pytest.raises(NodeLaunchException, match="setup timed out"):
+        provider.create_node({}, worker_tags(), 1)
+    time.advance(3600)  # the other node runs: the platform launches the type again
+    provider.non_terminated_nodes({})
+    assert provider.is_running(second)
+    assert provider.late_failures() == []
+    assert len(provider.create_node({}, worker_tags(), 1)) == 1
+
+
+def test_a_running_node_lost_is_no_launch_failure(provider: RayDogNodeProvider) -> None:
+    (worker,) = provider.create_node({}, worker_tags(), 1)
+    provider.non_terminated_nodes({})
+    MemoryComputeBackend.cluster(provider.cluster_name).lose(worker, "spot instance reclaimed")
+    provider.non_terminated_nodes({})
+    assert len(provider.create_node({}, worker_tags(), 1)) == 1
 
 
 def test_many_threads_lose_no_tag_and_raise_nothing(provider: RayDogNodeProvider) -> None:
