@@ -63,6 +63,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--json", action="store_true", help="print the figures, series and events as JSON"
     )
     simulate.add_argument("--events", action="store_true", help="also list every launch and stop")
+    simulate.add_argument(
+        "--unavailable",
+        action="append",
+        default=[],
+        metavar="TYPE[=REASON]",
+        help="the platform ends every launch of this worker node type before it runs (repeatable)",
+    )
 
     init = commands.add_parser(
         "init", help="write a starter cluster config (and, for YellowDog, node setup and .env)"
@@ -249,6 +256,7 @@ def _simulate(args: argparse.Namespace) -> int:
         cluster,
         tick_s=parse_duration(args.tick, "--tick"),
         launch_delay_s=parse_duration(args.launch_delay, "--launch-delay"),
+        unavailable=dict(_unavailable(text) for text in args.unavailable),
     )
     try:
         timeline = simulation.run(typed, duration)
@@ -264,6 +272,14 @@ def _simulate(args: argparse.Namespace) -> int:
         print(timeline.format_events())
     print(timeline.format_figures())
     return 0
+
+
+def _unavailable(text: str) -> tuple[str, str]:
+    """``TYPE[=REASON]`` of ``--unavailable``."""
+    node_type, _, reason = text.partition("=")
+    if not node_type.strip():
+        raise RayDogError(f"--unavailable: expected TYPE[=REASON], got {text!r}")
+    return node_type.strip(), reason.strip() or "simulated: the platform cannot provision it"
 
 
 def _open_cluster(path: Path) -> tuple[raydog_config.RayDogConfig, RayDogNodeProvider]:

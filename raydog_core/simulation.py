@@ -14,6 +14,9 @@ The user's node types, ``min_workers``/``max_workers``, ``upscaling_speed`` and
 ``idle_timeout_minutes`` are kept; the compute backend, tag store and transport are replaced by
 the ``memory`` plugins. Each tick every running node reports its resources to Ray's
 ``LoadMetrics`` as its raylet would, with the demand placed on the nodes and the rest waiting.
+``unavailable`` node types have every launch end before its node runs, as a pool that cannot
+provision does; Ray then sees the provider's ``NodeLaunchException`` and, with RayDog's scorer
+(``raydog_core.scheduling``), falls back to another node type.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from ray.autoscaler.tags import (
     TAG_RAY_USER_NODE_TYPE,
 )
 
-from raydog_core import clock, state
+from raydog_core import clock, scheduling, state
 from raydog_core import config as raydog_config
 from raydog_core.clock import SimulatedClock
 from raydog_core.errors import ConfigError
@@ -81,12 +84,21 @@ class LosesNodes(Protocol):
     def lose(self, node_id: str, reason: str = ...) -> None: ...
 
 
+@runtime_checkable
+class FailsLaunches(Protocol):
+    """A compute backend whose node types can be made to fail their launches (``memory``)."""
+
+    def make_unavailable(self, node_type: str, reason: str) -> None: ...
+
+
 @dataclass(frozen=True)
 class Event:
     t: float
     action: str
     node_type: str
     node_id: str
+    detail: str = ""
+    """Why, for a ``failed`` launch: the platform's reason."""
 
 
 @dataclass
@@ -107,6 +119,10 @@ class Timeline:
 
     def terminations(self, node_type: str | None = None) -> list[Event]:
         return self._of("terminate", node_type)
+
+    def failures(self, node_type: str | None = None) -> list[Event]:
+        """Launches that ended before their node ran."""
+        return self._of("failed", node_type)
 
     def peak_workers(self, node_type: str | None = None) -> int:
         return max(
@@ -148,6 +164,7 @@ class Timeline:
                 "node_hours": round(hours[node_type], 4),
                 "launches": len(self.launches(node_type)),
                 "terminations": len(self.terminations(node_type)),
+                "failed_launches": len(self.failures(node_type)),
             }
             for node_type in self.node_types()
         }
@@ -160,7 +177,13 @@ class Timeline:
             "workers_at_end": dict(self.workers[-1][1]) if self.workers else {},
             "series": [{"t": t, "workers": dict(counts)} for t, counts in self.workers],
             "events": [
-                {"t": e.t, "action": e.action, "node_type": e.node_type, "node_id": e.node_id}
+                {
+                    "t": e.t,
+                    "action": e.action,
+                    "node_type": e.node_type,
+                    "node_id": e.node_id,
+                    **({"detail": e.detail} if e.detail else {}),
+                }
                 for e in self.events
             ],
         }
@@ -202,7 +225,9 @@ class Timeline:
 
     def format_events(self) -> str:
         return "\n".join(
-            f"{_clock(e.t)}  {e.action:<9}  {e.node_type:<20}  {e.node_id}" for e in self.events
+            f"{_clock(e.t)}  {e.action:<9}  {e.node_type:<20}  {e.node_id}"
+            + (f"  ({e.detail})" if e.detail else "")
+            for e in self.events
         )
 
     def format_figures(self) -> str:
@@ -223,6 +248,13 @@ class Timeline:
         final = summary["workers_at_end"]
         ended = ", ".join(f"{t}: {n}" for t, n in sorted(final.items()) if n) or "none"
         lines.append(f"workers at the end: {ended}")
+        for node_type in summary["node_types"]:
+            failed = self.failures(node_type)
+            if failed:
+                lines.append(
+                    f"{node_type}: {len(failed)} launch(es) failed before running "
+                    f"({failed[-1].detail})"
+                )
         return "\n".join(lines)
 
 
@@ -250,7 +282,9 @@ class Simulation:
         *,
         tick_s: float = 5.0,
         launch_delay_s: float = 30.0,
+        unavailable: Mapping[str, str] | None = None,
     ) -> None:
+        """``unavailable``: node type to the reason the platform gives for ending its launches."""
         self.tick_s = tick_s
         self.clock = SimulatedClock()
         name = f"{cluster_config.get('cluster_name', 'default')}-sim-{uuid.uuid4().hex[:6]}"
@@ -273,6 +307,17 @@ class Simulation:
         self.provider = provider
         self._busy_until: dict[str, float] = {}
         head_type = self.config["head_node_type"]
+        for node_type, reason in (unavailable or {}).items():
+            if node_type == head_type or node_type not in self.config["available_node_types"]:
+                workers = sorted(set(self.config["available_node_types"]) - {head_type})
+                raise ConfigError(
+                    "--unavailable",
+                    f"{node_type!r} is not a worker node type ({', '.join(workers)})",
+                )
+            compute = self.provider.compute
+            if not isinstance(compute, FailsLaunches):
+                raise TypeError(f"{type(compute).__name__} cannot fail launches on request")
+            compute.make_unavailable(node_type, reason)
         self.provider.create_node(
             self.config["available_node_types"][head_type].get("node_config", {}),
             {
@@ -293,6 +338,10 @@ class Simulation:
                 update_interval_s=0,
             )
         self.autoscaler.provider = self.provider  # type: ignore[assignment]
+        # What RayDog's head runs too (its task script sets the variable Ray reads).
+        scheduler = self.autoscaler.resource_demand_scheduler
+        assert scheduler is not None
+        scheduler.utilization_scorer = scheduling.prefer_launchable
         self._known: dict[str, str] = {}
         self._running: set[str] = set()
 
@@ -370,7 +419,14 @@ class Simulation:
             if node_id in running and node_id not in self._running:
                 timeline.events.append(Event(self.elapsed, "ready", node_type, node_id))
         for node_id, node_type in self._known.items():
-            if node_id not in live:
+            if node_id in live:
+                continue
+            failure = self.provider.recent_failure(node_type)
+            if node_id not in self._running and failure is not None:
+                timeline.events.append(
+                    Event(self.elapsed, "failed", node_type, node_id, failure.reason)
+                )
+            else:
                 timeline.events.append(Event(self.elapsed, "terminate", node_type, node_id))
         self._known, self._running = live, running
         timeline.workers.append((self.elapsed, Counter(live.values())))

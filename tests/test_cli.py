@@ -47,6 +47,29 @@ def test_simulate_draws_the_cluster_and_prints_its_figures(tmp_path: Path) -> No
     assert summary["peak_workers"] == 4 and summary["workers_at_end"] == {}
 
 
+def test_simulate_unavailable_shows_ray_falling_back_to_another_type(tmp_path: Path) -> None:
+    """Ray prefers `cpu` for this demand; its pool cannot provision, so `big` does the work."""
+    config = memory_cluster_config()
+    config["available_node_types"]["big"] = {"resources": {"CPU": 4}, "max_workers": 2}
+    path = write_config(tmp_path, config)
+    args = ("simulate", str(path), "--demand", "4 CPU for 10m", "--launch-delay", "60s", "--json")
+    preferred = json.loads(raydog(*args).stdout)["node_types"]
+    assert preferred["cpu"]["launches"] > 0 and preferred["big"]["launches"] == 0
+
+    result = raydog(*args, "--unavailable", "cpu=quota exceeded")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    failed = [e for e in summary["events"] if e["action"] == "failed"]
+    assert failed and {(e["node_type"], e["detail"]) for e in failed} == {("cpu", "quota exceeded")}
+    big = [e for e in summary["events"] if e["node_type"] == "big" and e["action"] == "ready"]
+    assert big and big[0]["t"] > failed[0]["t"]
+    assert summary["node_types"]["big"]["peak"] > 0
+    assert summary["node_types"]["cpu"]["failed_launches"] == len(failed)
+
+    refused = raydog("simulate", str(path), "--demand", "1 CPU for 1m", "--unavailable", "head")
+    assert refused.returncode != 0 and "--unavailable" in refused.stderr
+
+
 def test_simulate_rejects_a_demand_it_cannot_read(tmp_path: Path) -> None:
     result = raydog(
         "simulate", str(write_config(tmp_path, memory_cluster_config())), "--demand", "lots"

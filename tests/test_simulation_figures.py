@@ -39,6 +39,7 @@ def test_node_hours_are_the_time_from_launch_to_termination(simulation: Simulati
         "node_hours": pytest.approx(summary["duration_s"] / 3600, abs=1e-3),
         "launches": 0,
         "terminations": 0,
+        "failed_launches": 0,
     }
     assert summary["peak_workers"] == timeline.peak_workers() > 0
     assert summary["node_hours"] == pytest.approx(

@@ -3,7 +3,7 @@
 Nodes get distinct internal (10.x) and external (100.64.x) addresses and turn from pending to
 running after ``launch_delay`` seconds. Backends made for the same cluster name share nodes, as
 clients of one cloud account would. Tests reach a cluster through ``MemoryComputeBackend.cluster``
-to fail launches or lose running nodes.
+to fail launches (at once, or later: ``make_unavailable``) or lose running nodes.
 """
 
 from __future__ import annotations
@@ -41,11 +41,15 @@ class SimulatedNode:
     external_ip: str
     launch_config: str = ""
     lost: str = ""
+    fails: str = ""
+    """Why the platform will end this node when its launch delay is over, instead of running."""
     last_info: NodeInfo | None = field(default=None, repr=False, compare=False)
 
     def info(self, now: float) -> NodeInfo:
         """Made again only when the node's state changes: describing 10,000 nodes that did not
         change allocates nothing per node (a tick's cost is then the provider's own)."""
+        if self.fails and not self.lost and now >= self.ready_at:
+            self.lost = self.fails
         pending = not self.lost and now < self.ready_at
         if self.lost:
             state = NodeState.TERMINATED
@@ -73,12 +77,19 @@ class SimulatedCluster:
     name: str
     nodes: dict[str, SimulatedNode] = field(default_factory=dict)
     launch_failures: list[str] = field(default_factory=list)
+    unavailable: dict[str, str] = field(default_factory=dict)
     launches: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def fail_next_launch(self, reason: str = "simulated capacity shortage") -> None:
         with self.lock:
             self.launch_failures.append(reason)
+
+    def make_unavailable(self, node_type: str, reason: str) -> None:
+        """The platform takes launches of ``node_type`` and ends each node before it runs (a pool
+        that cannot provision), as ``reason``."""
+        with self.lock:
+            self.unavailable[node_type] = reason
 
     def lose(self, node_id: str, reason: str = "node lost") -> None:
         """The platform loses a node (spot reclaim, hardware failure): it reports terminated."""
@@ -146,6 +157,7 @@ class MemoryComputeBackend(ComputeBackend):
                     _address("10", number),
                     _address("100.64", number),
                     request.launch_config,
+                    fails=cluster.unavailable.get(request.node_type, ""),
                 )
                 created.append(node_id)
         if request.is_head and self.launch_delay:
@@ -170,3 +182,8 @@ class MemoryComputeBackend(ComputeBackend):
     def lose(self, node_id: str, reason: str = "node lost") -> None:
         """The platform loses a node; what a simulation uses to see Ray replace it."""
         self._cluster.lose(node_id, reason)
+
+    def make_unavailable(self, node_type: str, reason: str) -> None:
+        """The platform ends every launch of ``node_type`` before it runs (``raydog simulate
+        --unavailable``)."""
+        self._cluster.make_unavailable(node_type, reason)
