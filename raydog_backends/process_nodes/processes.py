@@ -217,7 +217,9 @@ def stop_all(
     nodes = list(nodes)
     skip = {os.getpid(), *exclude}
     start = time.monotonic()
-    _signal(_task_scripts(nodes, skip), signal.SIGTERM)
+    ask, kill = _task_scripts(nodes, skip)
+    _signal(kill, signal.SIGKILL)
+    _signal(ask, signal.SIGTERM)
     while (remaining := _members(nodes, skip)) and time.monotonic() - start < timeout:
         if time.monotonic() - start >= timeout / 2:
             # Processes started while the node was going down get the same request.
@@ -231,22 +233,43 @@ def stop_all(
         node.reap()
 
 
-def _task_scripts(nodes: list[NodeProcess], skip: set[int]) -> list[int]:
-    """Whom to ask first: each node's task script, and if the script is still a shell, what it
-    runs (a shell waiting for a command does not act on SIGTERM before that command ends). A
-    node whose script has ended has no one to ask: all its processes are."""
+def _task_scripts(nodes: list[NodeProcess], skip: set[int]) -> tuple[list[int], list[int]]:
+    """Whom to ask first (SIGTERM), and whom to kill at once.
+
+    Asked: each node's task script, and if the script is still a shell, what it runs (a shell
+    waiting for a command does not act on SIGTERM before that command ends). A node whose script
+    has ended has no one to ask: all its processes are. Killed: a script that is ``ray start
+    --block`` on a node whose Ray was stopped already (no raylet left, as after `ray down`'s
+    `ray stop`): it has nothing left to stop in order, and on SIGTERM Ray's handler drains the
+    node through the GCS, which is gone, for up to ``RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S``
+    (30 s): the grace period would pass waiting. The rest of such a node is asked at once.
+    """
     first: set[int] = set()
+    kill: list[int] = []
     for node in nodes:
         members = _members([node], skip)
-        if not node.running():
-            first.update(members)
+        if not node.running() or _ray_stopped_under(node.pid, members):
+            if node.running():
+                kill.append(node.pid)
+            first.update(pid for pid in members if pid != node.pid)
             continue
         first.add(node.pid)
         if _name(node.pid) in SHELLS:
             first.update(
                 pid for pid in members if (found := read_stat(pid)) and found.ppid == node.pid
             )
-    return [pid for pid in first if pid not in skip]
+    return [pid for pid in first if pid not in skip], [pid for pid in kill if pid not in skip]
+
+
+def _ray_stopped_under(pid: int, members: list[int]) -> bool:
+    """Whether ``pid`` is ``ray start --block`` and no raylet runs beside it any more."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return False
+    if not ("start" in argv and "--block" in argv and any(Path(a).name == "ray" for a in argv)):
+        return False
+    return not any(_name(member) == "raylet" for member in members)
 
 
 def _name(pid: int) -> str:
