@@ -7,6 +7,7 @@ its default scorer (``_resource_based_utilization_scorer`` in
 fail stays the first choice. Ray takes another scorer from ``RAY_AUTOSCALER_UTILIZATION_SCORER``;
 this one ranks Ray's own score behind "launched without failing lately", so Ray picks another
 type that fits while the failure lasts, and the failed type still when nothing else fits.
+RayDog's head exports the variable (``task_scripts.ray_exports``).
 """
 
 from __future__ import annotations
@@ -16,9 +17,6 @@ from typing import Any
 
 from ray.autoscaler._private.node_provider_availability_tracker import NodeAvailabilitySummary
 from ray.autoscaler._private.resource_demand_scheduler import _default_utilization_scorer
-
-SCORER_VARIABLE = "RAY_AUTOSCALER_UTILIZATION_SCORER"
-SCORER = "raydog_core.scheduling.prefer_launchable"
 
 
 def prefer_launchable(

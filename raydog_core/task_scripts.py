@@ -128,24 +128,38 @@ AUTOSCALER_V2_VARIABLE = "RAY_enable_autoscaler_v2"
 """Set to 1 where ``ray up`` runs: the head's Ray runs Ray's autoscaler v2."""
 
 
+# Ray's variable naming its autoscaler's utilization scorer, and RayDog's (by name: importing it
+# would import Ray's scheduler into every client).
+SCORER_VARIABLE = "RAY_AUTOSCALER_UTILIZATION_SCORER"
+SCORER = "raydog_core.scheduling.prefer_launchable"
+
+
 def ray_exports(*, is_head: bool, autoscaler_v2: bool) -> str:
-    """Bash exporting what Ray's autoscaler v2 needs on every node, whatever starts Ray there;
-    nothing under v1, whose nodes' scripts stay as they were.
+    """Bash exporting what Ray needs on a node, whatever starts Ray there.
+
+    The head's autoscaler (v1) scores node types with RayDog's scorer
+    (``raydog_core.scheduling``), which prefers a type whose launches did not fail lately;
+    a ``RAY_AUTOSCALER_UTILIZATION_SCORER`` already set wins.
 
     v2 matches a Ray node to the node it launched by the id the Ray node reports
     (``RAY_CLOUD_INSTANCE_ID``: the compute backend's node id, which every backend gives its
     tasks as ``RAYDOG_NODE_ID``) and its node type (``RAY_NODE_TYPE_NAME``); without them it
     waits forever for the nodes it launched. The head also gets ``RAY_enable_autoscaler_v2=1``.
     """
-    if not autoscaler_v2:
-        return ""
-    lines = [
-        "# Set by RayDog: Ray's autoscaler v2, and how it knows this node",
-        'export RAY_CLOUD_INSTANCE_ID="${RAYDOG_NODE_ID:-}"',
-        'export RAY_NODE_TYPE_NAME="${RAYDOG_NODE_TYPE:-}"',
-    ]
-    if is_head:
-        lines.append(f"export {AUTOSCALER_V2_VARIABLE}=1")
+    lines: list[str] = []
+    if is_head and not autoscaler_v2:
+        lines += [
+            "# Set by RayDog: Ray's autoscaler prefers node types whose launches did not fail",
+            f'export {SCORER_VARIABLE}="${{{SCORER_VARIABLE}:-{SCORER}}}"',
+        ]
+    if autoscaler_v2:
+        lines += [
+            "# Set by RayDog: Ray's autoscaler v2, and how it knows this node",
+            'export RAY_CLOUD_INSTANCE_ID="${RAYDOG_NODE_ID:-}"',
+            'export RAY_NODE_TYPE_NAME="${RAYDOG_NODE_TYPE:-}"',
+        ]
+        if is_head:
+            lines.append(f"export {AUTOSCALER_V2_VARIABLE}=1")
     return "\n".join(lines)
 
 

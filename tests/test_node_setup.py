@@ -123,8 +123,9 @@ def test_the_head_waits_before_its_tag_server_starts() -> None:
     cluster = yellowdog_config(ray_head_node_task_script=head)
     cluster["provider"]["tag_store"] = "valkey"
     script = spec_of(cluster).head_script
-    assert script.startswith("#!/usr/bin/env bash\n# Started by RayDog: wait for this node's setup")
-    wait = script.index("until [ -e ")
+    assert script.startswith("#!/usr/bin/env bash\n")
+    wait = script.index("# Started by RayDog: wait for this node's setup")
+    assert wait < script.index("until [ -e ")
     environment = script.index(". /etc/profile.d/raydog.sh")  # the server's python3: the venv's
     server = script.index("raydog_backends.keyvalue.server")
     assert wait < environment < server < script.index("echo head task")

@@ -307,6 +307,23 @@ def test_a_running_node_lost_is_no_launch_failure(provider: RayDogNodeProvider) 
     assert len(provider.create_node({}, worker_tags(), 1)) == 1
 
 
+def test_the_heads_autoscaler_takes_raydogs_scorer_and_ray_loads_it(
+    cluster_config: ConfigFactory,
+) -> None:
+    """Ray's default scorer ignores node availability; the head's script names RayDog's."""
+    from ray.autoscaler._private.loader import load_function_or_class
+
+    from raydog_core import task_scripts
+    from raydog_core.scheduling import prefer_launchable
+
+    config = bootstrap(cluster_config())
+    spec = RayDogNodeProvider(config["provider"], config["cluster_name"]).compute.spec
+    variable = task_scripts.SCORER_VARIABLE
+    assert f'export {variable}="${{{variable}:-{task_scripts.SCORER}}}"' in spec.head_script
+    assert variable not in spec.worker_script
+    assert load_function_or_class(task_scripts.SCORER) is prefer_launchable
+
+
 def test_many_threads_lose_no_tag_and_raise_nothing(provider: RayDogNodeProvider) -> None:
     provider.create_node({}, head_tags(), 1)
     errors: list[BaseException] = []

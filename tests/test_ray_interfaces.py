@@ -132,3 +132,17 @@ def test_v2_launches_through_create_node() -> None:
         "Ray's NodeProvider.create_node_with_resources_and_labels no longer calls create_node; "
         "autoscaler v2 launches RayDog's nodes through it"
     )
+
+
+def test_the_autoscaler_takes_a_utilization_scorer_given_node_availability() -> None:
+    from raydog_core import task_scripts
+
+    used_for = "preferring node types whose launches did not fail (raydog_core.scheduling)"
+    key = attribute(
+        "ray.autoscaler._private.constants", "AUTOSCALER_UTILIZATION_SCORER_KEY", used_for
+    )
+    assert key == task_scripts.SCORER_VARIABLE
+    scorer = attribute(
+        "ray.autoscaler._private.resource_demand_scheduler", "_default_utilization_scorer", used_for
+    )
+    accepts(scorer, "node_availability_summary", used_for=used_for)
