@@ -58,3 +58,23 @@ def test_the_chart_draws_each_worker_type(simulation: Simulation) -> None:
     assert " cpu " in chart and " big " in chart  # the legend: every worker type, used or not
     assert " head " not in chart
     assert "\x1b[" not in chart  # colorless unless asked
+
+
+def test_ray_status_lists_a_late_launch_failure_and_the_workers_of_another_type() -> None:
+    """Ray's own `ray status` text, from the autoscaler that saw the provider's exception."""
+    from ray.autoscaler._private.util import format_info_string
+
+    config = memory_cluster_config()
+    config["available_node_types"]["big"] = {"resources": {"CPU": 4}, "max_workers": 2}
+    simulation = Simulation(config, launch_delay_s=60, unavailable={"cpu": "quota exceeded"})
+    try:
+        simulation.run([Demand(cpus=4, start_s=0, end_s=10 * 60)], duration_s=3 * 60)
+        status = format_info_string(
+            simulation.load_metrics.summary(), simulation.autoscaler.summary(), verbose=True
+        )
+    finally:
+        simulation.close()
+    failures = status.split("Recent failures:")[1].split("\n\n")[0]
+    assert "cpu: LaunchFailedLater" in failures and "quota exceeded" in failures
+    active = status.split("Active:")[1].split("Pending:")[0]
+    assert " big" in active and " cpu" not in active
