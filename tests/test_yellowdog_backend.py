@@ -1004,6 +1004,8 @@ def test_an_add_refused_with_429_waits_as_the_platform_asks(
 def test_a_provisioning_failure_ends_the_waiting_nodes_with_the_reason_ray_sees(
     yd_env: str, emulator_client: EmulatorClient
 ) -> None:
+    from ray.autoscaler.node_launch_exception import NodeLaunchException
+
     from raydog_backends.memory.tag_store import MemoryTagStore
     from tests.ray_helpers import head_tags, worker_tags
 
@@ -1030,6 +1032,10 @@ def test_a_provisioning_failure_ends_the_waiting_nodes_with_the_reason_ray_sees(
         assert provider.non_terminated_nodes({}) == [head], "Ray sees them gone"
         statuses = {t["id"]: t["status"] for t in emulator_client.state()["tasks"]}
         assert {statuses[w] for w in started} == {"CANCELLED"}, "the provider's tick ended them"
+        # Ray's next launch of the type gets the platform's reason (`ray status`: Recent
+        # failures), so it can prefer another node type.
+        with pytest.raises(NodeLaunchException, match="vCPU quota exceeded in eu-west-2"):
+            provider.create_node(node_config(), worker_tags(), 1)
     finally:
         provider.close()
         MemoryTagStore.forget(name)
