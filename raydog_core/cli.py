@@ -22,6 +22,7 @@ from raydog_core.interfaces import (
     ComputeBackend,
     Fleet,
     FleetCluster,
+    NodeInfo,
     NodeState,
     offers_fleet,
     offers_smoke_test,
@@ -97,6 +98,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "status", help="the cluster's nodes as the compute backend and the tag store see them"
     )
     status.add_argument("config", type=Path)
+    status.add_argument(
+        "--why",
+        action="store_true",
+        help="per node type with waiting or failed nodes: how far each got, and where it stopped",
+    )
 
     def fleet_options(command: argparse.ArgumentParser) -> None:
         command.add_argument(
@@ -159,7 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "doctor":
             return _doctor(args.config)
         if args.command == "status":
-            return _status(args.config)
+            return _status(args.config, args.why)
     except ConfigErrors as exc:
         for error in exc.errors:
             print(f"error: {error}", file=sys.stderr)
@@ -468,7 +474,7 @@ def _key_check(auth: Mapping[str, object]) -> Check:
     return Check("ssh key", True, f"{path} present, mode 600")
 
 
-def _status(path: Path) -> int:
+def _status(path: Path, why: bool = False) -> int:
 
     parsed, provider = _open_cluster(path)
     # Look only: ended nodes stay listed, with what the backend says of them.
@@ -504,8 +510,60 @@ def _status(path: Path) -> int:
             print("    (no tags in the store: shown from the compute backend's facts)")
     if not described and not stored:
         print("no nodes")
+    if why:
+        print("\n".join(_why_lines(described, stored)))
     provider.close()
     return 0
+
+
+# How far a node got, in order: what the status process can see of each step.
+WHY_STEPS = (
+    "requested by Ray",
+    "created on the platform",
+    "booted (address known)",
+    "running (setup finished, task started)",
+)
+
+
+def _why_lines(
+    described: Mapping[str, NodeInfo], stored: Mapping[str, Mapping[str, str]]
+) -> list[str]:
+    """``raydog status --why``: for each worker node type with a node still waiting or ended
+    without running, each such node's steps done and the one it stopped at, with the reason
+    the compute backend gives. Ray joining is `ray status` on the head's to tell."""
+    stuck: dict[str, list[str]] = {}
+    for node_id in sorted(described.keys() | stored.keys()):
+        info = described.get(node_id)
+        if info is not None and (info.is_head or info.state is NodeState.RUNNING):
+            continue
+        if info is not None and info.state is NodeState.TERMINATED and not info.detail:
+            continue
+        node_type = info.node_type if info else stored[node_id].get("ray-user-node-type", "?")
+        done = [
+            True,  # its tags or the platform's record: a launch Ray asked for
+            info is not None,
+            info is not None and info.internal_ip is not None,
+            False,
+        ]
+        reached = [step for step, ok in zip(WHY_STEPS, done, strict=True) if ok]
+        stopped = next(step for step, ok in zip(WHY_STEPS, done, strict=True) if not ok)
+        if info is None:
+            reason = "the compute backend no longer has it"
+        elif info.state is NodeState.TERMINATED:
+            reason = f"ended: {info.detail}"
+        else:
+            reason = f"waiting: {info.detail or info.state.value}"
+        stuck.setdefault(node_type, []).append(
+            f"  {node_id}: {' -> '.join(reached)}; stopped before "
+            f"{stopped.split(' (')[0]} ({reason})"
+        )
+    if not stuck:
+        return ["why: no worker node is waiting or ended before it ran"]
+    lines = []
+    for node_type, nodes in sorted(stuck.items()):
+        lines.append(f"why: node type {node_type}")
+        lines.extend(nodes)
+    return lines
 
 
 RECORD_VERSION = 1

@@ -1098,6 +1098,19 @@ def test_raydog_status_shows_why_a_pool_failed_and_the_monitor_log_keeps_it(
             (line,) = [x for x in result.stdout.splitlines() if x.startswith(worker)]
             assert "terminated (YellowDog could not provision worker pool" in line, line
             assert "vCPU quota exceeded in eu-west-2" in line, line
+        why = subprocess.run(
+            [sys.executable, "-m", "raydog_core.cli", "status", str(path), "--why"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert why.returncode == 0, why.stderr
+        chain = why.stdout.split("why: node type cpu\n")[1].splitlines()
+        for worker in started:
+            (line,) = [x for x in chain if x.strip().startswith(worker)]
+            assert "requested by Ray -> created on the platform;" in line, line
+            assert "stopped before booted (ended: " in line, line
+            assert "vCPU quota exceeded in eu-west-2" in line, line
 
         restarted = load_provider(config)  # an autoscaler that starts watching now
         try:
