@@ -47,6 +47,7 @@ from raydog_core.interfaces import (
     TagStore,
     Transport,
 )
+from raydog_core.metrics import TICK_BUCKETS, ProviderMetrics
 from raydog_core.node_setup import VERSIONS_TAG, Versions
 from raydog_core.progress import report
 from raydog_core.tag_cache import NotReady, TagCache
@@ -90,6 +91,14 @@ class RayDogNodeProvider(NodeProvider):
         self._launched_at: dict[str, float] = {}
         self._clock = clock.of_cluster(cluster_name)
         self._late_failures: dict[str, LaunchFailure] = {}
+        self.metrics = ProviderMetrics()
+        # Launches not yet seen running (node id -> (type, monotonic launch time)) and the last
+        # tick's time: the launch-to-running histogram and node-hours are made of them.
+        self._awaiting_running: dict[str, tuple[str, float]] = {}
+        self._last_tick: float | None = None
+        record = getattr(self.compute, "set_api_call_recorder", None)
+        if callable(record):
+            record(self.metrics.record_api_call)
         self._versions_reported = False
         self._filled_reload = 0
         # _derived_tags(info) by the NodeInfo fields it reads; a handful of distinct values.
@@ -190,6 +199,9 @@ class RayDogNodeProvider(NodeProvider):
         try:
             node_ids = self.compute.launch(request)
         except BackendError as exc:
+            self.metrics.count(
+                "raydog_launch_failures_total", node_type=node_type, reason=type(exc).__name__
+            )
             if is_head:
                 raise
             raise NodeLaunchException("RayDog launch failed", str(exc), src_exc_info=None) from exc
@@ -197,6 +209,7 @@ class RayDogNodeProvider(NodeProvider):
         with self._lock:
             for node_id in node_ids:
                 self._launched_at[node_id] = now
+                self._awaiting_running[node_id] = (node_type, now)
                 self._nodes.setdefault(
                     node_id,
                     NodeInfo(
@@ -363,6 +376,7 @@ class RayDogNodeProvider(NodeProvider):
                 for node_id in gone:
                     self._composed.pop(node_id, None)
                 self._note_launch_outcomes(previous, described, gone)
+                self._measure(described, gone)
             if gone and reconcile:
                 self._reconcile(gone)
             if fresh and reconcile and self.tags.reloads != self._filled_reload:
@@ -371,8 +385,40 @@ class RayDogNodeProvider(NodeProvider):
             if not fresh and self.tags.waiting_for_location:
                 # The head's address may be known from this describe: try the store once more.
                 self.tags.refresh()
+            self.metrics.observe(
+                "raydog_tick_seconds", time.monotonic() - started, buckets=TICK_BUCKETS
+            )
         if self.raydog_config.on_head and not self._versions_reported:
             self._report_versions()
+
+    def _measure(self, described: Mapping[str, NodeInfo], gone: Mapping[str, str]) -> None:
+        """This tick's figures: launch-to-running times, node-hours, nodes by type and state,
+        the tag store's counts. Holds ``_lock``."""
+        now = time.monotonic()
+        by_state: dict[tuple[tuple[str, str], ...], float] = {}
+        for info in described.values():
+            key = (("node_type", info.node_type), ("state", info.state.value))
+            by_state[key] = by_state.get(key, 0.0) + 1
+            if info.state is NodeState.RUNNING:
+                launched = self._awaiting_running.pop(info.node_id, None)
+                if launched is not None:
+                    self.metrics.observe(
+                        "raydog_launch_to_running_seconds", now - launched[1], node_type=launched[0]
+                    )
+                if self._last_tick is not None:
+                    self.metrics.count(
+                        "raydog_node_hours_total",
+                        (now - self._last_tick) / 3600.0,
+                        node_type=info.node_type,
+                    )
+        for node_id in gone:
+            self._awaiting_running.pop(node_id, None)
+        self._last_tick = now
+        self.metrics.set_gauge("raydog_nodes", by_state)
+        store = self.tags.figures()
+        self.metrics.set_gauge("raydog_tag_store_held_writes", {(): store["held_writes"]})
+        self.metrics.set_total("raydog_tag_store_round_trips_total", store["round_trips"])
+        self.metrics.set_total("raydog_tag_store_written_bytes_total", store["bytes_written"])
 
     def _note_launch_outcomes(
         self,
@@ -388,6 +434,9 @@ class RayDogNodeProvider(NodeProvider):
             if before is None or before.is_head or before.state is not NodeState.PENDING:
                 continue
             self._late_failures[before.node_type] = LaunchFailure(before.node_type, now, why)
+            self.metrics.count(
+                "raydog_launch_failures_total", node_type=before.node_type, reason=why
+            )
             logger.warning(
                 "RayDog: a %s launch failed after create_node returned (%s); the next %s "
                 "launches fail for up to %.0f s so Ray can try another node type",

@@ -99,6 +99,8 @@ class TagCache:
         self._reads_ok = 0
         self._send_attempts = 0
         self._last_failed_attempt = 0
+        self._round_trips = 0
+        self._bytes_written = 0
         self._sender_stop: threading.Event | None = None
         self._connected = False
         self._waiting_for_location = False
@@ -143,6 +145,15 @@ class TagCache:
         """A copy of every node's tags (for reports; a tick needs none)."""
         with self._cond:
             return {node: dict(tags) for node, tags in self._tags.items()}
+
+    def figures(self) -> dict[str, int]:
+        """Round trips to the store, bytes of tags written (node ids, keys and values), and
+        nodes with writes held: the provider's metrics read these."""
+        return {
+            "round_trips": self._round_trips,
+            "bytes_written": self._bytes_written,
+            "held_writes": self.unsent(),
+        }
 
     def unsent(self) -> int:
         """How many nodes have writes that have not reached the store yet."""
@@ -292,6 +303,10 @@ class TagCache:
             launches, self._pending_launches = self._pending_launches, set()
             self._in_flight = updates.keys() | deletes
         updates = self._within_limit(updates)
+        self._bytes_written += sum(
+            len(node_id) + sum(len(k) + len(v) for k, v in tags.items())
+            for node_id, tags in updates.items()
+        )
         sent_deletes = sent_updates = False
         problem = None
         try:
@@ -485,6 +500,7 @@ class TagCache:
     def _call(self, operation: Callable[[], T]) -> T:
         """A store call. On a dropped connection, reconnect (the transport reopens its path) and
         try once more; a second failure is raised."""
+        self._round_trips += 1
         try:
             return operation()
         except UnreachableError as exc:

@@ -1,0 +1,104 @@
+"""The provider's own figures, kept as it runs, rendered in the Prometheus text format Ray's
+metrics use (so one Prometheus scrape config serves both)."""
+
+from __future__ import annotations
+
+import bisect
+import threading
+from collections.abc import Iterable, Mapping
+
+# Seconds; launch-to-running on a cloud platform spans from seconds to tens of minutes.
+LAUNCH_BUCKETS = (5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 3600.0)
+TICK_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0)
+
+Labels = tuple[tuple[str, str], ...]
+
+
+def _label_text(labels: Labels) -> str:
+    if not labels:
+        return ""
+    escaped = (
+        (k, v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")) for k, v in labels
+    )
+    return "{" + ",".join(f'{k}="{v}"' for k, v in escaped) + "}"
+
+
+class _Histogram:
+    def __init__(self, buckets: tuple[float, ...]) -> None:
+        self.buckets = buckets
+        self.counts = [0] * len(buckets)
+        self.total = 0.0
+        self.count = 0
+
+    def observe(self, value: float) -> None:
+        index = bisect.bisect_left(self.buckets, value)
+        if index < len(self.counts):
+            self.counts[index] += 1
+        self.total += value
+        self.count += 1
+
+    def lines(self, name: str, labels: Labels) -> Iterable[str]:
+        cumulative = 0
+        for bound, count in zip(self.buckets, self.counts, strict=True):
+            cumulative += count
+            yield f"{name}_bucket{_label_text((*labels, ('le', repr(bound))))} {cumulative}"
+        yield f"{name}_bucket{_label_text((*labels, ('le', '+Inf')))} {self.count}"
+        yield f"{name}_sum{_label_text(labels)} {self.total}"
+        yield f"{name}_count{_label_text(labels)} {self.count}"
+
+
+class ProviderMetrics:
+    """Counters and histograms the provider feeds; ``render`` is the Prometheus text.
+
+    Backends count their compute API calls through ``record_api_call`` (the core hands the
+    recorder over and never learns what the calls are)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counters: dict[str, dict[Labels, float]] = {}
+        self._histograms: dict[str, dict[Labels, _Histogram]] = {}
+        self._gauges: dict[str, dict[Labels, float]] = {}
+
+    def count(self, name: str, amount: float = 1.0, **labels: str) -> None:
+        key = tuple(sorted(labels.items()))
+        with self._lock:
+            series = self._counters.setdefault(name, {})
+            series[key] = series.get(key, 0.0) + amount
+
+    def observe(
+        self, name: str, value: float, buckets: tuple[float, ...] = LAUNCH_BUCKETS, **labels: str
+    ) -> None:
+        key = tuple(sorted(labels.items()))
+        with self._lock:
+            series = self._histograms.setdefault(name, {})
+            series.setdefault(key, _Histogram(buckets)).observe(value)
+
+    def set_total(self, name: str, value: float) -> None:
+        """A counter kept elsewhere (the tag cache's), copied in at each tick."""
+        with self._lock:
+            self._counters[name] = {(): value}
+
+    def set_gauge(self, name: str, values: Mapping[Labels, float]) -> None:
+        """Replace a gauge's every series (a series that left is no longer reported)."""
+        with self._lock:
+            self._gauges[name] = dict(values)
+
+    def record_api_call(self, kind: str, outcome: str) -> None:
+        """A compute backend's call to its platform: ``kind`` (e.g. ``add_work_requirement``),
+        ``outcome`` (``ok`` or the error's class name)."""
+        self.count("raydog_compute_api_calls_total", kind=kind, outcome=outcome)
+
+    def render(self) -> str:
+        out: list[str] = []
+        with self._lock:
+            for name, series in sorted(self._counters.items()):
+                out.append(f"# TYPE {name} counter")
+                out.extend(f"{name}{_label_text(k)} {v}" for k, v in sorted(series.items()))
+            for name, gauge in sorted(self._gauges.items()):
+                out.append(f"# TYPE {name} gauge")
+                out.extend(f"{name}{_label_text(k)} {v}" for k, v in sorted(gauge.items()))
+            for name, hists in sorted(self._histograms.items()):
+                out.append(f"# TYPE {name} histogram")
+                for key, hist in sorted(hists.items()):
+                    out.extend(hist.lines(name, key))
+        return "\n".join(out) + "\n"
