@@ -4,8 +4,14 @@ metrics use (so one Prometheus scrape config serves both)."""
 from __future__ import annotations
 
 import bisect
+import sys
 import threading
 from collections.abc import Iterable, Mapping
+from types import FrameType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
 
 # Seconds; launch-to-running on a cloud platform spans from seconds to tens of minutes.
 LAUNCH_BUCKETS = (5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 3600.0)
@@ -102,3 +108,34 @@ class ProviderMetrics:
                 for key, hist in sorted(hists.items()):
                     out.extend(hist.lines(name, key))
         return "\n".join(out) + "\n"
+
+
+def serve_through_ray_autoscaler(metrics: ProviderMetrics, depth: int = 12) -> bool:
+    """Add the figures to the registry Ray's autoscaler serves on its metrics port
+    (``AUTOSCALER_METRIC_PORT``, listed in Ray's Prometheus service-discovery file), so a
+    Prometheus set up by Ray's instructions scrapes them with nothing more to open.
+
+    Ray builds the provider inside ``StandardAutoscaler.reset`` after setting its
+    ``prom_metrics``; that autoscaler is found among the callers. False when there is none
+    (``ray up`` on a laptop, ``raydog status``, tests) or prometheus_client is missing."""
+    try:
+        from prometheus_client.parser import text_string_to_metric_families
+        from prometheus_client.registry import Collector, CollectorRegistry
+    except ImportError:
+        return False
+    frame: FrameType | None = sys._getframe(1)
+    for _ in range(depth):
+        if frame is None:
+            break
+        owner = frame.f_locals.get("self")
+        registry = getattr(getattr(owner, "prom_metrics", None), "registry", None)
+        if isinstance(registry, CollectorRegistry):
+
+            class _Figures(Collector):
+                def collect(self) -> Iterable[Metric]:
+                    return text_string_to_metric_families(metrics.render())
+
+            registry.register(_Figures())
+            return True
+        frame = frame.f_back
+    return False

@@ -47,7 +47,7 @@ from raydog_core.interfaces import (
     TagStore,
     Transport,
 )
-from raydog_core.metrics import TICK_BUCKETS, ProviderMetrics
+from raydog_core.metrics import TICK_BUCKETS, ProviderMetrics, serve_through_ray_autoscaler
 from raydog_core.node_setup import VERSIONS_TAG, Versions
 from raydog_core.progress import report
 from raydog_core.tag_cache import NotReady, TagCache
@@ -99,6 +99,8 @@ class RayDogNodeProvider(NodeProvider):
         record = getattr(self.compute, "set_api_call_recorder", None)
         if callable(record):
             record(self.metrics.record_api_call)
+        if self.raydog_config.on_head:
+            serve_through_ray_autoscaler(self.metrics)
         self._versions_reported = False
         self._filled_reload = 0
         # _derived_tags(info) by the NodeInfo fields it reads; a handful of distinct values.

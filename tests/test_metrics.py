@@ -52,3 +52,28 @@ def test_api_calls_and_failures_render_with_labels_prometheus_accepts() -> None:
     assert figures[("raydog_compute_api_calls_total", api)] == 2
     failure = (("node_type", "gpu"), ("reason", 'quota "x"\nexceeded'))
     assert figures[("raydog_launch_failures_total", failure)] == 1
+
+
+def test_the_figures_join_the_registry_ray_autoscaler_serves() -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from raydog_core.metrics import serve_through_ray_autoscaler
+
+    class _PromMetrics:
+        registry = CollectorRegistry()
+
+    class _Autoscaler:
+        """Like Ray's StandardAutoscaler: prom_metrics set before the provider is built."""
+
+        prom_metrics = _PromMetrics()
+
+        def reset(self, metrics: ProviderMetrics) -> bool:
+            return serve_through_ray_autoscaler(metrics)
+
+    metrics = ProviderMetrics()
+    metrics.observe("raydog_tick_seconds", 0.02)
+    autoscaler = _Autoscaler()
+    assert autoscaler.reset(metrics)
+    served = generate_latest(autoscaler.prom_metrics.registry).decode()
+    assert "raydog_tick_seconds_count 1.0" in served
+    assert not serve_through_ray_autoscaler(ProviderMetrics())
