@@ -104,6 +104,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="per node type with waiting or failed nodes: how far each got, and where it stopped",
     )
 
+    metrics = commands.add_parser(
+        "metrics", help="the provider's figures (Prometheus text) from the running cluster's head"
+    )
+    metrics.add_argument("config", type=Path)
+
     def fleet_options(command: argparse.ArgumentParser) -> None:
         command.add_argument(
             "--namespace",
@@ -166,6 +171,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _doctor(args.config)
         if args.command == "status":
             return _status(args.config, args.why)
+        if args.command == "metrics":
+            return _metrics(args.config)
     except ConfigErrors as exc:
         for error in exc.errors:
             print(f"error: {error}", file=sys.stderr)
@@ -286,6 +293,29 @@ def _unavailable(text: str) -> tuple[str, str]:
     if not node_type.strip():
         raise RayDogError(f"--unavailable: expected TYPE[=REASON], got {text!r}")
     return node_type.strip(), reason.strip() or "simulated: the platform cannot provision it"
+
+
+def _metrics(path: Path) -> int:
+    """Read the autoscaler's metrics endpoint on the head (where the provider adds its
+    figures) through Ray's command runner, and print RayDog's."""
+    from ray.autoscaler import sdk
+    from ray.autoscaler._private.constants import AUTOSCALER_METRIC_PORT
+
+    validation.validate(validation.load_file(path))
+    fetch = (
+        "python -c 'import urllib.request; print(urllib.request.urlopen("
+        f'"http://127.0.0.1:{AUTOSCALER_METRIC_PORT}/metrics", timeout=30).read().decode())'
+        "'"
+    )
+    output = sdk.run_on_cluster(str(path), cmd=fetch, with_output=True) or ""
+    text = output.decode(errors="replace") if isinstance(output, bytes) else output
+    figures = [line for line in text.splitlines() if "raydog_" in line]
+    if not figures:
+        raise RayDogError(
+            f"no RayDog figures on the head's autoscaler metrics port {AUTOSCALER_METRIC_PORT}"
+        )
+    print("\n".join(figures))
+    return 0
 
 
 def _open_cluster(path: Path) -> tuple[raydog_config.RayDogConfig, RayDogNodeProvider]:
