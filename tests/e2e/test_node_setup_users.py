@@ -55,6 +55,11 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "yellowdog"
 
 pytestmark = pytest.mark.skipif(bool(unavailable()), reason=str(unavailable()))
 
+SLOW_MACHINE = {"RAY_agent_register_timeout_ms": "180000"}
+"""Ray's raylet aborts (``NodeManager::WaitForDashboardAgentPorts``) when its dashboard agent
+has not reported its ports in time; on this shared 2-core machine, with other tests' Ray
+clusters starting beside this one, the agent's imports alone can take longer than that."""
+
 DRIVER = textwrap.dedent(
     """
     import json, os, sys, time
@@ -188,6 +193,7 @@ def test_an_example_cluster_boots_as_yellowdog_runs_it(
                 "RAYDOG_GCS_PORT": str(gcs),
                 "RAYDOG_CLIENT_PORT": str(free_port()),
                 "RAYDOG_DASHBOARD_AGENT_PORT": str(free_port()),
+                **SLOW_MACHINE,
             },
             "head",
         )
@@ -259,6 +265,7 @@ def test_an_example_cluster_boots_as_yellowdog_runs_it(
                 "RAY_ADDRESS": f"{head_ip}:{gcs}",
                 "RAY_TMPDIR": str(ray_tmp[1]),
                 "RAYDOG_DASHBOARD_AGENT_PORT": str(free_port()),
+                **SLOW_MACHINE,
             },
             "worker",
         )
