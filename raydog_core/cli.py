@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -307,9 +308,15 @@ def _metrics(path: Path) -> int:
         f'"http://127.0.0.1:{AUTOSCALER_METRIC_PORT}/metrics", timeout=30).read().decode())'
         "'"
     )
-    output = sdk.run_on_cluster(str(path), cmd=fetch, with_output=True) or ""
+    # Ray's command runner logs to stdout: keep stdout for the figures alone.
+    with contextlib.redirect_stdout(sys.stderr):
+        output = sdk.run_on_cluster(str(path), cmd=fetch, with_output=True) or ""
     text = output.decode(errors="replace") if isinstance(output, bytes) else output
-    figures = [line for line in text.splitlines() if "raydog_" in line]
+    figures = [
+        line
+        for line in text.splitlines()
+        if line.startswith(("raydog_", "# TYPE raydog_", "# HELP raydog_"))
+    ]
     if not figures:
         raise RayDogError(
             f"no RayDog figures on the head's autoscaler metrics port {AUTOSCALER_METRIC_PORT}"

@@ -140,6 +140,7 @@ class LifecycleResult:
     workers_during_job: dict[str, NodeInfo]
     nodes_after_idle: dict[str, NodeInfo]
     status_after_idle: str
+    metrics: str
     leftovers: list[str]
 
 
@@ -162,6 +163,17 @@ def run_lifecycle(cluster: RayCluster) -> LifecycleResult:
     with cluster.phase("job (ray submit)"):
         job = cluster.ray("submit", "--no-config-cache", config, str(JOB), timeout=600)
     record_workers(cluster.nodes())
+    raydog = Path(RAY).parent / "raydog"
+    metrics = subprocess.run(
+        [str(raydog), "metrics", config],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        env=cluster.env,
+        cwd=cluster.folder,
+        timeout=120,
+        check=False,
+    )
     for line in job.splitlines():
         if line.startswith("FIRST_WORKER_JOINED "):
             cluster.timings["first worker joined"] = float(line.split()[1]) - submitted
@@ -183,6 +195,7 @@ def run_lifecycle(cluster: RayCluster) -> LifecycleResult:
         workers_during_job=workers_during_job,
         nodes_after_idle=after_idle,
         status_after_idle=status_after_idle,
+        metrics=metrics.stdout if metrics.returncode == 0 else f"FAILED: {metrics.stderr}",
         leftovers=cluster.leftovers(),
     )
 

@@ -78,3 +78,25 @@ def test_the_client_reaches_the_tag_store_on_the_head(
         if not command.startswith("ray up") and "is unreachable" in output
     ]
     assert unreached == []
+
+
+def test_raydog_metrics_prints_the_providers_figures_after_the_job(
+    lifecycle: LifecycleResult,
+) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    samples = {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(lifecycle.metrics)
+        for sample in family.samples
+        if sample.value > 0
+    }
+    for name in (
+        "raydog_tick_seconds_count",
+        "raydog_tag_store_round_trips_total",
+        "raydog_tag_store_written_bytes_total",
+        "raydog_launch_to_running_seconds_count",
+        "raydog_nodes",
+        "raydog_node_hours_total",
+    ):
+        assert name in samples, lifecycle.metrics[-3000:]
