@@ -303,10 +303,14 @@ def _metrics(path: Path) -> int:
     from ray.autoscaler._private.constants import AUTOSCALER_METRIC_PORT
 
     validation.validate(validation.load_file(path))
+    # Ray's monitor reads its port from AUTOSCALER_METRIC_PORT (ray/autoscaler/_private/
+    # constants.py); backends whose heads share a machine set it per head, in the node's
+    # environment that Ray's command runner gives this command too.
     fetch = (
-        "python -c 'import urllib.request; print(urllib.request.urlopen("
-        f'"http://127.0.0.1:{AUTOSCALER_METRIC_PORT}/metrics", timeout=30).read().decode())'
-        "'"
+        "python -c 'import os, urllib.request; port = os.environ.get("
+        f'"AUTOSCALER_METRIC_PORT", "{AUTOSCALER_METRIC_PORT}"); '
+        'print(urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30)'
+        ".read().decode())'"
     )
     # Ray's command runner logs to stdout: keep stdout for the figures alone.
     with contextlib.redirect_stdout(sys.stderr):

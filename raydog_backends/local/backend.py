@@ -12,7 +12,9 @@ session, its shims and Ray's command runner for it are ``raydog_backends.process
 Environment of every node (task script and commands run through the command runner):
 ``RAYDOG_CLUSTER_NAME``, ``RAYDOG_NODE_TYPE``, ``RAYDOG_NODE_ID``, ``RAYDOG_NODE_IP``,
 ``RAY_HEAD_IP``, ``RAYDOG_GCS_PORT`` (the head's Ray port), ``RAYDOG_CLIENT_PORT`` (the head's
-Ray client port), ``RAYDOG_DASHBOARD_AGENT_PORT`` (this node's), ``RAY_TMPDIR`` (this node's Ray
+Ray client port), ``AUTOSCALER_METRIC_PORT`` (where the head's autoscaler, Ray's monitor, serves
+its metrics and the provider's figures), ``RAYDOG_DASHBOARD_AGENT_PORT`` (this node's),
+``RAY_TMPDIR`` (this node's Ray
 temp folder), ``HOME``, and ``RAY_ADDRESS``
 (the head's Ray address: ``ray.init()`` and ``ray status`` must not guess, as they would pick any
 Ray running on the machine). Ray binds several ports on every address, so nodes sharing a machine
@@ -213,7 +215,7 @@ class LocalComputeBackend(ComputeBackend):
         self.folder.home(node_id).mkdir(parents=True, mode=0o700)
         ports = {"dashboard_agent": free_port()}
         if request.is_head:
-            ports.update(gcs=free_port(), client=free_port())
+            ports.update(gcs=free_port(), client=free_port(), autoscaler_metrics=free_port())
         digest = hashlib.sha256(str(node_dir).encode()).hexdigest()[:12]
         record = NodeRecord(
             node_id=node_id,

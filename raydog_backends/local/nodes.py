@@ -132,6 +132,8 @@ def node_environment(
         env["RAY_ADDRESS"] = f"{head.ip}:{head.ports['gcs']}"
         env["RAYDOG_GCS_PORT"] = str(head.ports["gcs"])
         env["RAYDOG_CLIENT_PORT"] = str(head.ports["client"])
+        if "autoscaler_metrics" in head.ports:  # heads started before it had one use Ray's
+            env["AUTOSCALER_METRIC_PORT"] = str(head.ports["autoscaler_metrics"])
     return env
 
 

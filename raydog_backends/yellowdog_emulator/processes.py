@@ -3,8 +3,9 @@
 With ``run_tasks`` each task's bash script runs as a process session in its own folder. With
 ``loopback_ips`` too, each node is a Ray node sharing this machine, as the ``local`` backend's
 nodes are: its own address (``RAYDOG_NODE_IP``), Ray temp folder (``RAY_TMPDIR``) and dashboard
-agent port, the Ray ports of its cluster (``RAYDOG_GCS_PORT``, ``RAYDOG_CLIENT_PORT``: one pair
-per work requirement, as Ray binds them on every address), ``RAY_ADDRESS``, and the
+agent port, the Ray ports of its cluster (``RAYDOG_GCS_PORT``, ``RAYDOG_CLIENT_PORT`` and the
+autoscaler's metrics port ``AUTOSCALER_METRIC_PORT``: one set per work requirement, as Ray binds
+them on every address), ``RAY_ADDRESS``, and the
 ``ray``/``sudo`` shims that scope ``ray stop`` to the node. A task's folder holds ``node.json``
 and ``environment.json`` (0600), for the shims and for the emulator's command runner.
 
@@ -58,7 +59,7 @@ class NodeProcesses:
         self._loopback = LoopbackAddresses()
         self._scratch: Path | None = None
         self._stopping: list[NodeProcess] = []
-        self._ray_ports: dict[str, tuple[int, int]] = {}
+        self._ray_ports: dict[str, tuple[int, int, int]] = {}
         self._ray_tmp_dirs: list[Path] = []
 
     # --- a node's place on this machine ---------------------------------------------------
@@ -134,7 +135,9 @@ class NodeProcesses:
     ) -> dict[str, str]:
         """What a Ray node sharing this machine needs (see the module docstring)."""
         ip = node.private_ip
-        gcs, client = self._ray_ports.setdefault(task.requirement_id, (free_port(), free_port()))
+        gcs, client, metrics = self._ray_ports.setdefault(
+            task.requirement_id, (free_port(), free_port(), free_port())
+        )
         # Short on purpose: Ray's socket paths under it must stay below 108 bytes.
         tmp = Path(tempfile.mkdtemp(prefix="raydog-yd-"))
         task.ray_tmp_dir = tmp
@@ -148,6 +151,7 @@ class NodeProcesses:
             "RAYDOG_DASHBOARD_AGENT_PORT": str(free_port()),
             "RAYDOG_GCS_PORT": str(gcs),
             "RAYDOG_CLIENT_PORT": str(client),
+            "AUTOSCALER_METRIC_PORT": str(metrics),
             "RAY_ADDRESS": f"{head_ip}:{gcs}",
             SETUP_FINISHED_VARIABLE: str(node_folder / SETUP_FINISHED_FILE),
             NODE_DIR_VARIABLE: str(folder),
