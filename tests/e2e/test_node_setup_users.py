@@ -57,12 +57,12 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "yellowdog"
 pytestmark = pytest.mark.skipif(bool(unavailable()), reason=str(unavailable()))
 
 RAY_STARTUP_RACE = "The current node timed out during startup"
-"""What ``ray start`` says when its raylet died before registering. Seen here only beside other
-tests' Ray clusters on 2 cores: the raylet aborts in ``NodeManager::WaitForDashboardAgentPorts``
-("Timed out waiting for file .../metrics_agent_port_<node id>") because its dashboard agent has
-not yet written its port (``RAY_agent_register_timeout_ms`` does not move that wait). The
-worker's task is then started once more, as the platform would run it again; any other failure
-fails."""
+"""What ``ray start`` says when its raylet died before registering: the raylet aborts in
+``NodeManager::WaitForDashboardAgentPorts`` ("Timed out waiting for file .../metrics_agent_port_
+<node id>") when its dashboard agent has not reported its ports within 15 s. That happened here
+beside other tests' Ray clusters on 2 cores while the node's Python had no bytecode (the agent's
+user cannot write it; the setup now compiles it as root). The worker's task is started once more
+on that message only, as the platform would run it again; any other failure fails."""
 
 DRIVER = textwrap.dedent(
     """
@@ -217,6 +217,14 @@ def test_an_example_cluster_boots_as_yellowdog_runs_it(
                 p for p in written if not (placed.is_relative_to(p) or p.is_relative_to(placed))
             }
             assert others == set(), f"the setup wrote in root's home: {sorted(others)}"
+
+        # Python's bytecode was compiled at setup, as root: the agent's user cannot write it, and
+        # without it each of Ray's processes compiles what it imports, each time it starts.
+        for machine in (head, worker):
+            venv = machine.host_path(node_setup.VENV)
+            pythons = machine.host_path(node_setup.PYTHONS)
+            assert list(venv.glob("lib/python3*/site-packages/ray/__pycache__/__init__.*.pyc"))
+            assert list(pythons.glob("*/lib/python3*/asyncio/__pycache__/__init__.*.pyc"))
 
         # The SSH key is the agent's, for `ray up`.
         keys = head.host_path(f"{AGENT_HOME}/.ssh/authorized_keys")
