@@ -11,7 +11,7 @@ import re
 import shutil
 import sys
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -32,148 +32,31 @@ from raydog_core.interfaces import (
 if TYPE_CHECKING:
     from raydog_core.provider import RayDogNodeProvider
 
+    Subcommands = argparse._SubParsersAction[argparse.ArgumentParser]
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="raydog", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-
-    commands.add_parser("plugins", help="every installed plugin, by kind, with its distribution")
-
-    validate = commands.add_parser(
-        "validate", help="check a cluster YAML without credentials or network"
-    )
-    validate.add_argument("config", type=Path)
-
-    simulate = commands.add_parser(
-        "simulate",
-        help="run Ray's autoscaler on a config against in-memory backends, in simulated time",
-    )
-    simulate.add_argument("config", type=Path)
-    simulate.add_argument(
-        "--demand",
-        action="append",
-        default=[],
-        metavar="SPEC",
-        help="e.g. '8 CPU for 10m', '4 CPU from 5m to 20m', '2 GPU for 1h' (repeatable)",
-    )
-    simulate.add_argument(
-        "--duration", default="", help="how long to simulate (default: demand + 15m)"
-    )
-    simulate.add_argument("--launch-delay", default="30s", help="how long a node takes to start")
-    simulate.add_argument("--tick", default="5s", help="autoscaler update interval")
-    simulate.add_argument(
-        "--json", action="store_true", help="print the figures, series and events as JSON"
-    )
-    simulate.add_argument("--events", action="store_true", help="also list every launch and stop")
-    simulate.add_argument(
-        "--unavailable",
-        action="append",
-        default=[],
-        metavar="TYPE[=REASON]",
-        help="the platform ends every launch of this worker node type before it runs (repeatable)",
-    )
-
-    init = commands.add_parser(
-        "init", help="write a starter cluster config (and, for YellowDog, node setup and .env)"
-    )
-    init.add_argument("--compute", choices=starter.COMPUTES, default=starter.COMPUTES[0])
-    init.add_argument("folder", type=Path, nargs="?", default=Path("."))
-
-    node_setup = commands.add_parser(
-        "node-setup", help="print the setup script (userdata) a node of a type needs"
-    )
-    node_setup.add_argument("config", type=Path)
-    node_setup.add_argument("--node-type", required=True)
-    node_setup.add_argument(
-        "-o",
-        "--output",
-        type=Path,
-        metavar="FILE",
-        help="write it to FILE (all of it or, on any error, nothing) instead of printing it",
-    )
-
-    doctor = commands.add_parser("doctor", help="check what commonly breaks a real `ray up`")
-    doctor.add_argument("config", type=Path)
-
-    status = commands.add_parser(
-        "status", help="the cluster's nodes as the compute backend and the tag store see them"
-    )
-    status.add_argument("config", type=Path)
-    status.add_argument(
-        "--why",
-        action="store_true",
-        help="per node type with waiting or failed nodes: how far each got, and where it stopped",
-    )
-
-    metrics = commands.add_parser(
-        "metrics", help="the provider's figures (Prometheus text) from the running cluster's head"
-    )
-    metrics.add_argument("config", type=Path)
-
-    def fleet_options(command: argparse.ArgumentParser) -> None:
-        command.add_argument(
-            "--namespace",
-            help="where to look (default: the config next to you, else the backend's)",
-        )
-        command.add_argument(
-            "--compute",
-            help="the compute backend (default: the one of ./cluster.yaml, else "
-            f"{raydog_config.DEFAULT_PLUGINS['compute']})",
-        )
-
-    clusters = commands.add_parser(
-        "clusters", help="every RayDog cluster a compute backend can see, without a config"
-    )
-    fleet_options(clusters)
-    clusters.add_argument("--json", action="store_true", help="the same, as one JSON document")
-
-    shutdown = commands.add_parser(
-        "shutdown", help="end a cluster, or every failed run's leftovers, without its config"
-    )
-    shutdown.add_argument("name", nargs="?", help="the cluster, as `raydog clusters` names it")
-    shutdown.add_argument(
-        "--leftovers", action="store_true", help="end every cluster whose head is not alive"
-    )
-    fleet_options(shutdown)
-    shutdown.add_argument("--yes", action="store_true", help="do not ask")
-
-    smoke = commands.add_parser(
-        "smoke-test",
-        help="with real credentials: one small node, each platform fact RayDog relies on "
-        "measured against the emulator's, everything ended before the deadline",
-    )
-    smoke.add_argument("config", type=Path)
-    smoke.add_argument(
-        "--record", type=Path, metavar="FILE", help="write the answers (no ids, names or secrets)"
-    )
-    smoke.add_argument(
-        "--deadline", type=float, default=15.0, metavar="MINUTES", help="default: 15"
-    )
-
+    # Each `_add_*` stands beside its command's handler; this order is `raydog --help`'s.
+    for add_command in (
+        _add_plugins,
+        _add_validate,
+        _add_simulate,
+        _add_init,
+        _add_node_setup,
+        _add_doctor,
+        _add_status,
+        _add_metrics,
+        _add_clusters,
+        _add_shutdown,
+        _add_smoke_test,
+    ):
+        add_command(commands)
     args = parser.parse_args(argv)
+    run: Callable[[argparse.Namespace], int] = args.run
     try:
-        if args.command == "smoke-test":
-            return _smoke_test(args.config, args.record, args.deadline)
-        if args.command == "clusters":
-            return _clusters(args)
-        if args.command == "shutdown":
-            return _shutdown(args)
-        if args.command == "plugins":
-            return _plugins()
-        if args.command == "validate":
-            return _validate(args.config)
-        if args.command == "simulate":
-            return _simulate(args)
-        if args.command == "init":
-            return _init(args.compute, args.folder)
-        if args.command == "node-setup":
-            return _node_setup(args.config, args.node_type, args.output)
-        if args.command == "doctor":
-            return _doctor(args.config)
-        if args.command == "status":
-            return _status(args.config, args.why)
-        if args.command == "metrics":
-            return _metrics(args.config)
+        return run(args)
     except ConfigErrors as exc:
         for error in exc.errors:
             print(f"error: {error}", file=sys.stderr)
@@ -182,8 +65,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RayDogError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    parser.error(f"unknown command {args.command}")
-    return 2
+
+
+def _add_plugins(commands: Subcommands) -> None:
+    command = commands.add_parser(
+        "plugins", help="every installed plugin, by kind, with its distribution"
+    )
+    command.set_defaults(run=lambda args: _plugins())
 
 
 def _plugins() -> int:
@@ -201,6 +89,14 @@ def _plugins() -> int:
             )
         print()
     return 0
+
+
+def _add_validate(commands: Subcommands) -> None:
+    command = commands.add_parser(
+        "validate", help="check a cluster YAML without credentials or network"
+    )
+    command.add_argument("config", type=Path)
+    command.set_defaults(run=lambda args: _validate(args.config))
 
 
 def _validate(path: Path) -> int:
@@ -256,6 +152,38 @@ def parse_demand(text: str) -> object:
     return Demand(start_s=begin, end_s=finish, resources={resource: 1.0}, count=int(total))
 
 
+def _add_simulate(commands: Subcommands) -> None:
+    command = commands.add_parser(
+        "simulate",
+        help="run Ray's autoscaler on a config against in-memory backends, in simulated time",
+    )
+    command.add_argument("config", type=Path)
+    command.add_argument(
+        "--demand",
+        action="append",
+        default=[],
+        metavar="SPEC",
+        help="e.g. '8 CPU for 10m', '4 CPU from 5m to 20m', '2 GPU for 1h' (repeatable)",
+    )
+    command.add_argument(
+        "--duration", default="", help="how long to simulate (default: demand + 15m)"
+    )
+    command.add_argument("--launch-delay", default="30s", help="how long a node takes to start")
+    command.add_argument("--tick", default="5s", help="autoscaler update interval")
+    command.add_argument(
+        "--json", action="store_true", help="print the figures, series and events as JSON"
+    )
+    command.add_argument("--events", action="store_true", help="also list every launch and stop")
+    command.add_argument(
+        "--unavailable",
+        action="append",
+        default=[],
+        metavar="TYPE[=REASON]",
+        help="the platform ends every launch of this worker node type before it runs (repeatable)",
+    )
+    command.set_defaults(run=_simulate)
+
+
 def _simulate(args: argparse.Namespace) -> int:
     from raydog_core.simulation import Demand, Simulation
 
@@ -294,6 +222,14 @@ def _unavailable(text: str) -> tuple[str, str]:
     if not node_type.strip():
         raise RayDogError(f"--unavailable: expected TYPE[=REASON], got {text!r}")
     return node_type.strip(), reason.strip() or "simulated: the platform cannot provision it"
+
+
+def _add_metrics(commands: Subcommands) -> None:
+    command = commands.add_parser(
+        "metrics", help="the provider's figures (Prometheus text) from the running cluster's head"
+    )
+    command.add_argument("config", type=Path)
+    command.set_defaults(run=lambda args: _metrics(args.config))
 
 
 def _metrics(path: Path) -> int:
@@ -338,6 +274,22 @@ def _open_cluster(path: Path) -> tuple[raydog_config.RayDogConfig, RayDogNodePro
     bootstrapped = raydog_config.bootstrap(cluster)
     provider = RayDogNodeProvider(bootstrapped["provider"], parsed.cluster_name)
     return parsed, provider
+
+
+def _add_node_setup(commands: Subcommands) -> None:
+    command = commands.add_parser(
+        "node-setup", help="print the setup script (userdata) a node of a type needs"
+    )
+    command.add_argument("config", type=Path)
+    command.add_argument("--node-type", required=True)
+    command.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        metavar="FILE",
+        help="write it to FILE (all of it or, on any error, nothing) instead of printing it",
+    )
+    command.set_defaults(run=lambda args: _node_setup(args.config, args.node_type, args.output))
 
 
 def _node_setup(path: Path, node_type: str, output: Path | None) -> int:
@@ -388,6 +340,15 @@ def node_setup_text(cluster: Mapping[str, object], node_type: str, with_key: boo
     return text
 
 
+def _add_init(commands: Subcommands) -> None:
+    command = commands.add_parser(
+        "init", help="write a starter cluster config (and, for YellowDog, node setup and .env)"
+    )
+    command.add_argument("--compute", choices=starter.COMPUTES, default=starter.COMPUTES[0])
+    command.add_argument("folder", type=Path, nargs="?", default=Path("."))
+    command.set_defaults(run=lambda args: _init(args.compute, args.folder))
+
+
 def _init(compute: str, folder: Path) -> int:
     files = starter.planned_files(compute)
     starter.refuse_overwrites(folder, list(files))
@@ -420,6 +381,12 @@ def _init(compute: str, folder: Path) -> int:
         )
     print(f"next: cd {folder} && raydog validate cluster.yaml  (then edit cluster.yaml)")
     return 0
+
+
+def _add_doctor(commands: Subcommands) -> None:
+    command = commands.add_parser("doctor", help="check what commonly breaks a real `ray up`")
+    command.add_argument("config", type=Path)
+    command.set_defaults(run=lambda args: _doctor(args.config))
 
 
 def _doctor(path: Path) -> int:
@@ -513,6 +480,19 @@ def _key_check(auth: Mapping[str, object]) -> Check:
     if path.stat().st_mode & 0o077:
         return Check("ssh key", False, f"{path} is readable by others", f"chmod 600 {path}")
     return Check("ssh key", True, f"{path} present, mode 600")
+
+
+def _add_status(commands: Subcommands) -> None:
+    command = commands.add_parser(
+        "status", help="the cluster's nodes as the compute backend and the tag store see them"
+    )
+    command.add_argument("config", type=Path)
+    command.add_argument(
+        "--why",
+        action="store_true",
+        help="per node type with waiting or failed nodes: how far each got, and where it stopped",
+    )
+    command.set_defaults(run=lambda args: _status(args.config, args.why))
 
 
 def _status(path: Path, why: bool = False) -> int:
@@ -611,6 +591,22 @@ RECORD_VERSION = 1
 MAX_DEADLINE_MINUTES = 120.0
 
 
+def _add_smoke_test(commands: Subcommands) -> None:
+    command = commands.add_parser(
+        "smoke-test",
+        help="with real credentials: one small node, each platform fact RayDog relies on "
+        "measured against the emulator's, everything ended before the deadline",
+    )
+    command.add_argument("config", type=Path)
+    command.add_argument(
+        "--record", type=Path, metavar="FILE", help="write the answers (no ids, names or secrets)"
+    )
+    command.add_argument(
+        "--deadline", type=float, default=15.0, metavar="MINUTES", help="default: 15"
+    )
+    command.set_defaults(run=lambda args: _smoke_test(args.config, args.record, args.deadline))
+
+
 def _smoke_test(path: Path, record: Path | None, deadline_minutes: float) -> int:
     if not 0 < deadline_minutes <= MAX_DEADLINE_MINUTES:
         raise RayDogError(
@@ -647,6 +643,19 @@ def _smoke_test(path: Path, record: Path | None, deadline_minutes: float) -> int
 
 NEARBY_CONFIG = Path("cluster.yaml")
 """The config the fleet commands take their backend and its options from, when it exists."""
+
+
+def _add_fleet_options(command: argparse.ArgumentParser) -> None:
+    """What `clusters` and `shutdown` both take: which backend's fleet, and where in it."""
+    command.add_argument(
+        "--namespace",
+        help="where to look (default: the config next to you, else the backend's)",
+    )
+    command.add_argument(
+        "--compute",
+        help="the compute backend (default: the one of ./cluster.yaml, else "
+        f"{raydog_config.DEFAULT_PLUGINS['compute']})",
+    )
 
 
 def _open_fleet(namespace: str | None, compute: str | None) -> Fleet:
@@ -688,6 +697,15 @@ def _cluster_lines(cluster: FleetCluster, now: float) -> list[str]:
     return lines
 
 
+def _add_clusters(commands: Subcommands) -> None:
+    command = commands.add_parser(
+        "clusters", help="every RayDog cluster a compute backend can see, without a config"
+    )
+    _add_fleet_options(command)
+    command.add_argument("--json", action="store_true", help="the same, as one JSON document")
+    command.set_defaults(run=_clusters)
+
+
 def _clusters(args: argparse.Namespace) -> int:
     import time
 
@@ -705,6 +723,19 @@ def _clusters(args: argparse.Namespace) -> int:
     for cluster in found:
         print("\n".join(_cluster_lines(cluster, now)))
     return 0
+
+
+def _add_shutdown(commands: Subcommands) -> None:
+    command = commands.add_parser(
+        "shutdown", help="end a cluster, or every failed run's leftovers, without its config"
+    )
+    command.add_argument("name", nargs="?", help="the cluster, as `raydog clusters` names it")
+    command.add_argument(
+        "--leftovers", action="store_true", help="end every cluster whose head is not alive"
+    )
+    _add_fleet_options(command)
+    command.add_argument("--yes", action="store_true", help="do not ask")
+    command.set_defaults(run=_shutdown)
 
 
 def _shutdown(args: argparse.Namespace) -> int:
