@@ -4,11 +4,12 @@ metrics use (so one Prometheus scrape config serves both)."""
 from __future__ import annotations
 
 import bisect
+import contextlib
 import sys
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
@@ -54,10 +55,7 @@ class _Histogram:
 
 
 class ProviderMetrics:
-    """Counters and histograms the provider feeds; ``render`` is the Prometheus text.
-
-    Backends count their compute API calls through ``record_api_call`` (the core hands the
-    recorder over and never learns what the calls are)."""
+    """Counters and histograms the provider feeds; ``render`` is the Prometheus text."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -89,10 +87,18 @@ class ProviderMetrics:
         with self._lock:
             self._gauges[name] = dict(values)
 
-    def record_api_call(self, kind: str, outcome: str) -> None:
-        """A compute backend's call to its platform: ``kind`` (e.g. ``add_work_requirement``),
-        ``outcome`` (``ok`` or the error's class name)."""
-        self.count("raydog_compute_api_calls_total", kind=kind, outcome=outcome)
+    @contextlib.contextmanager
+    def compute_call(self, kind: str) -> Iterator[None]:
+        """Count one call the core makes to its compute backend (``kind``: ``launch``,
+        ``describe``, ``terminate``, ``shutdown``) with its outcome, ``ok`` or the error's
+        class. Counted at this one boundary, every backend gets the figure without code of
+        its own."""
+        try:
+            yield
+        except Exception as exc:
+            self.count("raydog_compute_api_calls_total", kind=kind, outcome=type(exc).__name__)
+            raise
+        self.count("raydog_compute_api_calls_total", kind=kind, outcome="ok")
 
     def render(self) -> str:
         out: list[str] = []
@@ -110,32 +116,49 @@ class ProviderMetrics:
         return "\n".join(out) + "\n"
 
 
-def serve_through_ray_autoscaler(metrics: ProviderMetrics, depth: int = 12) -> bool:
-    """Add the figures to the registry Ray's autoscaler serves on its metrics port
-    (``AUTOSCALER_METRIC_PORT``, listed in Ray's Prometheus service-discovery file), so a
-    Prometheus set up by Ray's instructions scrapes them with nothing more to open.
+def find_ray_autoscaler(depth: int = 12) -> Any | None:
+    """Ray's ``StandardAutoscaler`` building the provider that calls this, or None (``ray up``
+    on a laptop, ``raydog status``, tests, autoscaler v2).
 
     Ray builds the provider inside ``StandardAutoscaler.reset`` after setting its
-    ``prom_metrics``; that autoscaler is found among the callers. False when there is none
-    (``ray up`` on a laptop, ``raydog status``, tests) or prometheus_client is missing."""
-    try:
-        from prometheus_client.parser import text_string_to_metric_families
-        from prometheus_client.registry import Collector, CollectorRegistry
-    except ImportError:
-        return False
+    ``prom_metrics`` and ``load_metrics``; the autoscaler is the ``self`` of a caller that has
+    both."""
     frame: FrameType | None = sys._getframe(1)
     for _ in range(depth):
         if frame is None:
             break
         owner = frame.f_locals.get("self")
-        registry = getattr(getattr(owner, "prom_metrics", None), "registry", None)
-        if isinstance(registry, CollectorRegistry):
-
-            class _Figures(Collector):
-                def collect(self) -> Iterable[Metric]:
-                    return text_string_to_metric_families(metrics.render())
-
-            registry.register(_Figures())
-            return True
+        if hasattr(owner, "prom_metrics") and hasattr(owner, "load_metrics"):
+            return owner
         frame = frame.f_back
-    return False
+    return None
+
+
+def serve_through_ray_autoscaler(metrics: ProviderMetrics, autoscaler: Any) -> bool:
+    """Add the figures to the registry Ray's autoscaler serves on its metrics port
+    (``AUTOSCALER_METRIC_PORT``, listed in Ray's Prometheus service-discovery file), so a
+    Prometheus set up by Ray's instructions scrapes them with nothing more to open.
+    False when the autoscaler has no such registry or prometheus_client is missing."""
+    try:
+        from prometheus_client.parser import text_string_to_metric_families
+        from prometheus_client.registry import Collector, CollectorRegistry
+    except ImportError:
+        return False
+    registry = getattr(getattr(autoscaler, "prom_metrics", None), "registry", None)
+    if not isinstance(registry, CollectorRegistry):
+        return False
+
+    class _Figures(Collector):
+        def collect(self) -> Iterable[Metric]:
+            return text_string_to_metric_families(metrics.render())
+
+    registry.register(_Figures())
+    return True
+
+
+def ray_node_ips(autoscaler: Any) -> Collection[str]:
+    """The IPs of the Ray nodes the head's GCS reports, as Ray's monitor hands them to the
+    autoscaler before each update (``LoadMetrics.node_id_by_ip``, filled from the GCS's
+    resource reports only): a node whose IP is there has joined Ray."""
+    found = getattr(getattr(autoscaler, "load_metrics", None), "node_id_by_ip", None)
+    return set(found) if isinstance(found, Mapping) else set()

@@ -47,7 +47,13 @@ from raydog_core.interfaces import (
     TagStore,
     Transport,
 )
-from raydog_core.metrics import TICK_BUCKETS, ProviderMetrics, serve_through_ray_autoscaler
+from raydog_core.metrics import (
+    TICK_BUCKETS,
+    ProviderMetrics,
+    find_ray_autoscaler,
+    ray_node_ips,
+    serve_through_ray_autoscaler,
+)
 from raydog_core.node_setup import VERSIONS_TAG, Versions
 from raydog_core.progress import report
 from raydog_core.tag_cache import NotReady, TagCache
@@ -92,15 +98,17 @@ class RayDogNodeProvider(NodeProvider):
         self._clock = clock.of_cluster(cluster_name)
         self._late_failures: dict[str, LaunchFailure] = {}
         self.metrics = ProviderMetrics()
-        # Launches not yet seen running (node id -> (type, monotonic launch time)) and the last
-        # tick's time: the launch-to-running histogram and node-hours are made of them.
+        # Launches not yet seen running, and not yet seen in Ray (node id -> (type, monotonic
+        # launch time)), and the last tick's time: the launch-to-running and launch-to-Ray-
+        # joined histograms and node-hours are made of them.
         self._awaiting_running: dict[str, tuple[str, float]] = {}
+        self._awaiting_ray: dict[str, tuple[str, float]] = {}
         self._last_tick: float | None = None
-        record = getattr(self.compute, "set_api_call_recorder", None)
-        if callable(record):
-            record(self.metrics.record_api_call)
-        if self.raydog_config.on_head:
-            serve_through_ray_autoscaler(self.metrics)
+        # Ray's autoscaler that builds this provider on the head: it serves the figures and
+        # says which nodes joined Ray. None elsewhere.
+        self._ray_autoscaler = find_ray_autoscaler() if self.raydog_config.on_head else None
+        if self._ray_autoscaler is not None:
+            serve_through_ray_autoscaler(self.metrics, self._ray_autoscaler)
         self._versions_reported = False
         self._filled_reload = 0
         # _derived_tags(info) by the NodeInfo fields it reads; a handful of distinct values.
@@ -199,7 +207,8 @@ class RayDogNodeProvider(NodeProvider):
             node_type, count, is_head, node_config, tags.get(TAG_RAY_LAUNCH_CONFIG, "")
         )
         try:
-            node_ids = self.compute.launch(request)
+            with self.metrics.compute_call("launch"):
+                node_ids = self.compute.launch(request)
         except BackendError as exc:
             self.metrics.count(
                 "raydog_launch_failures_total", node_type=node_type, reason=type(exc).__name__
@@ -212,6 +221,8 @@ class RayDogNodeProvider(NodeProvider):
             for node_id in node_ids:
                 self._launched_at[node_id] = now
                 self._awaiting_running[node_id] = (node_type, now)
+                if not is_head:
+                    self._awaiting_ray[node_id] = (node_type, now)
                 self._nodes.setdefault(
                     node_id,
                     NodeInfo(
@@ -253,7 +264,8 @@ class RayDogNodeProvider(NodeProvider):
         self.tags.delete(known | set(node_ids) | self.tags.node_ids())
         # Send the deletes (bounded) while the head's store still runs, then let go of it.
         self.tags.close()
-        self.compute.shutdown()
+        with self.metrics.compute_call("shutdown"):
+            self.compute.shutdown()
         with self._lock:
             self._nodes.clear()
         self.transport.close()
@@ -284,7 +296,8 @@ class RayDogNodeProvider(NodeProvider):
             )
             self.cleanup_cluster_resources(node_ids)
             return None
-        self.compute.terminate(node_ids)
+        with self.metrics.compute_call("terminate"):
+            self.compute.terminate(node_ids)
         with self._lock:
             for node_id in node_ids:
                 info = self._nodes.get(node_id)
@@ -357,7 +370,9 @@ class RayDogNodeProvider(NodeProvider):
             fresh = self.tags.refresh()
             tags = self.tags.node_ids()
             # Interned, as the tag cache's are: Ray's lookups then match by identity.
-            described = {intern(info.node_id): info for info in self.compute.describe()}
+            with self.metrics.compute_call("describe"):
+                reported = self.compute.describe()
+            described = {intern(info.node_id): info for info in reported}
             with self._lock:
                 previous = self._nodes
                 kept = set()
@@ -394,9 +409,10 @@ class RayDogNodeProvider(NodeProvider):
             self._report_versions()
 
     def _measure(self, described: Mapping[str, NodeInfo], gone: Mapping[str, str]) -> None:
-        """This tick's figures: launch-to-running times, node-hours, nodes by type and state,
-        the tag store's counts. Holds ``_lock``."""
+        """This tick's figures: launch-to-running and launch-to-Ray-joined times, node-hours,
+        nodes by type and state, the tag store's counts. Holds ``_lock``."""
         now = time.monotonic()
+        in_ray = ray_node_ips(self._ray_autoscaler) if self._awaiting_ray else ()
         by_state: dict[tuple[tuple[str, str], ...], float] = {}
         for info in described.values():
             key = (("node_type", info.node_type), ("state", info.state.value))
@@ -407,6 +423,14 @@ class RayDogNodeProvider(NodeProvider):
                     self.metrics.observe(
                         "raydog_launch_to_running_seconds", now - launched[1], node_type=launched[0]
                     )
+                if info.internal_ip in in_ray:
+                    launched = self._awaiting_ray.pop(info.node_id, None)
+                    if launched is not None:
+                        self.metrics.observe(
+                            "raydog_launch_to_ray_joined_seconds",
+                            now - launched[1],
+                            node_type=launched[0],
+                        )
                 if self._last_tick is not None:
                     self.metrics.count(
                         "raydog_node_hours_total",
@@ -415,6 +439,7 @@ class RayDogNodeProvider(NodeProvider):
                     )
         for node_id in gone:
             self._awaiting_running.pop(node_id, None)
+            self._awaiting_ray.pop(node_id, None)
         self._last_tick = now
         self.metrics.set_gauge("raydog_nodes", by_state)
         store = self.tags.figures()
@@ -468,7 +493,8 @@ class RayDogNodeProvider(NodeProvider):
         )
         self.tags.delete(ids)
         try:
-            self.compute.terminate(ids)
+            with self.metrics.compute_call("terminate"):
+                self.compute.terminate(ids)
         except BackendError as exc:
             logger.warning("RayDog: could not clean up ended node(s) %s: %s", ids, exc)
 

@@ -5,11 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from raydog_backends.memory.compute import MemoryComputeBackend
 from raydog_core import RayDogNodeProvider
-from raydog_core.metrics import ProviderMetrics
-from tests.ray_helpers import head_tags, load_provider, worker_tags
+from raydog_core import config as raydog_config
+from raydog_core.errors import BackendError
+from tests.ray_helpers import bootstrap, head_tags, load_provider, worker_tags
 
 
 def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -42,38 +45,127 @@ def test_ticks_writes_and_launches_move_the_figures(
     assert figures[("raydog_node_hours_total", (("node_type", "cpu"),))] > 0
 
 
-def test_api_calls_and_failures_render_with_labels_prometheus_accepts() -> None:
-    metrics = ProviderMetrics()
-    metrics.record_api_call("add_work_requirement", "ok")
-    metrics.record_api_call("add_work_requirement", "ok")
-    metrics.count("raydog_launch_failures_total", node_type="gpu", reason='quota "x"\nexceeded')
-    figures = _samples(metrics.render())
-    api = (("kind", "add_work_requirement"), ("outcome", "ok"))
-    assert figures[("raydog_compute_api_calls_total", api)] == 2
-    failure = (("node_type", "gpu"), ("reason", 'quota "x"\nexceeded'))
+def test_every_call_to_the_compute_backend_is_counted_by_kind_and_outcome(
+    cluster_config: Callable[..., dict[str, Any]],
+    forget_memory_clusters: Callable[[str], None],
+) -> None:
+    """Counted where the core calls its backend: the memory backend, which counts nothing
+    itself, gets the figure like every other."""
+    config = cluster_config()
+    forget_memory_clusters(config["cluster_name"])
+    provider: RayDogNodeProvider = load_provider(config)
+    provider.create_node({}, head_tags(), 1)
+    (worker,) = provider.create_node({}, worker_tags(), 1)
+    MemoryComputeBackend.cluster(config["cluster_name"]).fail_next_launch("quota exceeded")
+    with pytest.raises(BackendError):
+        provider.create_node({}, head_tags(), 1)
+    provider.non_terminated_nodes({})
+    provider.terminate_nodes([worker])
+    figures = _samples(provider.metrics.render())
+
+    def calls(kind: str, outcome: str) -> float:
+        key = (("kind", kind), ("outcome", outcome))
+        return figures.get(("raydog_compute_api_calls_total", key), 0.0)
+
+    assert calls("launch", "ok") == 2
+    assert calls("launch", "BackendError") == 1
+    assert calls("describe", "ok") >= 1
+    assert calls("terminate", "ok") == 1
+    failure = (("node_type", "head"), ("reason", "BackendError"))
     assert figures[("raydog_launch_failures_total", failure)] == 1
 
 
-def test_the_figures_join_the_registry_ray_autoscaler_serves() -> None:
-    from prometheus_client import CollectorRegistry, generate_latest
+def test_a_worker_that_ends_before_it_runs_counts_as_its_types_launch_failure(
+    cluster_config: Callable[..., dict[str, Any]],
+    forget_memory_clusters: Callable[[str], None],
+) -> None:
+    config = cluster_config()
+    forget_memory_clusters(config["cluster_name"])
+    provider: RayDogNodeProvider = load_provider(config)
+    provider.create_node({}, head_tags(), 1)
+    MemoryComputeBackend.cluster(config["cluster_name"]).make_unavailable("cpu", 'quota "x"')
+    provider.create_node({}, worker_tags(), 1)
+    provider.non_terminated_nodes({})
+    figures = _samples(provider.metrics.render())
+    failure = (("node_type", "cpu"), ("reason", 'quota "x"'))
+    assert figures[("raydog_launch_failures_total", failure)] == 1
 
-    from raydog_core.metrics import serve_through_ray_autoscaler
 
-    class _PromMetrics:
-        registry = CollectorRegistry()
+class _PromMetrics:
+    def __init__(self) -> None:
+        from prometheus_client import CollectorRegistry
 
-    class _Autoscaler:
-        """Like Ray's StandardAutoscaler: prom_metrics set before the provider is built."""
+        self.registry = CollectorRegistry()
 
-        prom_metrics = _PromMetrics()
 
-        def reset(self, metrics: ProviderMetrics) -> bool:
-            return serve_through_ray_autoscaler(metrics)
+class _LoadMetrics:
+    """Like Ray's LoadMetrics: the IPs of the Ray nodes the GCS reports."""
 
-    metrics = ProviderMetrics()
-    metrics.observe("raydog_tick_seconds", 0.02)
+    def __init__(self) -> None:
+        self.node_id_by_ip: dict[str, bytes] = {}
+
+
+class _Autoscaler:
+    """Like Ray's StandardAutoscaler: prom_metrics and load_metrics set before ``reset``
+    builds the provider."""
+
+    def __init__(self) -> None:
+        self.prom_metrics = _PromMetrics()
+        self.load_metrics = _LoadMetrics()
+
+    def reset(self, provider_config: dict[str, Any], cluster_name: str) -> RayDogNodeProvider:
+        return RayDogNodeProvider(provider_config, cluster_name)
+
+
+def test_a_worker_is_timed_from_launch_to_running_and_to_ray_joined_on_the_head(
+    cluster_config: Callable[..., dict[str, Any]],
+    forget_memory_clusters: Callable[[str], None],
+) -> None:
+    """The head's provider finds the autoscaler building it, serves its figures in the
+    autoscaler's registry and times a worker until Ray's monitor reports its IP."""
+    from prometheus_client import generate_latest
+
+    config = cluster_config()
+    forget_memory_clusters(config["cluster_name"])
+    bootstrapped = bootstrap(config)
+    section = raydog_config.for_head(bootstrapped["provider"], {})
     autoscaler = _Autoscaler()
-    assert autoscaler.reset(metrics)
+    provider = autoscaler.reset(section, config["cluster_name"])
+    provider.create_node({}, head_tags(), 1)
+    (worker,) = provider.create_node({}, worker_tags(), 1)
+    provider.non_terminated_nodes({})
+    joined = ("raydog_launch_to_ray_joined_seconds_count", (("node_type", "cpu"),))
+    assert joined not in _samples(provider.metrics.render())
+
+    ip = provider.internal_ip(worker)
+    assert ip is not None
+    autoscaler.load_metrics.node_id_by_ip[ip] = b"ray-node"
+    provider.non_terminated_nodes({})
+    provider.non_terminated_nodes({})
     served = generate_latest(autoscaler.prom_metrics.registry).decode()
-    assert "raydog_tick_seconds_count 1.0" in served
-    assert not serve_through_ray_autoscaler(ProviderMetrics())
+    figures = _samples(served)
+    assert figures[joined] == 1
+    assert figures[("raydog_launch_to_running_seconds_count", (("node_type", "cpu"),))] == 1
+
+
+def test_the_docs_and_the_dashboard_name_only_the_figures_the_provider_exports() -> None:
+    """docs/observability.md's table lists every figure the provider writes, and the Grafana
+    dashboard's expressions use only those."""
+    import json
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    written = set(re.findall(r'"(raydog_[a-z_]+)"', (root / "raydog_core/provider.py").read_text()))
+    written |= set(re.findall(r'"(raydog_[a-z_]+)"', (root / "raydog_core/metrics.py").read_text()))
+    doc = (root / "docs/observability.md").read_text()
+    documented = set(re.findall(r"^\| `(raydog_[a-z_]+)` \|", doc, re.MULTILINE))
+    assert documented == written
+    dashboard = json.loads((root / "docs/grafana-raydog.json").read_text())
+    expressions = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    used = {
+        re.sub(r"_(bucket|sum|count)$", "", name)
+        for expr in expressions
+        for name in re.findall(r"\braydog_[a-z_]+", expr)
+    }
+    assert used == documented

@@ -1443,19 +1443,3 @@ def test_ray_runs_commands_over_ssh(backends: Callable[..., YellowDogComputeBack
         use_internal_ip=False,
     )
     assert runner is None
-
-
-def test_every_sdk_call_is_counted_by_kind_and_outcome(
-    backends: Callable[..., YellowDogComputeBackend],
-) -> None:
-    from raydog_core.metrics import ProviderMetrics
-
-    metrics = ProviderMetrics()
-    backend = backends()
-    backend.set_api_call_recorder(metrics.record_api_call)
-    with pytest.raises(BackendError):
-        backend.launch(workers(1))  # no head yet: refused after looking for the cluster
-    described(backend)
-    text = metrics.render()
-    assert 'raydog_compute_api_calls_total{kind="' in text
-    assert 'outcome="ok"} ' in text

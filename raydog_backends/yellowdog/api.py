@@ -17,7 +17,7 @@ import os
 import threading
 from collections.abc import Callable
 from datetime import datetime, timezone
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import requests
 from yellowdog_client.common import SearchClient
@@ -56,9 +56,6 @@ class Api:
         """Whether the credentials found are copied to the cluster's folder (for its head)."""
         self._lock = threading.Lock()
         self._clients: dict[int, PlatformClient] = {}
-        self.record_call: Callable[[str, str], None] | None = None
-        """Told of each SDK call: its kind (``compute_client.add_compute_requirement``) and
-        outcome (``ok`` or the error's class); the provider's metrics set it."""
 
     @property
     def sdk(self) -> PlatformClient:
@@ -82,8 +79,6 @@ class Api:
                 retry = RetryProperties(maxAttempts=attempts - 1)
                 schema = ServicesSchema(defaultUrl=found.url, retry=retry)
                 client = PlatformClient.create(schema, ApiKey(found.key_id, found.secret))
-                for name in [n for n in vars(client) if n.endswith("_client")]:
-                    setattr(client, name, _Counted(name, getattr(client, name), self))
                 self._clients[attempts] = client
             return client
 
@@ -92,35 +87,6 @@ class Api:
             for client in self._clients.values():
                 client.close()
             self._clients.clear()
-
-
-class _Counted:
-    """An SDK service client whose method calls are reported to ``api.record_call``."""
-
-    def __init__(self, name: str, service: object, api: Api) -> None:
-        self._name = name
-        self._service = service
-        self._api = api
-
-    def __getattr__(self, attribute: str) -> Any:
-        found = getattr(self._service, attribute)
-        if not callable(found) or attribute.startswith("_"):
-            return found
-        kind = f"{self._name}.{attribute}"
-
-        def counted(*args: Any, **kwargs: Any) -> Any:
-            record = self._api.record_call
-            try:
-                result = found(*args, **kwargs)
-            except BaseException as exc:
-                if record is not None:
-                    record(kind, type(exc).__name__)
-                raise
-            if record is not None:
-                record(kind, "ok")
-            return result
-
-        return counted
 
 
 def call(action: str, resource: str, request: Callable[[], T]) -> T:

@@ -130,10 +130,6 @@ class YellowDogComputeBackend(ComputeBackend):
 
     # --- the ComputeBackend interface ----------------------------------------------------
 
-    def set_api_call_recorder(self, record: Callable[[str, str], None]) -> None:
-        """The provider's metrics count every SDK call this backend makes."""
-        self.api.record_call = record
-
     def launch(self, request: LaunchRequest) -> list[str]:
         if request.node_type not in self.options.node_types:
             raise BackendError(
