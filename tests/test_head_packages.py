@@ -24,6 +24,7 @@ from raydog_core.errors import ConfigError
 from tests.commands import raydog
 from tests.conftest import memory_cluster_config
 from tests.test_node_setup import spec_of, yellowdog_config
+from tests.test_quiet_ray import DROPPING, EXAMPLE, FRESH_PROCESS
 from tests.test_thirdparty_example import DISTRIBUTION, example_copy, site_dir
 
 __all__ = ["example_copy", "site_dir"]  # the example's fixtures, installed once per module
@@ -164,6 +165,18 @@ def test_the_head_installs_the_clients_raydog_and_plugin_with_no_index(
     assert head["raydog_core"].startswith(venv)
     assert head["store"] == "raydog_sqlite.SQLiteTagStore"
     assert head["store_file"].startswith(venv)
+
+    # The wheel carries raydog-startup.pth: the head's autoscaler fills the config in quietly.
+    filled = subprocess.run(
+        [str(python), "-c", FRESH_PROCESS, str(EXAMPLE)],
+        capture_output=True,
+        text=True,
+        env=no_index,
+        cwd=head_home,
+        timeout=300,
+    )
+    assert filled.returncode == 0, filled.stderr
+    assert DROPPING not in filled.stderr.partition("--- with head_node")[0], filled.stderr
 
 
 def test_wheels_are_built_once_and_only_current_ones_travel(site_dir: Path, tmp_path: Path) -> None:
