@@ -102,6 +102,19 @@ def test_config_checks_are_rays_own() -> None:
         )
 
 
+def test_the_startup_hook_finds_rays_legacy_field_warning_where_it_looks() -> None:
+    import _raydog_startup
+
+    used_for = "raydog-startup.pth: no warning about head_node/worker_nodes a config never had"
+    module = _raydog_startup.RAY_UTIL
+    warns = attribute(module, _raydog_startup.WARNING_FUNCTION, used_for)
+    fills = attribute(module, _raydog_startup.FILLING_FUNCTION, used_for)
+    assert attribute(module, "logger", used_for).name == module, used_for
+    assert "field" in warns.__code__.co_varnames, f"{warns.__qualname__}'s `field`: {used_for}"
+    accepts(fills, "config", used_for=used_for)
+    assert warns.__name__ in fills.__code__.co_names, f"{fills.__qualname__} calls it: {used_for}"
+
+
 def test_a_ray_node_reports_the_cloud_instance_id_it_was_started_with(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
