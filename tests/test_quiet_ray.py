@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import site
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +20,12 @@ from raydog_core import validation
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "local" / "cluster.yaml"
 DROPPING = "Dropping the empty legacy field"
+REINSTALL = "raydog-startup.pth is not in site-packages: run `pip install -e .` once more"
+
+
+def startup_hook_installed() -> bool:
+    return any(Path(folder, "raydog-startup.pth").is_file() for folder in site.getsitepackages())
+
 
 # A fresh interpreter that never imports raydog_core: only raydog-startup.pth can quiet it.
 FRESH_PROCESS = """
@@ -77,6 +84,7 @@ def test_the_startup_hook_names_raydogs_provider_module() -> None:
 def test_a_fresh_interpreter_is_quiet_before_raydog_is_imported() -> None:
     """What `ray up` does first, in a process where no RayDog code has run: the installed
     raydog-startup.pth alone keeps the warnings about unwritten fields away."""
+    assert startup_hook_installed(), REINSTALL
     result = subprocess.run(
         [sys.executable, "-c", FRESH_PROCESS, str(EXAMPLE)],
         capture_output=True,
