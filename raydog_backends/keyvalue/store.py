@@ -185,6 +185,34 @@ return cjson.encode({epoch, version, full, nodes, deleted, write, rewound})
 """
 
 
+def _checked_port(port: object) -> int:
+    """The head server's port; ``true`` is refused too (Python counts it an int)."""
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        raise ConfigError("port", f"expected a TCP port from 1 to 65535, got {port!r}")
+    return port
+
+
+def _check_timeouts(**timeouts: float) -> None:
+    """Each bounds how long a silent server can hold a caller: never 0, nan or endless."""
+    for name, seconds in timeouts.items():
+        if not 0 < seconds <= 3600 or not math.isfinite(seconds):
+            raise ConfigError(name, f"expected seconds above 0 and at most 3600, got {seconds!r}")
+
+
+def _check_program(name: str, program: str) -> None:
+    """A program name or path on the head, that fits on one line of its setup script."""
+    if not program.strip() or "\n" in program:
+        raise ConfigError(name, "expected a program name or path")
+
+
+def _cluster_keys(cluster_name: str) -> tuple[list[str], str]:
+    """The cluster's keys, in the order the scripts' KEYS take them, and its node hashes'
+    prefix (the layout in the module's docstring)."""
+    base = f"raydog:{{{quote(cluster_name, safe='')}}}"
+    names = ("nodes", "version", "changed", "deleted", "horizon", "epoch", "writes")
+    return [f"{base}:{name}" for name in names], f"{base}:node:"
+
+
 @dataclass(frozen=True)
 class ClientLibrary:
     """The few things the two client libraries (same API, different packages) differ in."""
@@ -243,35 +271,12 @@ class KeyValueTagStore(TagStore):
           false by the core when it sees the head start such a server.
         """
         super().__init__(cluster_name)
-        if port is None:
-            port = default_port(cluster_name)
-        if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
-            raise ConfigError("port", f"expected a TCP port from 1 to 65535, got {port!r}")
-        for name, seconds in (
-            ("connect_timeout", connect_timeout),
-            ("command_timeout", command_timeout),
-        ):
-            if not 0 < seconds <= 3600 or not math.isfinite(seconds):
-                raise ConfigError(
-                    name, f"expected seconds above 0 and at most 3600, got {seconds!r}"
-                )
-        if not head_python.strip() or "\n" in head_python:
-            raise ConfigError("head_python", "expected a program name or path")
-        if server_binary is not None and (not server_binary.strip() or "\n" in server_binary):
-            raise ConfigError("server_binary", "expected a program name or path")
-        if url is not None:
-            self._check_url(url)
-        if password_env is not None:
-            if url is None:
-                raise ConfigError(
-                    "password_env", "only with url (the head's own server has its own password)"
-                )
-            if not _VARIABLE.fullmatch(password_env):
-                raise ConfigError(
-                    "password_env", f"expected an environment variable's name, got {password_env!r}"
-                )
-        if not start_server and url is not None:
-            raise ConfigError("start_server", "only without url (a url's server is not the head's)")
+        port = _checked_port(default_port(cluster_name) if port is None else port)
+        _check_timeouts(connect_timeout=connect_timeout, command_timeout=command_timeout)
+        _check_program("head_python", head_python)
+        if server_binary is not None:
+            _check_program("server_binary", server_binary)
+        self._check_server_choice(url, password_env, start_server)
         self.url = url
         self.password_env = password_env
         self.start_server = start_server
@@ -284,12 +289,26 @@ class KeyValueTagStore(TagStore):
         self._client: Any = None
         self._scripts: dict[str, Any] = {}
         self._address = ("", 0)
-        base = f"raydog:{{{quote(cluster_name, safe='')}}}"
-        self._keys = [
-            f"{base}:{name}"
-            for name in ("nodes", "version", "changed", "deleted", "horizon", "epoch", "writes")
-        ]
-        self._node_prefix = f"{base}:node:"
+        self._keys, self._node_prefix = _cluster_keys(cluster_name)
+
+    @classmethod
+    def _check_server_choice(
+        cls, url: str | None, password_env: str | None, start_server: bool
+    ) -> None:
+        """The head's own server, or ``url``'s with its password from ``password_env``."""
+        if url is not None:
+            cls._check_url(url)
+        if password_env is not None:
+            if url is None:
+                raise ConfigError(
+                    "password_env", "only with url (the head's own server has its own password)"
+                )
+            if not _VARIABLE.fullmatch(password_env):
+                raise ConfigError(
+                    "password_env", f"expected an environment variable's name, got {password_env!r}"
+                )
+        if not start_server and url is not None:
+            raise ConfigError("start_server", "only without url (a url's server is not the head's)")
 
     @classmethod
     def _check_url(cls, url: str) -> None:
