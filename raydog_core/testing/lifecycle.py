@@ -174,6 +174,7 @@ def run_lifecycle(cluster: RayCluster) -> LifecycleResult:
         timeout=120,
         check=False,
     )
+    cluster.transcript.append((f"raydog metrics {config}", metrics.stdout + metrics.stderr))
     for line in job.splitlines():
         if line.startswith("FIRST_WORKER_JOINED "):
             cluster.timings["first worker joined"] = float(line.split()[1]) - submitted

@@ -9,11 +9,18 @@ workers are removed -> `ray down` -> nothing of the cluster is left on the machi
 
 from __future__ import annotations
 
+import json
+import re
+import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+import ray.autoscaler
+import yaml
+from ray.autoscaler._private.providers import MINIMAL_EXTERNAL_CONFIG
 
 from raydog_backends.local.testing import LocalCluster
 from raydog_core.testing.lifecycle import LifecycleResult, check_tasks_ran_on_workers, run_lifecycle
@@ -78,6 +85,45 @@ def test_the_client_reaches_the_tag_store_on_the_head(
         if not command.startswith("ray up") and "is unreachable" in output
     ]
     assert unreached == []
+
+
+def warnings_about_unwritten_keys(transcript: list[tuple[str, str]], config: Path) -> list[str]:
+    """Warning lines that name a key Ray knows (its cluster schema's, and the legacy ones of its
+    defaults for external providers) that the YAML does not have: Ray's "Dropping the empty
+    legacy field head_node", say. Each with its command."""
+    schema = json.loads((Path(ray.autoscaler.__file__).parent / "ray-schema.json").read_text())
+    known = set(schema["properties"]) | set(MINIMAL_EXTERNAL_CONFIG)
+    unwritten = known - set(yaml.safe_load(config.read_text()))
+    names = re.compile(r"\b(" + "|".join(map(re.escape, sorted(unwritten))) + r")\b")
+    return [
+        f"{command}: {line}"
+        for command, output in transcript
+        for line in output.splitlines()
+        if re.search("WARN|Dropping", line) and names.search(line)
+    ]
+
+
+def test_the_quick_starts_commands_warn_about_no_key_the_config_lacks(
+    cluster: LocalCluster, lifecycle: LifecycleResult
+) -> None:
+    """Every `ray` command above, `raydog metrics` (through Ray's command runner) and
+    `raydog status` (RayDog's own fill-in; the cluster is down by now, the config is read all
+    the same)."""
+    raydog = Path(sys.executable).parent / "raydog"
+    status = subprocess.run(
+        [str(raydog), "status", str(cluster.config)],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        env=cluster.env,
+        cwd=cluster.folder,
+        timeout=120,
+        check=False,
+    )
+    commands = [*cluster.transcript, ("raydog status", status.stdout + status.stderr)]
+    assert warnings_about_unwritten_keys(commands, cluster.config) == [], (
+        "(a venv installed before raydog-startup.pth existed: run `pip install -e .` again)"
+    )
 
 
 def test_raydog_metrics_prints_the_providers_figures_after_the_job(
