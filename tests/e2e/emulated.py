@@ -6,10 +6,12 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from yellowdog_client.model import TaskStatus
 
@@ -23,12 +25,36 @@ from raydog_backends.yellowdog_emulator import EmulatorClient
 from raydog_backends.yellowdog_emulator.processes import ENVIRONMENT_FILE, NODE_FILE
 from raydog_core.interfaces import NodeInfo, NodeState
 from raydog_core.testing.lifecycle import RayCluster
-from tests.yellowdog_fixtures import KEY_ID, SECRET
+from tests.yellowdog_fixtures import KEY_ID, SECRET, EmulatorProcess, start_emulator_process
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "yellowdog" / "emulator"
 CLEANUP_SECONDS = 60.0
 """How long `ray down`'s cancelled tasks and pools get to be gone (the emulator stops them)."""
+TIME_SCALE = "0.05"
+"""The backend's idle node (1 min) and pool (10 min) shutdowns become 3 s and 30 s."""
+
+
+@contextlib.contextmanager
+def emulator_running_tasks(work_dir: Path, *arguments: str) -> Iterator[EmulatorProcess]:
+    """The emulator as a process of its own that runs each node's task as a local process with
+    its own loopback address, in ``work_dir``; stopped (with every task process) on exit."""
+    with pytest.MonkeyPatch.context() as patch:
+        # Inherited by the head's autoscaler (a task process of the emulator): shorter ticks.
+        patch.setenv("AUTOSCALER_UPDATE_INTERVAL_S", "1")
+        process = start_emulator_process(
+            "--run-tasks",
+            "--loopback-ips",
+            "--work-dir",
+            str(work_dir),
+            "--time-scale",
+            TIME_SCALE,
+            *arguments,
+        )
+    try:
+        yield process
+    finally:
+        process.stop()
 
 
 @dataclass

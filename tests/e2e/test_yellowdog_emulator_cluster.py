@@ -28,36 +28,19 @@ from raydog_core.testing.lifecycle import (
     check_tasks_ran_on_workers,
     run_lifecycle,
 )
-from tests.e2e.emulated import EmulatedCluster
-from tests.yellowdog_fixtures import EmulatorProcess, start_emulator_process
+from tests.e2e.emulated import EmulatedCluster, emulator_running_tasks
+from tests.yellowdog_fixtures import EmulatorProcess
 
 pytestmark = [
     pytest.mark.e2e,
     pytest.mark.skipif(not sys.platform.startswith("linux"), reason="local task processes"),
 ]
 
-TIME_SCALE = "0.05"
-"""The backend's idle node (1 min) and pool (10 min) shutdowns become 3 s and 30 s."""
-
 
 @pytest.fixture(scope="module")
 def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmulatorProcess]:
-    work_dir = tmp_path_factory.mktemp("e2e-yellowdog-emulator")
-    with pytest.MonkeyPatch.context() as patch:
-        # Inherited by the head's autoscaler (a task process of the emulator): shorter ticks.
-        patch.setenv("AUTOSCALER_UPDATE_INTERVAL_S", "1")
-        process = start_emulator_process(
-            "--run-tasks",
-            "--loopback-ips",
-            "--work-dir",
-            str(work_dir),
-            "--time-scale",
-            TIME_SCALE,
-        )
-    try:
+    with emulator_running_tasks(tmp_path_factory.mktemp("e2e-yellowdog-emulator")) as process:
         yield process
-    finally:
-        process.stop()
 
 
 @pytest.fixture(scope="module")

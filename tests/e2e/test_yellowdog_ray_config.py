@@ -33,9 +33,9 @@ import yaml
 
 from raydog_backends.process_nodes.addresses import free_port
 from raydog_core.testing.lifecycle import ran_on
-from tests.e2e.emulated import EmulatedCluster
+from tests.e2e.emulated import EmulatedCluster, emulator_running_tasks
 from tests.servers import valkey_server_binary
-from tests.yellowdog_fixtures import EmulatorProcess, start_emulator_process
+from tests.yellowdog_fixtures import EmulatorProcess
 
 pytestmark = [
     pytest.mark.e2e,
@@ -101,22 +101,8 @@ class Run:
 @pytest.fixture(scope="module")
 def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmulatorProcess]:
     work_dir = tmp_path_factory.mktemp("e2e-yellowdog-ray")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("AUTOSCALER_UPDATE_INTERVAL_S", "1")
-        process = start_emulator_process(
-            "--run-tasks",
-            "--loopback-ips",
-            "--work-dir",
-            str(work_dir),
-            "--time-scale",
-            "0.05",
-            "--setup-delay",
-            "0",
-        )
-    try:
+    with emulator_running_tasks(work_dir, "--setup-delay", "0") as process:
         yield process
-    finally:
-        process.stop()
 
 
 @pytest.fixture(scope="module")
