@@ -9,14 +9,16 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from raydog_core import config as raydog_config
-from raydog_core import plugins, starter, user_input, validation
+from raydog_core import plugins, starter, user_input, validation, why
 from raydog_core.errors import ConfigErrors, RayDogError
 from raydog_core.interfaces import (
     Check,
@@ -495,7 +497,7 @@ def _add_status(commands: Subcommands) -> None:
     command.set_defaults(run=lambda args: _status(args.config, args.why))
 
 
-def _status(path: Path, why: bool = False) -> int:
+def _status(path: Path, explain: bool = False) -> int:
 
     parsed, provider = _open_cluster(path)
     # Look only: ended nodes stay listed, with what the backend says of them.
@@ -531,60 +533,50 @@ def _status(path: Path, why: bool = False) -> int:
             print("    (no tags in the store: shown from the compute backend's facts)")
     if not described and not stored:
         print("no nodes")
-    if why:
-        print("\n".join(_why_lines(described, stored)))
+    if explain:
+        print("\n".join(_why(path, provider, described, stored)))
     provider.close()
     return 0
 
 
-# How far a node got, in order: what the status process can see of each step.
-WHY_STEPS = (
-    "requested by Ray",
-    "created on the platform",
-    "booted (address known)",
-    "running (setup finished, task started)",
-)
-
-
-def _why_lines(
-    described: Mapping[str, NodeInfo], stored: Mapping[str, Mapping[str, str]]
+def _why(
+    path: Path,
+    provider: RayDogNodeProvider,
+    described: Mapping[str, NodeInfo],
+    stored: Mapping[str, Mapping[str, str]],
 ) -> list[str]:
-    """``raydog status --why``: for each worker node type with a node still waiting or ended
-    without running, each such node's steps done and the one it stopped at, with the reason
-    the compute backend gives. Ray joining is `ray status` on the head's to tell."""
-    stuck: dict[str, list[str]] = {}
-    for node_id in sorted(described.keys() | stored.keys()):
-        info = described.get(node_id)
-        if info is not None and (info.is_head or info.state is NodeState.RUNNING):
-            continue
-        if info is not None and info.state is NodeState.TERMINATED and not info.detail:
-            continue
-        node_type = info.node_type if info else stored[node_id].get("ray-user-node-type", "?")
-        done = [
-            True,  # its tags or the platform's record: a launch Ray asked for
-            info is not None,
-            info is not None and info.internal_ip is not None,
-            False,
-        ]
-        reached = [step for step, ok in zip(WHY_STEPS, done, strict=True) if ok]
-        stopped = next(step for step, ok in zip(WHY_STEPS, done, strict=True) if not ok)
-        if info is None:
-            reason = "the compute backend no longer has it"
-        elif info.state is NodeState.TERMINATED:
-            reason = f"ended: {info.detail}"
-        else:
-            reason = f"waiting: {info.detail or info.state.value}"
-        stuck.setdefault(node_type, []).append(
-            f"  {node_id}: {' -> '.join(reached)}; stopped before "
-            f"{stopped.split(' (')[0]} ({reason})"
-        )
-    if not stuck:
-        return ["why: no worker node is waiting or ended before it ran"]
-    lines = []
-    for node_type, nodes in sorted(stuck.items()):
-        lines.append(f"why: node type {node_type}")
-        lines.extend(nodes)
-    return lines
+    """``raydog status --why``: the chains (raydog_core.why), with Ray's view read on the head
+    when some node of a worker type is running but may not have joined."""
+    heads = [i.node_id for i in described.values() if i.is_head and i.state is NodeState.RUNNING]
+    failures = why.decode_failures(
+        stored.get(heads[0], {}).get(why.FAILURES_TAG) if heads else None,
+        time.time(),
+        provider.raydog_config.launch_failure_memory,
+    )
+    # Only a node the platform runs can have joined Ray: ask the head's Ray only then.
+    running = any(not i.is_head and i.state is NodeState.RUNNING for i in described.values())
+    joined: dict[str, float] | None = {}
+    if running:
+        joined = _ray_nodes_on_head(path) if heads else None
+    return why.why_lines(described, stored, joined, failures)
+
+
+def _ray_nodes_on_head(path: Path) -> dict[str, float] | None:
+    """Ray's live nodes as the head's GCS lists them, read on the head through Ray's command
+    runner (as ``raydog metrics`` reads its figures); None when the head does not answer."""
+    from ray.autoscaler import sdk
+
+    try:
+        # Ray's command runner logs to stdout: keep stdout for the report alone.
+        with contextlib.redirect_stdout(sys.stderr):
+            output = sdk.run_on_cluster(
+                str(path), cmd="python -m raydog_core.why", with_output=True
+            )
+    except (RayDogError, RuntimeError, OSError, subprocess.SubprocessError) as exc:
+        print(f"raydog status --why: the head's Ray did not answer: {exc}", file=sys.stderr)
+        return None
+    text = output.decode(errors="replace") if isinstance(output, bytes) else output or ""
+    return why.parse_ray_nodes(text)
 
 
 RECORD_VERSION = 1

@@ -193,6 +193,23 @@ class NodeState(enum.Enum):
 
 
 @dataclass(frozen=True)
+class NodeSteps:
+    """When a node reached each step of its start, as the compute backend records it: seconds
+    since the epoch, None where it has not or the backend cannot tell (``raydog status --why``
+    shows them; docs/observability.md says what each backend knows)."""
+
+    created: float | None = None
+    """The platform took the launch: its record of the node was made."""
+    booted: float | None = None
+    """The node's machine came up and took its task."""
+    setup_finished: float | None = None
+    """The node's setup finished and its task began to start Ray."""
+
+
+NO_STEPS = NodeSteps()
+
+
+@dataclass(frozen=True)
 class NodeInfo:
     """One node as the compute backend sees it."""
 
@@ -207,6 +224,8 @@ class NodeInfo:
     launch_config: str = ""
     """Ray's ``ray-launch-config`` tag as given at launch, kept in the backend's own record of the
     node so that it survives the loss of the tag store ("" when the backend was not told one)."""
+    steps: NodeSteps = field(default=NO_STEPS, compare=False)
+    """Optional: when the node reached each step of its start (its history, not its state)."""
 
 
 @dataclass(frozen=True)

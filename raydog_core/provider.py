@@ -57,6 +57,7 @@ from raydog_core.metrics import (
 from raydog_core.node_setup import VERSIONS_TAG, Versions
 from raydog_core.progress import report
 from raydog_core.tag_cache import NotReady, TagCache
+from raydog_core.why import FAILURES_TAG, REQUESTED_TAG, Chain, chain_of, encode_failures
 
 logger = logging.getLogger(__name__)
 
@@ -71,12 +72,13 @@ LATE_FAILURE_CATEGORY = "LaunchFailedLater"
 
 @dataclasses.dataclass(frozen=True)
 class LaunchFailure:
-    """A node type's latest launch that ended before its node ran: when, and the platform's
-    reason."""
+    """A node type's latest launch that ended before its node ran: when, the platform's
+    reason, and how far the node got (``raydog status --why``)."""
 
     node_type: str
     at: float
     reason: str
+    chain: Chain | None = None
 
 
 class RayDogNodeProvider(NodeProvider):
@@ -233,7 +235,12 @@ class RayDogNodeProvider(NodeProvider):
                         launch_config=request.launch_config,
                     ),
                 )
-        base = {**tags, TAG_RAY_CLUSTER_NAME: self.cluster_name, TAG_RAY_USER_NODE_TYPE: node_type}
+        base = {
+            **tags,
+            TAG_RAY_CLUSTER_NAME: self.cluster_name,
+            TAG_RAY_USER_NODE_TYPE: node_type,
+            REQUESTED_TAG: f"{time.time():.3f}",
+        }
         # The launch's own write: the only one that may bring back a node id deleted before.
         self.tags.update({node_id: base for node_id in node_ids}, launched=True)
         return {node_id: node_id for node_id in node_ids}
@@ -392,8 +399,10 @@ class RayDogNodeProvider(NodeProvider):
                 gone = {node_id: _why_ended(described.get(node_id)) for node_id in vanished - kept}
                 for node_id in gone:
                     self._composed.pop(node_id, None)
-                self._note_launch_outcomes(previous, described, gone)
+                failures_changed = self._note_launch_outcomes(previous, described, gone)
                 self._measure(described, gone)
+            if failures_changed and reconcile:
+                self._record_failures_on_head(described)
             if gone and reconcile:
                 self._reconcile(gone)
             if fresh and reconcile and self.tags.reloads != self._filled_reload:
@@ -452,15 +461,22 @@ class RayDogNodeProvider(NodeProvider):
         previous: Mapping[str, NodeInfo],
         described: Mapping[str, NodeInfo],
         gone: Mapping[str, str],
-    ) -> None:
+    ) -> bool:
         """A worker that ended while pending is its type's late launch failure; a worker
-        running clears its type's (the platform launches that type again). Holds ``_lock``."""
+        running clears its type's (the platform launches that type again). Holds ``_lock``.
+        Whether the failures changed."""
         now = self._clock.now()
+        failures = dict(self._late_failures)
         for node_id, why in gone.items():
             before = previous.get(node_id) or described.get(node_id)
             if before is None or before.is_head or before.state is not NodeState.PENDING:
                 continue
-            self._late_failures[before.node_type] = LaunchFailure(before.node_type, now, why)
+            # How far it got, as described last (its steps) and with the reason it ended.
+            last = described.get(node_id, before)
+            ended = dataclasses.replace(last, state=NodeState.TERMINATED, detail=why)
+            chain = chain_of(node_id, ended, self.tags.view(node_id) or {}, None)
+            chain = dataclasses.replace(chain, ended=time.time())
+            self._late_failures[before.node_type] = LaunchFailure(before.node_type, now, why, chain)
             self.metrics.count(
                 "raydog_launch_failures_total", node_type=before.node_type, reason=why
             )
@@ -476,6 +492,20 @@ class RayDogNodeProvider(NodeProvider):
             for info in described.values():
                 if info.state is NodeState.RUNNING:
                     self._late_failures.pop(info.node_type, None)
+        return failures != self._late_failures
+
+    def _record_failures_on_head(self, described: Mapping[str, NodeInfo]) -> None:
+        """Keep the late failures' chains on the head node's tags, where ``raydog status
+        --why`` finds them after the failed nodes and their tags are gone."""
+        heads = [
+            i.node_id
+            for i in described.values()
+            if i.is_head and i.state is not NodeState.TERMINATED
+        ]
+        with self._lock:
+            chains = [f.chain for f in self._late_failures.values() if f.chain is not None]
+        if heads:
+            self.tags.update({heads[0]: {FAILURES_TAG: encode_failures(chains)}})
 
     def _reconcile(self, gone: Mapping[str, str]) -> None:
         """Nodes the backend reports ended: forget their tags, stop what they left.

@@ -299,6 +299,30 @@ def test_a_node_of_the_failed_type_running_ends_its_failure_at_once(
     assert len(provider.create_node({}, worker_tags(), 1)) == 1
 
 
+def test_the_heads_tags_keep_each_types_late_failure_with_how_far_its_node_got(
+    cluster_config: ConfigFactory, forget_memory_clusters: Callable[[str], None]
+) -> None:
+    """``raydog status --why`` reads them there: the failed node and its tags are gone."""
+    from raydog_core.why import FAILURES_TAG, REQUESTED_TAG, decode_failures
+
+    provider, time = _pending_launches_provider(cluster_config, forget_memory_clusters)
+    (head,) = provider.create_node({}, head_tags(), 1)
+    first, second = provider.create_node({}, worker_tags(), 2)
+    requested = float(provider.node_tags(first)[REQUESTED_TAG])
+    provider.non_terminated_nodes({})
+    MemoryComputeBackend.cluster(provider.cluster_name).lose(first, "pool: quota exceeded")
+    provider.non_terminated_nodes({})
+    recorded = provider.node_tags(head)[FAILURES_TAG]
+    (chain,) = decode_failures(recorded, now=requested, memory=60)
+    assert (chain.node_id, chain.node_type) == (first, "cpu")
+    assert chain.times[0] == requested and not chain.joined
+    assert chain.reason == "ended: pool: quota exceeded"
+    time.advance(3600)  # the other node runs: the failure no longer counts
+    provider.non_terminated_nodes({})
+    assert provider.is_running(second)
+    assert decode_failures(provider.node_tags(head)[FAILURES_TAG], requested, 60) == []
+
+
 def test_a_running_node_lost_is_no_launch_failure(provider: RayDogNodeProvider) -> None:
     (worker,) = provider.create_node({}, worker_tags(), 1)
     provider.non_terminated_nodes({})

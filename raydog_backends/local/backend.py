@@ -59,6 +59,7 @@ from raydog_core.interfaces import (
     LaunchRequest,
     NodeInfo,
     NodeState,
+    NodeSteps,
 )
 
 HEAD_START_CHECK_SECONDS = 0.5
@@ -160,6 +161,7 @@ class LocalComputeBackend(ComputeBackend):
                         external_ip=record.ip,
                         detail=detail,
                         launch_config=record.launch_config,
+                        steps=_steps(record),
                     )
                 )
         return infos
@@ -300,3 +302,9 @@ class LocalComputeBackend(ComputeBackend):
             shutil.rmtree(record.tmp_dir, ignore_errors=True)
             with self._started_lock:
                 self._started.pop(record.node_id, None)
+
+
+def _steps(record: NodeRecord) -> NodeSteps:
+    """A local node has no machine to wait for: it is up once its task script's process is."""
+    started = record.launched_at if record.pid is not None else None
+    return NodeSteps(created=record.launched_at, booted=started)

@@ -31,7 +31,7 @@ from raydog_backends.yellowdog.launch import LIVE_TASK, Launcher
 from raydog_backends.yellowdog.names import launch_config_of
 from raydog_backends.yellowdog.pools import Pools
 from raydog_core.errors import BackendError
-from raydog_core.interfaces import NodeInfo, NodeState
+from raydog_core.interfaces import NodeInfo, NodeState, NodeSteps
 
 logger = logging.getLogger(__name__)
 
@@ -242,6 +242,9 @@ class Describer:
         node_id = self.addresses.node_of(task)
         address = self.addresses.known(node_id)
         status = task.status
+        # The SDK's Task has no creation time; its startedTime is when a booted node's agent
+        # took it (``model/task.py``). Its setup's end is the node's to know, not the platform's.
+        steps = NodeSteps(booted=task.startedTime.timestamp() if task.startedTime else None)
 
         def info(state: NodeState, detail: str) -> NodeInfo:
             assert task.id is not None and group is not None
@@ -254,6 +257,7 @@ class Describer:
                 address.public if address else None,
                 detail,
                 launch_config_of(task.tag),
+                steps,
             )
 
         if node_id is not None and node_id in self._lost:
