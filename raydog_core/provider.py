@@ -36,7 +36,7 @@ from ray.autoscaler.tags import (
 
 from raydog_core import clock, node_setup, state
 from raydog_core import config as raydog_config
-from raydog_core.errors import BackendError, RayDogError
+from raydog_core.errors import BackendError, RayDogError, TagValueError
 from raydog_core.interfaces import (
     ComputeBackend,
     Endpoint,
@@ -504,8 +504,12 @@ class RayDogNodeProvider(NodeProvider):
         ]
         with self._lock:
             chains = [f.chain for f in self._late_failures.values() if f.chain is not None]
-        if heads:
+        if not heads:
+            return
+        try:
             self.tags.update({heads[0]: {FAILURES_TAG: encode_failures(chains)}})
+        except TagValueError as exc:  # a store's size limit: the log line above keeps them
+            logger.warning("RayDog: could not keep the late failures on the head's tags: %s", exc)
 
     def _reconcile(self, gone: Mapping[str, str]) -> None:
         """Nodes the backend reports ended: forget their tags, stop what they left.

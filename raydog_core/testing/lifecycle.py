@@ -96,6 +96,22 @@ class RayCluster:
             )
         return output
 
+    def raydog(self, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
+        """Run ``raydog <args>`` as the user would beside this cluster; its exit code is the
+        caller's to judge."""
+        result = subprocess.run(
+            [str(Path(RAY).parent / "raydog"), *args],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            env=self.env,
+            cwd=self.folder,
+            timeout=timeout,
+            check=False,
+        )
+        self.transcript.append((" ".join(["raydog", *args]), result.stdout + result.stderr))
+        return result
+
     def probe(self, *args: str, timeout: float = 120.0, stdin: str | None = None) -> str:
         """Like ``ray`` for a command the lifecycle does not depend on: a failure is returned
         (for a test to assert on) instead of stopping the run."""
@@ -163,18 +179,7 @@ def run_lifecycle(cluster: RayCluster) -> LifecycleResult:
     with cluster.phase("job (ray submit)"):
         job = cluster.ray("submit", "--no-config-cache", config, str(JOB), timeout=600)
     record_workers(cluster.nodes())
-    raydog = Path(RAY).parent / "raydog"
-    metrics = subprocess.run(
-        [str(raydog), "metrics", config],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        env=cluster.env,
-        cwd=cluster.folder,
-        timeout=120,
-        check=False,
-    )
-    cluster.transcript.append((f"raydog metrics {config}", metrics.stdout + metrics.stderr))
+    metrics = cluster.raydog("metrics", config)
     for line in job.splitlines():
         if line.startswith("FIRST_WORKER_JOINED "):
             cluster.timings["first worker joined"] = float(line.split()[1]) - submitted
