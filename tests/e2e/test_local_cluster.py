@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
@@ -109,19 +108,8 @@ def test_the_quick_starts_commands_warn_about_no_key_the_config_lacks(
     """Every `ray` command above, `raydog metrics` (through Ray's command runner) and
     `raydog status` (RayDog's own fill-in; the cluster is down by now, the config is read all
     the same)."""
-    raydog = Path(sys.executable).parent / "raydog"
-    status = subprocess.run(
-        [str(raydog), "status", str(cluster.config)],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        env=cluster.env,
-        cwd=cluster.folder,
-        timeout=120,
-        check=False,
-    )
-    commands = [*cluster.transcript, ("raydog status", status.stdout + status.stderr)]
-    assert warnings_about_unwritten_keys(commands, cluster.config) == [], (
+    cluster.raydog("status", str(cluster.config))  # its output joins the transcript
+    assert warnings_about_unwritten_keys(cluster.transcript, cluster.config) == [], (
         "(a venv installed before raydog-startup.pth existed: run `pip install -e .` again)"
     )
 
