@@ -146,6 +146,11 @@ def test_tasks_get_the_node_environment(backends: Callable[..., LocalComputeBack
     assert worker_env["RAY_TMPDIR"] != head_env["RAY_TMPDIR"]
     assert (head_env["RAYDOG_NODE_TYPE"], head_env["RAYDOG_NODE_ID"]) == ("head", head)
     assert head_env["RAYDOG_NODE_IP"] == head_ip
+    # `raydog status --why`: a local node is created and boots as it is launched.
+    record = backend.node_record(worker)
+    assert record is not None
+    steps = described(backend)[worker].steps
+    assert steps.created == steps.booted == record.launched_at
 
 
 def test_nodes_do_not_inherit_the_launchers_identity(

@@ -1041,6 +1041,25 @@ def test_a_provisioning_failure_ends_the_waiting_nodes_with_the_reason_ray_sees(
         MemoryTagStore.forget(name)
 
 
+def test_a_running_worker_reports_when_its_node_took_its_task(
+    backends: Callable[..., YellowDogComputeBackend], emulator: Emulator
+) -> None:
+    """``raydog status --why``'s "booted": the task's startedTime, as the SDK reads it; the
+    SDK's Task has no creation time, so "created on the platform" has none."""
+    backend = backends(node_recheck_seconds=0.05)
+    backend.launch(HEAD)
+    (worker,) = backend.launch(workers(1))
+    wait_until(lambda: running(backend, [worker]), "the worker to run")
+    sdk = sdk_client(emulator.url)
+    try:
+        started = sdk.work_client.get_task_by_id(worker).startedTime
+    finally:
+        sdk.close()
+    steps = described(backend)[worker].steps
+    assert started is not None and steps.booted == started.timestamp()
+    assert steps.created is None and steps.setup_finished is None
+
+
 def test_the_next_launch_after_a_provisioning_failure_replaces_the_failed_pool(
     backends: Callable[..., YellowDogComputeBackend], emulator_client: EmulatorClient
 ) -> None:
