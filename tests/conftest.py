@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 
+from tests.servers import TagServerProcess
+
 # The YellowDog fixtures load as a plugin, so their assertions are rewritten too.
 pytest_plugins = ["pytester", "tests.yellowdog_fixtures"]
 
@@ -78,6 +80,20 @@ def raydog_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Mo
     home = tmp_path_factory.mktemp("raydog-home")
     monkeypatch.setenv("RAYDOG_HOME", str(home))
     return home
+
+
+@pytest.fixture
+def start_tag_server(raydog_home: Path) -> Iterator[Callable[..., TagServerProcess]]:
+    """Starts the head's tag server for ``(cluster, port, *options)``; stops each at the end."""
+    started: list[TagServerProcess] = []
+
+    def start(cluster: str, port: int, *extra: str) -> TagServerProcess:
+        started.append(TagServerProcess(raydog_home, cluster, port, *extra))
+        return started[-1]
+
+    yield start
+    for server in started:
+        server.stop()
 
 
 def memory_cluster_config(name: str | None = None, **provider: Any) -> dict[str, Any]:

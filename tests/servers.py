@@ -1,4 +1,5 @@
-"""Real servers for tests and benchmarks: valkey-server, redis-server, sshd, a delaying proxy.
+"""Real servers for tests and benchmarks: valkey-server, redis-server, the head's tag server,
+sshd, a delaying proxy.
 
 Each binds 127.0.0.1 on a free port, keeps its files in a folder the caller gives, and is stopped
 by pid (sshd together with its per-connection children). A missing program fails the test,
@@ -16,17 +17,22 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import pytest
 import valkey
 
+from raydog_backends.keyvalue import ValkeyTagStore
+from raydog_backends.keyvalue.store import KeyValueTagStore
 from raydog_backends.process_nodes.addresses import free_port
+from raydog_core import state
+from raydog_core.interfaces import Endpoint
 
 START_TIMEOUT = 15.0
 
@@ -220,6 +226,73 @@ def key_value_server(
         yield server.start()
     finally:
         server.stop()
+
+
+def connected_store(
+    cluster: str, port: int, store_class: type[KeyValueTagStore] = ValkeyTagStore, **options: Any
+) -> KeyValueTagStore:
+    """A tag store client of ``cluster`` on the server at 127.0.0.1:``port`` (the head's port
+    as the transport makes it reachable), with the password its cluster's folder holds."""
+    store = store_class(cluster, **options)
+    store.connect(Endpoint("127.0.0.1", port))
+    return store
+
+
+class TagServerProcess:
+    """``python -m raydog_backends.keyvalue.server``, the head's tag server: a supervisor that
+    waits for the cluster's password file, then runs the server and restarts it if it dies."""
+
+    def __init__(self, home: Path, cluster: str, port: int, *extra: str) -> None:
+        self.cluster = cluster
+        self.port = port
+        home.mkdir(parents=True, exist_ok=True)
+        self.log = home / f"tag-server-{cluster}.log"
+        command = [sys.executable, "-m", "raydog_backends.keyvalue.server"]
+        command += ["--cluster", cluster, "--port", str(port), *extra]
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                command,
+                env={**os.environ, "RAYDOG_HOME": str(home)},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+
+    def server_pid(self) -> int:
+        """The running server's pid, from the pid file it writes (its parent is the supervisor)."""
+        path = state.cluster_dir(self.cluster) / "tag-store" / "server.pid"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                pid = int(path.read_text())
+                if _parent(pid) == self.process.pid:
+                    return pid
+            except (FileNotFoundError, ValueError, OSError):
+                pass
+            assert time.monotonic() < deadline, self.log.read_text()
+            time.sleep(0.05)
+
+    def wait_for_log(self, text: str, count: int = 1, timeout: float = 60) -> str:
+        """The log once ``text`` is in it ``count`` times; fails at once if the process ended
+        without writing it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            ended = self.process.poll() is not None
+            log = self.log.read_text()
+            if log.count(text) >= count:
+                return log
+            assert not ended and time.monotonic() < deadline, log
+            time.sleep(0.05)
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(30)
+
+
+def _parent(pid: int) -> int:
+    stat = (Path("/proc") / str(pid) / "stat").read_text()
+    return int(stat.rsplit(")", 1)[1].split()[1])
 
 
 # --- sshd ------------------------------------------------------------------------------------

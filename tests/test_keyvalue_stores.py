@@ -8,7 +8,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,7 +24,9 @@ from raydog_core.testing import TagStoreContract
 from tests.servers import (
     DelayProxy,
     KeyValueServer,
+    TagServerProcess,
     argv_of,
+    connected_store,
     dataset_loaded,
     free_port,
     redis_server_binary,
@@ -64,9 +65,7 @@ def head_store(
 ) -> KeyValueTagStore:
     """A store as the provider builds it: the cluster's password, the endpoint of its head port."""
     state.write_secret(cluster, PASSWORD_SECRET, PASSWORD)
-    store = store_class(cluster, **options)  # type: ignore[arg-type]
-    store.connect(Endpoint("127.0.0.1", port))
-    return store
+    return connected_store(cluster, port, store_class, **options)
 
 
 @pytest.mark.servers
@@ -325,48 +324,6 @@ def test_server_going_silent_mid_run_is_unreachable_within_the_timeouts(
 # --- the head's server launcher ---------------------------------------------------------------
 
 
-class Launched:
-    """``python -m raydog_backends.keyvalue.server`` (exec'd into the server: one pid)."""
-
-    def __init__(self, home: Path, cluster: str, port: int, *extra: str) -> None:
-        self.cluster = cluster
-        self.port = port
-        home.mkdir(parents=True, exist_ok=True)
-        self.log = home / f"launcher-{cluster}.log"
-        env = {**os.environ, "RAYDOG_HOME": str(home)}
-        command = [sys.executable, "-m", "raydog_backends.keyvalue.server"]
-        command += ["--cluster", cluster, "--port", str(port), *extra]
-        with self.log.open("ab") as log:
-            self.process = subprocess.Popen(
-                command, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
-            )
-
-    def wait_for_log(self, text: str, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while text not in self.log.read_text():
-            assert self.process.poll() is None or text in self.log.read_text(), self.log.read_text()
-            assert time.monotonic() < deadline, self.log.read_text()
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            self.process.wait(30)
-
-
-@pytest.fixture
-def launch(raydog_home: Path) -> Iterator[Callable[..., Launched]]:
-    started: list[Launched] = []
-
-    def start(cluster: str, port: int, *extra: str) -> Launched:
-        started.append(Launched(raydog_home, cluster, port, *extra))
-        return started[-1]
-
-    yield start
-    for launched in started:
-        launched.stop()
-
-
 def outbound_address() -> str | None:
     """This machine's non-loopback address, if it has one (no packet is sent)."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
@@ -381,11 +338,11 @@ def outbound_address() -> str | None:
 @pytest.mark.servers
 @pytest.mark.parametrize("server_name", sorted(SERVERS))
 def test_launcher_waits_for_the_password_then_serves_loopback_only_with_it(
-    launch: Callable[..., Launched], raydog_home: Path, server_name: str
+    start_tag_server: Callable[..., TagServerProcess], raydog_home: Path, server_name: str
 ) -> None:
     binary = SERVERS[server_name]()
     port = free_port()
-    launched = launch("launch", port, "--server-binary", binary, "--wait-seconds", "120")
+    launched = start_tag_server("launch", port, "--server-binary", binary, "--wait-seconds", "120")
     launched.wait_for_log("waiting for the password file")
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), timeout=2).close()
@@ -397,8 +354,7 @@ def test_launcher_waits_for_the_password_then_serves_loopback_only_with_it(
         anonymous.ping()
     anonymous.close()
 
-    store = ValkeyTagStore("launch", port=port)
-    store.connect(Endpoint("127.0.0.1", port))
+    store = connected_store("launch", port)
     store.update({"n1": {"a": "1"}})
     assert store.load_all() == {"n1": {"a": "1"}}
     store.close()
@@ -421,17 +377,19 @@ def test_launcher_waits_for_the_password_then_serves_loopback_only_with_it(
     assert password not in launched.log.read_text()
 
 
-def test_launcher_gives_up_after_its_bounded_wait(launch: Callable[..., Launched]) -> None:
-    launched = launch("nobody-uploads", free_port(), "--wait-seconds", "1")
+def test_launcher_gives_up_after_its_bounded_wait(
+    start_tag_server: Callable[..., TagServerProcess],
+) -> None:
+    launched = start_tag_server("nobody-uploads", free_port(), "--wait-seconds", "1")
     assert launched.process.wait(60) == 1
     assert "gave up" in launched.log.read_text()
 
 
 def test_launcher_refuses_a_password_it_would_have_to_quote_without_showing_it(
-    launch: Callable[..., Launched],
+    start_tag_server: Callable[..., TagServerProcess],
 ) -> None:
     state.write_secret("odd", PASSWORD_SECRET, 'has spaces and "quotes" in it')
-    launched = launch("odd", free_port(), "--wait-seconds", "5")
+    launched = start_tag_server("odd", free_port(), "--wait-seconds", "5")
     assert launched.process.wait(60) == 1
     assert "quotes" not in launched.log.read_text()
     assert "password" in launched.log.read_text()
@@ -440,16 +398,17 @@ def test_launcher_refuses_a_password_it_would_have_to_quote_without_showing_it(
 @pytest.mark.servers
 @pytest.mark.parametrize("server_name", sorted(SERVERS))
 def test_restarted_server_with_appendonly_keeps_every_tag(
-    launch: Callable[..., Launched], store_class: type[KeyValueTagStore], server_name: str
+    start_tag_server: Callable[..., TagServerProcess],
+    store_class: type[KeyValueTagStore],
+    server_name: str,
 ) -> None:
     binary = SERVERS[server_name]()
     cluster = f"aof-{server_name}"
     password = state.cluster_secret(cluster, PASSWORD_SECRET)
     port = free_port()
-    first = launch(cluster, port, "--appendonly", "--server-binary", binary)
+    first = start_tag_server(cluster, port, "--appendonly", "--server-binary", binary)
     wait_for_port(port, timeout=30)
-    store = store_class(cluster, port=port)
-    store.connect(Endpoint("127.0.0.1", port))
+    store = connected_store(cluster, port, store_class)
     expected = {f"node-{i}": {"i": str(i), "unicode": "nœud"} for i in range(500)}
     store.update(expected)
     store.update({"node-1": {"status": "up-to-date"}})
@@ -458,7 +417,7 @@ def test_restarted_server_with_appendonly_keeps_every_tag(
     del expected["node-2"]
 
     first.stop()
-    launch(cluster, port, "--appendonly", "--server-binary", binary)
+    start_tag_server(cluster, port, "--appendonly", "--server-binary", binary)
     # Until it has read its append-only file the server answers LOADING (a tick then keeps what
     # it knew and asks again next time).
     wait_until(lambda: dataset_loaded(port, password), "the server to load its file", 30)

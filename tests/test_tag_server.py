@@ -5,11 +5,9 @@ from __future__ import annotations
 import os
 import secrets
 import signal
-import subprocess
-import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,83 +19,26 @@ from raydog_backends.process_nodes.processes import pid_alive
 from raydog_core import state
 from raydog_core.errors import UnreachableError
 from raydog_core.interfaces import Endpoint
-from tests.servers import argv_of, free_port, valkey_server_binary, wait_for_port
-
-
-class Supervised:
-    """``python -m raydog_backends.keyvalue.server``: the supervisor and its server."""
-
-    def __init__(self, home: Path, cluster: str, port: int, *extra: str) -> None:
-        self.cluster = cluster
-        self.port = port
-        self.log = home / f"tag-server-{cluster}.log"
-        command = [sys.executable, "-m", "raydog_backends.keyvalue.server"]
-        command += ["--cluster", cluster, "--port", str(port), *extra]
-        with self.log.open("ab") as log:
-            self.process = subprocess.Popen(
-                command,
-                env={**os.environ, "RAYDOG_HOME": str(home)},
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-            )
-
-    def server_pid(self) -> int:
-        """The running server's pid, from the pid file it writes (its parent is the supervisor)."""
-        path = state.cluster_dir(self.cluster) / "tag-store" / "server.pid"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                pid = int(path.read_text())
-                if _parent(pid) == self.process.pid:
-                    return pid
-            except (FileNotFoundError, ValueError, OSError):
-                pass
-            assert time.monotonic() < deadline, self.log.read_text()
-            time.sleep(0.05)
-
-    def wait_for_log(self, text: str, count: int = 1, timeout: float = 60) -> str:
-        deadline = time.monotonic() + timeout
-        while self.log.read_text().count(text) < count:
-            assert time.monotonic() < deadline, self.log.read_text()
-            time.sleep(0.05)
-        return self.log.read_text()
-
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(30)
-
-
-def _parent(pid: int) -> int:
-    stat = (Path("/proc") / str(pid) / "stat").read_text()
-    return int(stat.rsplit(")", 1)[1].split()[1])
-
-
-@pytest.fixture
-def supervise(raydog_home: Path) -> Iterator[Callable[..., Supervised]]:
-    started: list[Supervised] = []
-
-    def start(cluster: str, port: int, *extra: str) -> Supervised:
-        started.append(Supervised(raydog_home, cluster, port, *extra))
-        return started[-1]
-
-    yield start
-    for supervised in started:
-        supervised.stop()
+from tests.servers import (
+    TagServerProcess,
+    argv_of,
+    connected_store,
+    free_port,
+    valkey_server_binary,
+    wait_for_port,
+)
 
 
 @pytest.mark.servers
 def test_a_killed_server_is_restarted_with_every_tag(
-    supervise: Callable[..., Supervised],
+    start_tag_server: Callable[..., TagServerProcess],
 ) -> None:
     binary = valkey_server_binary()
     password = state.cluster_secret("supervised", PASSWORD_SECRET)
     port = free_port()
-    supervised = supervise("supervised", port, "--appendonly", "--server-binary", binary)
+    supervised = start_tag_server("supervised", port, "--appendonly", "--server-binary", binary)
     wait_for_port(port, timeout=30)
-    store = ValkeyTagStore("supervised", port=port)
-    store.connect(Endpoint("127.0.0.1", port))
+    store = connected_store("supervised", port)
     expected = {f"node-{i}": {"ray-launch-config": f"hash-{i}"} for i in range(200)}
     store.update(expected)
 
@@ -122,10 +63,10 @@ def test_a_killed_server_is_restarted_with_every_tag(
 
 
 def test_a_server_that_keeps_dying_is_restarted_with_growing_delays(
-    supervise: Callable[..., Supervised],
+    start_tag_server: Callable[..., TagServerProcess],
 ) -> None:
     state.cluster_secret("crashing", PASSWORD_SECRET)
-    supervised = supervise("crashing", free_port(), "--server-binary", "false")
+    supervised = start_tag_server("crashing", free_port(), "--server-binary", "false")
     log = supervised.wait_for_log("exited with code 1", count=3)
     assert "restart 1 in 0 s" in log
     assert "restart 2 in 1 s" in log
@@ -184,16 +125,15 @@ def _tags_with_the_file_password(cluster: str, port: int) -> dict[str, dict[str,
 
 @pytest.mark.servers
 def test_a_server_killed_after_the_password_file_changed_comes_back_with_the_new_password(
-    supervise: Callable[..., Supervised],
+    start_tag_server: Callable[..., TagServerProcess],
 ) -> None:
     state.cluster_secret("rekeyed", PASSWORD_SECRET)
     port = free_port()
-    supervised = supervise(
+    supervised = start_tag_server(
         "rekeyed", port, "--appendonly", "--server-binary", valkey_server_binary()
     )
     wait_for_port(port, timeout=30)
-    store = ValkeyTagStore("rekeyed", port=port)
-    store.connect(Endpoint("127.0.0.1", port))
+    store = connected_store("rekeyed", port)
     store.update({"head": {"ray-launch-config": "hash"}})
     store.close()
 
@@ -206,15 +146,16 @@ def test_a_server_killed_after_the_password_file_changed_comes_back_with_the_new
 
 @pytest.mark.servers
 def test_a_new_password_file_moves_the_running_server_to_it(
-    supervise: Callable[..., Supervised],
+    start_tag_server: Callable[..., TagServerProcess],
 ) -> None:
     """A `ray up` that uploads a new password never locks the cluster's tags away."""
     state.cluster_secret("moved", PASSWORD_SECRET)
     port = free_port()
-    supervised = supervise("moved", port, "--appendonly", "--server-binary", valkey_server_binary())
+    supervised = start_tag_server(
+        "moved", port, "--appendonly", "--server-binary", valkey_server_binary()
+    )
     wait_for_port(port, timeout=30)
-    store = ValkeyTagStore("moved", port=port)
-    store.connect(Endpoint("127.0.0.1", port))
+    store = connected_store("moved", port)
     store.update({"head": {"ray-launch-config": "hash"}})
     store.close()
 
@@ -231,7 +172,7 @@ def test_a_new_password_file_moves_the_running_server_to_it(
 
 @pytest.mark.servers
 def test_clusters_without_a_port_each_get_their_own_and_serve_side_by_side(
-    supervise: Callable[..., Supervised],
+    start_tag_server: Callable[..., TagServerProcess],
 ) -> None:
     """Two local clusters on one machine: each head's server on a port of its cluster's."""
     ports: dict[str, int] = {}
@@ -242,11 +183,10 @@ def test_clusters_without_a_port_each_get_their_own_and_serve_side_by_side(
     for cluster, port in ports.items():
         state.cluster_secret(cluster, PASSWORD_SECRET)
         assert ValkeyTagStore(cluster).head_port == port
-        supervise(cluster, port, "--server-binary", valkey_server_binary())
+        start_tag_server(cluster, port, "--server-binary", valkey_server_binary())
     for cluster, port in ports.items():
         wait_for_port(port, timeout=30)
-        store = ValkeyTagStore(cluster)
-        store.connect(Endpoint("127.0.0.1", port))
+        store = connected_store(cluster, port)
         store.update({"head": {"cluster": cluster}})
         assert store.load_all() == {"head": {"cluster": cluster}}
         store.close()
@@ -254,14 +194,14 @@ def test_clusters_without_a_port_each_get_their_own_and_serve_side_by_side(
 
 @pytest.mark.servers
 def test_a_port_another_clusters_server_holds_is_an_error_naming_it_not_a_restart_loop(
-    supervise: Callable[..., Supervised],
+    start_tag_server: Callable[..., TagServerProcess],
 ) -> None:
     port = free_port()
     for cluster in ("first", "second"):
         state.cluster_secret(cluster, PASSWORD_SECRET)
-    supervise("first", port, "--server-binary", valkey_server_binary())
+    start_tag_server("first", port, "--server-binary", valkey_server_binary())
     wait_for_port(port, timeout=30)
-    second = supervise("second", port, "--server-binary", valkey_server_binary())
+    second = start_tag_server("second", port, "--server-binary", valkey_server_binary())
     assert second.process.wait(60) == 1
     log = second.log.read_text()
     assert f"provider.tag_store.port {port} is taken on this machine" in log

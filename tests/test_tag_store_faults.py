@@ -3,6 +3,7 @@ comes back empty: no write is lost, no Ray thread waits on the network, no node 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -16,16 +17,20 @@ from typing import Any
 import pytest
 from ray.autoscaler.tags import TAG_RAY_LAUNCH_CONFIG, TAG_RAY_NODE_KIND, TAG_RAY_NODE_STATUS
 
-from raydog_backends.keyvalue import ValkeyTagStore
 from raydog_backends.keyvalue.store import PASSWORD_SECRET
 from raydog_core import config as raydog_config
 from raydog_core import state
 from raydog_core.errors import TagValueError
-from raydog_core.interfaces import Endpoint
 from raydog_core.provider import RayDogNodeProvider
 from tests.conftest import memory_cluster_config
 from tests.ray_helpers import head_tags, worker_tags
-from tests.servers import DelayProxy, KeyValueServer, redis_server_binary, valkey_server_binary
+from tests.servers import (
+    DelayProxy,
+    KeyValueServer,
+    connected_store,
+    redis_server_binary,
+    valkey_server_binary,
+)
 
 pytestmark = pytest.mark.servers
 
@@ -75,14 +80,24 @@ def providers() -> Iterator[Callable[..., RayDogNodeProvider]]:
         provider.close()
 
 
-def stored(server: KeyValueServer, provider: RayDogNodeProvider) -> dict[str, dict[str, str]]:
-    """What the server holds for the provider's cluster, read by a store of its own."""
-    reader = type(provider.store)(provider.cluster_name, port=server.port)
-    reader.connect(provider.tags._locate())
+def stored(server: KeyValueServer, cluster: RayDogNodeProvider | str) -> dict[str, dict[str, str]]:
+    """What the server holds for a provider's cluster (or one named), read by a store of its own."""
+    name = cluster if isinstance(cluster, str) else cluster.cluster_name
+    reader = connected_store(name, server.port)
     try:
         return reader.load_all()
     finally:
         reader.close()
+
+
+@contextlib.contextmanager
+def another_process(provider: RayDogNodeProvider) -> Iterator[RayDogNodeProvider]:
+    """The provider another process of the cluster builds (a `ray up`, a restarted autoscaler)."""
+    other = RayDogNodeProvider(provider.provider_config, provider.cluster_name)
+    try:
+        yield other
+    finally:
+        other.close()
 
 
 def command_calls(server: KeyValueServer, command: str) -> int:
@@ -195,21 +210,15 @@ def test_launch_configs_no_running_process_remembers_are_written_back(
     server.restart()
     assert stored(server, knew) == {}
 
-    looking = RayDogNodeProvider(knew.provider_config, knew.cluster_name)
-    try:
+    with another_process(knew) as looking:
         looking.refresh(reconcile=False)  # `raydog status` only looks
         assert looking.tags.flush(timeout=30)
         assert not any(TAG_RAY_LAUNCH_CONFIG in tags for tags in stored(server, knew).values())
-    finally:
-        looking.close()
 
-    fresh = RayDogNodeProvider(knew.provider_config, knew.cluster_name)
-    try:
+    with another_process(knew) as fresh:
         assert sorted(fresh.non_terminated_nodes({})) == sorted(nodes)
         assert fresh.tags.flush(timeout=30)
         there = stored(server, fresh)
-    finally:
-        fresh.close()
     assert sorted(there) == sorted(nodes)
     configs = {
         kind: {t[TAG_RAY_LAUNCH_CONFIG] for t in there.values() if t[TAG_RAY_NODE_KIND] == kind}
@@ -267,12 +276,7 @@ def test_a_process_that_ends_right_after_a_write_still_sends_it(server: KeyValue
             check=True,
             timeout=60,
         )
-    reader = ValkeyTagStore(cluster, port=server.port)
-    reader.connect(Endpoint("127.0.0.1", server.port))
-    try:
-        assert reader.load_all() == {"head": {"ray-node-status": "up-to-date"}}
-    finally:
-        reader.close()
+    assert stored(server, cluster) == {"head": {"ray-node-status": "up-to-date"}}
 
 
 @pytest.mark.timeout(120)
@@ -361,12 +365,7 @@ def test_a_process_ended_by_a_signal_sends_its_held_writes_first(
         assert code_ == 128 + signum
     else:
         assert code_ == -signum
-    reader = ValkeyTagStore(cluster, port=server.port)
-    reader.connect(Endpoint("127.0.0.1", server.port))
-    try:
-        there = reader.load_all()
-    finally:
-        reader.close()
+    there = stored(server, cluster)
     assert sum(1 for i in range(count) if there.get(f"n{i}") == {"k": str(i)}) == count
 
 
@@ -408,8 +407,7 @@ def test_two_writers_over_a_restored_store_each_send_back_their_writes_and_see_t
     """The second writer goes on writing after the restore, past the version the first had
     seen: only the id of the write that took that version tells the first the store went back."""
     first = providers(server.port, workers=4)
-    second = RayDogNodeProvider(first.provider_config, first.cluster_name)
-    try:
+    with another_process(first) as second:
         workers = sorted(n for n in first.non_terminated_nodes({}) if not first._is_head(n))
         settled(first, second)
         copy = server.save_copy()
@@ -431,8 +429,6 @@ def test_two_writers_over_a_restored_store_each_send_back_their_writes_and_see_t
         assert workers[2] not in there
         for provider in (first, second):
             assert provider.tags.all() == there, "a cache was left without the other's writes"
-    finally:
-        second.close()
 
 
 @pytest.mark.timeout(120)
@@ -442,8 +438,7 @@ def test_a_late_write_for_a_deleted_node_does_not_bring_it_back(
     """A second process (a `ray up` that read the tags before) writes to a node the head's
     autoscaler terminated: the store keeps the delete, and the late writer forgets the node."""
     head = providers(server.port, workers=3)
-    late = RayDogNodeProvider(head.provider_config, head.cluster_name)
-    try:
+    with another_process(head) as late:
         settled(head, late)
         workers = sorted(n for n in head.non_terminated_nodes({}) if not head._is_head(n))
         head.terminate_nodes([workers[0]])
@@ -459,8 +454,6 @@ def test_a_late_write_for_a_deleted_node_does_not_bring_it_back(
         head.tags.update({workers[0]: relaunched}, launched=True)  # its own launch: it may
         assert head.tags.flush(timeout=30)
         assert workers[0] in stored(server, head)
-    finally:
-        late.close()
 
 
 @pytest.mark.timeout(120)
@@ -470,8 +463,7 @@ def test_a_deleted_node_stays_deleted_after_a_flush_when_a_cache_that_missed_it_
     """FLUSHALL, then the cache that made a delete refills (its tombstones), then one that
     never saw the delete sends back all it knows: the node does not come back."""
     head = providers(server.port, workers=3)
-    stale = RayDogNodeProvider(head.provider_config, head.cluster_name)
-    try:
+    with another_process(head) as stale:
         settled(head, stale)
         workers = sorted(n for n in head.non_terminated_nodes({}) if not head._is_head(n))
         head.terminate_nodes([workers[0]])
@@ -485,5 +477,3 @@ def test_a_deleted_node_stays_deleted_after_a_flush_when_a_cache_that_missed_it_
         there = stored(server, head)
         assert workers[0] not in there
         assert set(workers[1:]) <= set(there)
-    finally:
-        stale.close()
