@@ -101,6 +101,25 @@ def test_the_outage_warning_counts_the_writes_it_holds(
         cache.close(timeout=1)
 
 
+HEAD_TAGS = {"head": {"ray-launch-config": "hash"}}
+
+
+def _holding_head_tags(
+    start_tag_server: Callable[..., TagServerProcess], cluster: str
+) -> TagServerProcess:
+    """The supervised server of ``cluster`` (append-only) once it holds ``HEAD_TAGS``."""
+    state.cluster_secret(cluster, PASSWORD_SECRET)
+    port = free_port()
+    supervised = start_tag_server(
+        cluster, port, "--appendonly", "--server-binary", valkey_server_binary()
+    )
+    wait_for_port(port, timeout=30)
+    store = connected_store(cluster, port)
+    store.update(HEAD_TAGS)
+    store.close()
+    return supervised
+
+
 def _new_password(cluster: str) -> str:
     """What a `ray up` from another machine does: a new password file for the same cluster."""
     password = secrets.token_urlsafe(32)
@@ -127,20 +146,13 @@ def _tags_with_the_file_password(cluster: str, port: int) -> dict[str, dict[str,
 def test_a_server_killed_after_the_password_file_changed_comes_back_with_the_new_password(
     start_tag_server: Callable[..., TagServerProcess],
 ) -> None:
-    state.cluster_secret("rekeyed", PASSWORD_SECRET)
-    port = free_port()
-    supervised = start_tag_server(
-        "rekeyed", port, "--appendonly", "--server-binary", valkey_server_binary()
-    )
-    wait_for_port(port, timeout=30)
-    store = connected_store("rekeyed", port)
-    store.update({"head": {"ray-launch-config": "hash"}})
-    store.close()
+    supervised = _holding_head_tags(start_tag_server, "rekeyed")
+    port = supervised.port
 
     first = supervised.server_pid()
     password = _new_password("rekeyed")
     os.kill(first, signal.SIGKILL)
-    assert _tags_with_the_file_password("rekeyed", port) == {"head": {"ray-launch-config": "hash"}}
+    assert _tags_with_the_file_password("rekeyed", port) == HEAD_TAGS
     assert password not in supervised.log.read_text()
 
 
@@ -149,18 +161,11 @@ def test_a_new_password_file_moves_the_running_server_to_it(
     start_tag_server: Callable[..., TagServerProcess],
 ) -> None:
     """A `ray up` that uploads a new password never locks the cluster's tags away."""
-    state.cluster_secret("moved", PASSWORD_SECRET)
-    port = free_port()
-    supervised = start_tag_server(
-        "moved", port, "--appendonly", "--server-binary", valkey_server_binary()
-    )
-    wait_for_port(port, timeout=30)
-    store = connected_store("moved", port)
-    store.update({"head": {"ray-launch-config": "hash"}})
-    store.close()
+    supervised = _holding_head_tags(start_tag_server, "moved")
+    port = supervised.port
 
     password = _new_password("moved")
-    assert _tags_with_the_file_password("moved", port) == {"head": {"ray-launch-config": "hash"}}
+    assert _tags_with_the_file_password("moved", port) == HEAD_TAGS
     assert "the password file changed: restarting" in supervised.log.read_text()
 
     state.write_secret("moved", PASSWORD_SECRET, "not a password")

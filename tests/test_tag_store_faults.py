@@ -100,6 +100,10 @@ def another_process(provider: RayDogNodeProvider) -> Iterator[RayDogNodeProvider
         other.close()
 
 
+def worker_ids(provider: RayDogNodeProvider) -> list[str]:
+    return sorted(n for n in provider.non_terminated_nodes({}) if not provider._is_head(n))
+
+
 def command_calls(server: KeyValueServer, command: str) -> int:
     client = server.client()
     try:
@@ -118,7 +122,7 @@ def test_a_stopped_server_holds_no_ray_thread_and_loses_no_write(
     terminate_nodes all return; a tick answers from the cache; once the server runs again
     everything reaches it, in a couple of script calls rather than one per write."""
     provider = providers(server.port, command_timeout=3600)
-    workers = [n for n in provider.non_terminated_nodes({}) if not provider._is_head(n)]
+    workers = worker_ids(provider)
     assert server.process is not None
     writes_before = command_calls(server, "incr")  # each write script takes one version
     os.kill(server.process.pid, signal.SIGSTOP)
@@ -156,7 +160,7 @@ def test_writes_refused_by_the_server_are_held_until_it_takes_them(
 ) -> None:
     """An OOM reply (maxmemory reached) is not a connection error: the batch is kept."""
     provider = providers(server.port, workers=4)
-    workers = [n for n in provider.non_terminated_nodes({}) if not provider._is_head(n)]
+    workers = worker_ids(provider)
     admin = server.client()
     try:
         admin.config_set("maxmemory-policy", "noeviction")
@@ -289,7 +293,7 @@ def test_a_value_the_server_cannot_hold_is_refused_to_its_writer_and_holds_back_
     admin.config_set("proto-max-bulk-len", "1mb")
     admin.close()
     provider = providers(server.port, workers=50)
-    workers = [n for n in provider.non_terminated_nodes({}) if not provider._is_head(n)]
+    workers = worker_ids(provider)
     with pytest.raises(TagValueError, match=f"node '{workers[0]}': tag 'huge'.*bytes"):
         provider.set_node_tags(workers[0], {"huge": "x" * (1 << 20)})
     for worker in workers:
@@ -384,7 +388,7 @@ def test_a_store_restored_from_an_older_copy_gets_back_every_newer_write_and_del
     """Restored from a backup, the store had the old values of tags written since and the
     nodes deleted since: the provider sent back only tag names it lacked."""
     provider = providers(server.port, workers=4)
-    workers = sorted(n for n in provider.non_terminated_nodes({}) if not provider._is_head(n))
+    workers = worker_ids(provider)
     copy = server.save_copy()
     provider.set_node_tags(workers[0], {TAG_RAY_LAUNCH_CONFIG: "hash-new", "k": "new"})
     provider.terminate_nodes([workers[1]])
@@ -408,7 +412,7 @@ def test_two_writers_over_a_restored_store_each_send_back_their_writes_and_see_t
     seen: only the id of the write that took that version tells the first the store went back."""
     first = providers(server.port, workers=4)
     with another_process(first) as second:
-        workers = sorted(n for n in first.non_terminated_nodes({}) if not first._is_head(n))
+        workers = worker_ids(first)
         settled(first, second)
         copy = server.save_copy()
         first.set_node_tags(workers[0], {"first": "before the restore"})
@@ -440,7 +444,7 @@ def test_a_late_write_for_a_deleted_node_does_not_bring_it_back(
     head = providers(server.port, workers=3)
     with another_process(head) as late:
         settled(head, late)
-        workers = sorted(n for n in head.non_terminated_nodes({}) if not head._is_head(n))
+        workers = worker_ids(head)
         head.terminate_nodes([workers[0]])
         assert head.tags.flush(timeout=30)
         late.set_node_tags(workers[0], {TAG_RAY_NODE_STATUS: "up-to-date"})
@@ -465,7 +469,7 @@ def test_a_deleted_node_stays_deleted_after_a_flush_when_a_cache_that_missed_it_
     head = providers(server.port, workers=3)
     with another_process(head) as stale:
         settled(head, stale)
-        workers = sorted(n for n in head.non_terminated_nodes({}) if not head._is_head(n))
+        workers = worker_ids(head)
         head.terminate_nodes([workers[0]])
         assert head.tags.flush(timeout=30)
         admin = server.client()
