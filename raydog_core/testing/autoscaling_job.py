@@ -1,19 +1,23 @@
 """The e2e job: needs more CPUs than the head offers, so Ray's autoscaler must add workers.
 
-Prints when the first worker joined (the wall clock, to compare with the submission's) and where
-its tasks ran.
+Its argument is the CPUs each of its three tasks asks for (default 2; 1 for a worker type that
+offers 1 CPU, as yellowdog-ray's example does). Prints when the first worker joined (the wall
+clock, to compare with the submission's) and where its tasks ran.
 """
 
 import json
+import sys
 import time
 
 import ray
+
+CPUS_PER_TASK = float(sys.argv[1]) if len(sys.argv) > 1 else 2.0
 
 ray.init()
 head_ip = ray.util.get_node_ip_address()
 
 
-@ray.remote(num_cpus=2)
+@ray.remote(num_cpus=CPUS_PER_TASK)
 def where() -> str:
     time.sleep(1)
     return ray.util.get_node_ip_address()

@@ -32,7 +32,7 @@ import pytest
 import yaml
 
 from raydog_backends.process_nodes.addresses import free_port
-from raydog_core.testing.lifecycle import ran_on
+from raydog_core.testing.lifecycle import JOB, ran_on
 from tests.e2e.emulated import EmulatedCluster, emulator_running_tasks
 from tests.servers import valkey_server_binary
 from tests.yellowdog_fixtures import EmulatorProcess
@@ -43,7 +43,6 @@ pytestmark = [
 ]
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "yellowdog-ray"
-JOB = Path(__file__).with_name("one_cpu_job.py")
 NODE_FLAGS = (
     " --node-ip-address=$RAYDOG_NODE_IP --temp-dir=$RAY_TMPDIR/ray"
     " --dashboard-agent-listen-port=$RAYDOG_DASHBOARD_AGENT_PORT"
@@ -122,7 +121,8 @@ def run(emulator: EmulatorProcess, tmp_path_factory: pytest.TempPathFactory) -> 
             assert time.monotonic() < deadline, "the head's Ray never started"
             time.sleep(2)
         workers: set[str] = set()
-        job = cluster.ray("submit", "--no-config-cache", config, str(JOB), timeout=600)
+        # The example's worker type offers 1 CPU: tasks of 1 CPU each.
+        job = cluster.ray("submit", "--no-config-cache", config, str(JOB), "1", timeout=600)
         workers |= {str(n.internal_ip) for n in cluster.workers(cluster.nodes()).values()}
         cluster.ray("down", "-y", config, timeout=300)
         yield Run(up, str(head.internal_ip), job, workers, cluster.leftovers())
