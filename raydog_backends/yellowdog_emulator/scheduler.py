@@ -100,6 +100,8 @@ class Scheduler:
 
     def _execute(self, task: TaskRecord, node: NodeRecord, now: float) -> None:
         task.task.status = TaskStatus.EXECUTING
+        # SDK model/task.py: "The time the task was last started by a Worker" (the yellowdog
+        # backend reports it as the node's boot time).
         task.task.startedTime = now_utc()
         group = self.account.groups[task.group_id][1]
         timeout = task.task.timeout or group.runSpecification.taskTimeout
