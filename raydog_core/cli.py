@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from raydog_core import config as raydog_config
-from raydog_core import plugins, starter, user_input, validation, why
+from raydog_core import plugins, ray_nodes, starter, user_input, validation, why
 from raydog_core.errors import ConfigErrors, RayDogError
 from raydog_core.interfaces import (
     Check,
@@ -564,19 +564,28 @@ def _why(
 def _ray_nodes_on_head(path: Path) -> dict[str, float] | None:
     """Ray's live nodes as the head's GCS lists them, read on the head through Ray's command
     runner (as ``raydog metrics`` reads its figures); None when the head does not answer."""
+    import click
     from ray.autoscaler import sdk
+    from ray.autoscaler._private.subprocess_output_util import ProcessRunnerError
 
     try:
         # Ray's command runner logs to stdout: keep stdout for the report alone.
         with contextlib.redirect_stdout(sys.stderr):
             output = sdk.run_on_cluster(
-                str(path), cmd="python -m raydog_core.why", with_output=True
+                str(path), cmd="python -m raydog_core.ray_nodes", with_output=True
             )
-    except (RayDogError, RuntimeError, OSError, subprocess.SubprocessError) as exc:
+    except (
+        RayDogError,
+        RuntimeError,
+        OSError,
+        subprocess.SubprocessError,
+        ProcessRunnerError,
+        click.ClickException,
+    ) as exc:
         print(f"raydog status --why: the head's Ray did not answer: {exc}", file=sys.stderr)
         return None
     text = output.decode(errors="replace") if isinstance(output, bytes) else output or ""
-    return why.parse_ray_nodes(text)
+    return ray_nodes.parse(text)
 
 
 RECORD_VERSION = 1

@@ -13,8 +13,6 @@ on it, so the head's provider keeps its node types' latest such chains on the he
 from __future__ import annotations
 
 import json
-import os
-import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -26,7 +24,6 @@ REQUESTED_TAG = "raydog-requested-at"
 FAILURES_TAG = "raydog-launch-failures"
 """On the head node: the node types' latest late launch failures, as JSON chains."""
 STEPS = ("requested by Ray", "created on the platform", "booted", "setup finished", "Ray joined")
-RAY_NODES_MARK = "RAYDOG_RAY_NODES "
 
 
 @dataclass(frozen=True)
@@ -182,36 +179,3 @@ def _when(at: float | None, since: float | None) -> str:
         return "(time not known)"
     clock = time.strftime("%H:%M:%SZ", time.gmtime(at))
     return f"{clock} (+{at - since:.1f} s)" if since is not None else clock
-
-
-def ray_nodes() -> dict[str, float]:
-    """On the head: Ray's live nodes, address -> when each joined (seconds since epoch), from
-    the head's GCS (its address from RayDog's node environment, else Ray's own lookup)."""
-    from ray._private.gcs_utils import GcsNodeInfo
-    from ray._private.services import canonicalize_bootstrap_address_or_die
-    from ray._raylet import GcsClient  # type: ignore[attr-defined]  # not in Ray's stub
-
-    host, port = os.environ.get("RAYDOG_NODE_IP"), os.environ.get("RAYDOG_GCS_PORT")
-    address = f"{host}:{port}" if host and port else canonicalize_bootstrap_address_or_die("auto")
-    nodes = GcsClient(address=address).get_all_node_info(timeout=30)
-    return {
-        node.node_manager_address: node.start_time_ms / 1000.0
-        for node in nodes.values()
-        if node.state == GcsNodeInfo.GcsNodeState.ALIVE
-    }
-
-
-def parse_ray_nodes(output: str) -> dict[str, float] | None:
-    """``ray_nodes`` as printed on the head (``python -m raydog_core.why``); None if absent."""
-    for line in output.splitlines():
-        if line.startswith(RAY_NODES_MARK):
-            try:
-                found = json.loads(line.removeprefix(RAY_NODES_MARK))
-                return {str(ip): float(at) for ip, at in found.items()}
-            except (ValueError, TypeError, AttributeError):
-                return None
-    return None
-
-
-if __name__ == "__main__":
-    sys.stdout.write(RAY_NODES_MARK + json.dumps(ray_nodes()) + "\n")

@@ -159,3 +159,21 @@ def test_the_autoscaler_takes_a_utilization_scorer_given_node_availability() -> 
         "ray.autoscaler._private.resource_demand_scheduler", "_default_utilization_scorer", used_for
     )
     accepts(scorer, "node_availability_summary", used_for=used_for)
+
+
+def test_the_heads_gcs_lists_each_live_nodes_address_and_start_time() -> None:
+    used_for = "`raydog status --why`'s Ray joined step (raydog_core/ray_nodes.py, on the head)"
+    attribute("ray._raylet", "GcsClient", used_for)
+    # GcsClient hands its calls to InnerGcsClient (its __getattr__).
+    inner = attribute("ray._raylet", "InnerGcsClient", used_for)
+    assert callable(getattr(inner, "get_all_node_info", None)), (
+        f"(Inner)GcsClient.get_all_node_info: {used_for}"
+    )
+    info = attribute("ray._private.gcs_utils", "GcsNodeInfo", used_for)
+    fields = set(info.DESCRIPTOR.fields_by_name)
+    assert {"node_manager_address", "start_time_ms", "state"} <= fields, used_for
+    assert info.GcsNodeState.Name(info.GcsNodeState.ALIVE) == "ALIVE", used_for
+    canonical = attribute(
+        "ray._private.services", "canonicalize_bootstrap_address_or_die", used_for
+    )
+    accepts(canonical, "addr", used_for=used_for)

@@ -6,12 +6,12 @@ from __future__ import annotations
 import calendar
 
 from raydog_core.interfaces import NO_STEPS, NodeInfo, NodeState, NodeSteps
+from raydog_core.ray_nodes import parse as parse_ray_nodes
 from raydog_core.why import (
     REQUESTED_TAG,
     Chain,
     decode_failures,
     encode_failures,
-    parse_ray_nodes,
     why_lines,
 )
 
