@@ -33,10 +33,16 @@ CLEANUP_SECONDS = 60.0
 """How long `ray down`'s cancelled tasks and pools get to be gone (the emulator stops them)."""
 TIME_SCALE = "0.05"
 """The backend's idle node (1 min) and pool (10 min) shutdowns become 3 s and 30 s."""
+LIFETIME_HOURS = 100.0
+"""``cluster_lifetime_hours`` of these clusters: the emulator scales every platform timeout, a
+task's and a compute requirement's lifetime too, so the example's 1 h would end the head's task
+after 3 minutes, in the middle of a test on a loaded machine; 100 h is 5 hours at TIME_SCALE."""
 
 
 @contextlib.contextmanager
-def emulator_running_tasks(work_dir: Path, *arguments: str) -> Iterator[EmulatorProcess]:
+def emulator_running_tasks(
+    work_dir: Path, *arguments: str, time_scale: str = TIME_SCALE
+) -> Iterator[EmulatorProcess]:
     """The emulator as a process of its own that runs each node's task as a local process with
     its own loopback address, in ``work_dir``; stopped (with every task process) on exit."""
     with pytest.MonkeyPatch.context() as patch:
@@ -48,7 +54,7 @@ def emulator_running_tasks(work_dir: Path, *arguments: str) -> Iterator[Emulator
             "--work-dir",
             str(work_dir),
             "--time-scale",
-            TIME_SCALE,
+            time_scale,
             *arguments,
         )
     try:
@@ -75,6 +81,7 @@ class EmulatedCluster(RayCluster):
         config: dict[str, Any] = yaml.safe_load((EXAMPLE / "cluster.yaml").read_text())
         config["cluster_name"] = self.cluster_name
         config["idle_timeout_minutes"] = self.idle_timeout_minutes
+        config["provider"]["cluster_lifetime_hours"] = LIFETIME_HOURS
         config["provider"]["tag_store"] = {"type": "valkey", "port": free_port()}
         path = self.folder / "cluster.yaml"
         path.write_text(yaml.safe_dump(config, sort_keys=False))

@@ -100,7 +100,9 @@ class Run:
 @pytest.fixture(scope="module")
 def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmulatorProcess]:
     work_dir = tmp_path_factory.mktemp("e2e-yellowdog-ray")
-    with emulator_running_tasks(work_dir, "--setup-delay", "0") as process:
+    # Unscaled: the config's lifetime (0.5 h, each task's timeout too) must outlast the module,
+    # and nothing here waits for an idle shutdown.
+    with emulator_running_tasks(work_dir, "--setup-delay", "0", time_scale="1") as process:
         yield process
 
 
