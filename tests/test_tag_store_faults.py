@@ -72,6 +72,8 @@ def providers() -> Iterator[Callable[..., RayDogNodeProvider]]:
         made.append(provider)
         provider.create_node({}, {**head_tags(), TAG_RAY_LAUNCH_CONFIG: "hash-head"}, 1)
         provider.create_node({}, {**worker_tags(), TAG_RAY_LAUNCH_CONFIG: "hash-cpu"}, workers)
+        # The first tick on the head tags it with its versions: sent now, not held by a test.
+        provider.non_terminated_nodes({})
         assert provider.tags.flush(timeout=30)
         return provider
 
