@@ -269,6 +269,8 @@ class RayDogNodeProvider(NodeProvider):
         with self._lock:
             known = set(self._nodes)
         self.tags.delete(known | set(node_ids) | self.tags.node_ids())
+        if self._head_store_ended():
+            self.tags.store_ended()
         # Send the deletes (bounded) while the head's store still runs, then let go of it.
         self.tags.close()
         with self.metrics.compute_call("shutdown"):
@@ -526,6 +528,8 @@ class RayDogNodeProvider(NodeProvider):
             "; ".join(f"{', '.join(nodes)} ({why})" for why, nodes in by_reason.items()),
         )
         self.tags.delete(ids)
+        if self._head_store_ended():
+            self.tags.store_ended()
         try:
             with self.metrics.compute_call("terminate"):
                 self.compute.terminate(ids)
@@ -607,6 +611,17 @@ class RayDogNodeProvider(NodeProvider):
         if info.launch_config:
             tags[TAG_RAY_LAUNCH_CONFIG] = info.launch_config
         return tags
+
+    def _head_store_ended(self) -> bool:
+        """Whether the tag store was the head's own and the head has ended (seen from a client:
+        ``ray down`` after the head's `ray stop` ended its task), taking the store with it."""
+        if self.store.head_port is None or self.raydog_config.on_head:
+            return False
+        with self._lock:
+            return not any(
+                info.is_head and info.state is not NodeState.TERMINATED
+                for info in self._nodes.values()
+            )
 
     def _store_endpoint(self) -> Endpoint | None:
         """Where the tag store answers from here; NotReady until the head runs."""

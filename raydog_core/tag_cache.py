@@ -220,6 +220,15 @@ class TagCache:
             )
             return self._all_sent()
 
+    def store_ended(self) -> None:
+        """The store ended and its data with it (the head's own store, on a head that ended):
+        the deletes held for it have nothing left to delete, and its address is stale. The
+        next use locates the store anew."""
+        with self._io_lock:  # after the sender's call in progress
+            self._disconnect()
+            with self._cond:
+                self._pending_deletes.clear()
+
     def close(self, timeout: float = CLOSE_TIMEOUT) -> None:
         """Send what is held (waiting at most ``timeout`` seconds), then disconnect: now, or
         when the sender's call in progress on a silent store ends (it does, then)."""

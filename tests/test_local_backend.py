@@ -465,11 +465,40 @@ def test_ray_stop_on_a_node_stops_that_nodes_ray_only(
         assert b"Stopped 2 Ray processes" in output
         assert not pid_alive(head_pids["raylet"]) and not pid_alive(head_pids["gcs"])
         assert pid_alive(head_pids["other"]), "`ray stop` stops Ray's processes, nothing else"
+        # A task that does not run `ray start --block` keeps its node: configs whose
+        # head_start_ray_commands stop Ray and start it again rely on that.
+        assert described(backend)[head].state is NodeState.RUNNING
         assert all(pid_alive(pid) for pid in worker_pids.values()), "another node's Ray was stopped"
         assert outsider.poll() is None, "a Ray process outside the cluster was stopped"
     finally:
         outsider.kill()
         outsider.wait()
+
+
+def test_ray_stop_ends_the_nodes_blocking_ray_start_so_its_task_ends(
+    backends: Callable[..., LocalComputeBackend], tmp_path: Path
+) -> None:
+    """`ray down` runs `ray stop` on the head, then lists the nodes: the head whose task was
+    `exec ray start --block` must be gone by then, or Ray terminates it and waits 5 s more."""
+    raylet = fake_ray_process(tmp_path / "bin", "raylet")
+    ray = tmp_path / "bin" / "ray"
+    # Like Ray's `ray start --block`: it goes on blocking once its raylet ended by SIGTERM.
+    ray.write_text(
+        f"#!/bin/bash\n{raylet} 1000 & echo $! > ~/raylet.pid\nwhile true; do sleep 0.2; done\n"
+    )
+    ray.chmod(0o755)
+    script = f"#!/bin/bash\nexec {ray} start --block\n"
+    backend = backends(make_spec(script, script))
+    head, (worker,) = launch_cluster(backend, workers=1)
+    for node_id in (head, worker):
+        pid_file = backend.folder.home(node_id) / "raylet.pid"
+        wait_until(lambda f=pid_file: f.exists() and f.read_text(), f"{node_id}'s raylet")
+
+    output = runner_for(backend, head).run("ray stop", with_output=True)
+
+    assert b"Stopped 1 Ray processes" in output
+    assert described(backend)[head].state is NodeState.TERMINATED, output
+    assert described(backend)[worker].state is NodeState.RUNNING, "another node was ended"
 
 
 def test_node_commands_refuse_to_act_outside_a_node() -> None:

@@ -127,7 +127,7 @@ class LocalComputeBackend(ComputeBackend):
                 raise BackendError("launch", what, f"head {head.node_id} is already running")
             if not request.is_head and head is None:
                 raise BackendError("launch", what, "the cluster has no running head node")
-            write_shims(self.folder.shims_dir)
+            write_shims(self.folder.shims_dir, stop_ends_blocking_start=True)
             launched: list[NodeRecord] = []
             try:
                 for _ in range(request.count):

@@ -5,7 +5,12 @@ nodes (and perhaps the user's own Ray) is never right; ``shutdown`` would stop t
 Here both act on the calling node's own processes only::
 
     python -m raydog_backends.process_nodes.node_commands stop-ray [--force] [--grace-period N]
+        [--end-blocking-start]
     python -m raydog_backends.process_nodes.node_commands shutdown
+
+``--end-blocking-start`` (the ``local`` backend's nodes): `ray stop` also ends the node's
+``ray start --block``, which Ray's own leaves blocking with nothing to watch. A task script that
+``exec``s it (RayDog's default ones) then ends, so the node is gone once `ray stop` returns.
 """
 
 from __future__ import annotations
@@ -20,10 +25,17 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from raydog_backends.process_nodes.processes import NodeProcess, ancestors, pid_alive
+from raydog_backends.process_nodes.processes import (
+    NodeProcess,
+    ancestors,
+    blocking_ray_starts,
+    pid_alive,
+)
 from raydog_backends.process_nodes.shims import NODE_DIR_VARIABLE
 
 SHUTDOWN_GRACE_SECONDS = 5.0
+BLOCKING_START_END_SECONDS = 5.0
+"""How long `ray stop` waits for a SIGKILLed ``ray start --block`` to be gone."""
 
 
 def this_node() -> tuple[str, NodeProcess] | None:
@@ -42,8 +54,15 @@ def this_node() -> tuple[str, NodeProcess] | None:
     )
 
 
-def stop_ray(node_id: str, node: NodeProcess, force: bool, grace_period: float) -> int:
-    """Ray's own order: raylet first, the GCS last, everything else in between."""
+def stop_ray(
+    node_id: str,
+    node: NodeProcess,
+    force: bool,
+    grace_period: float,
+    end_blocking_start: bool = False,
+) -> int:
+    """Ray's own order: raylet first, the GCS last, everything else in between; then, with
+    ``end_blocking_start``, the node's ``ray start --block`` left watching nothing."""
     from ray.autoscaler._private.constants import RAY_PROCESSES
 
     buckets = [RAY_PROCESSES[:1], RAY_PROCESSES[1:-1], RAY_PROCESSES[-1:]]
@@ -57,6 +76,14 @@ def stop_ray(node_id: str, node: NodeProcess, force: bool, grace_period: float) 
         while (alive := [p for p in pids if pid_alive(p)]) and time.monotonic() < deadline:
             time.sleep(0.1)
         _send(alive, signal.SIGKILL)
+    if end_blocking_start:
+        ended = blocking_ray_starts(node.members(exclude=spared))
+        _send(ended, signal.SIGKILL)
+        deadline = time.monotonic() + BLOCKING_START_END_SECONDS
+        while any(pid_alive(p) for p in ended) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if ended:
+            print(f"Ended `ray start --block` of local node {node_id}: its Ray is stopped.")
     if stopped:
         print(f"Stopped {stopped} Ray processes of local node {node_id}.")
     else:
@@ -98,6 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     stop = commands.add_parser("stop-ray", help="stop this node's Ray processes")
     stop.add_argument("-f", "--force", action="store_true")
     stop.add_argument("-g", "--grace-period", type=float, default=16.0)
+    stop.add_argument("--end-blocking-start", action="store_true")
     commands.add_parser("shutdown", help="stop every process of this node")
     args, _ignored = parser.parse_known_args(argv)
     found = this_node()
@@ -110,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     node_id, node = found
     if args.command == "stop-ray":
-        return stop_ray(node_id, node, args.force, args.grace_period)
+        return stop_ray(node_id, node, args.force, args.grace_period, args.end_blocking_start)
     node.stop(SHUTDOWN_GRACE_SECONDS, exclude=ancestors())
     return 0
 

@@ -263,13 +263,25 @@ def _task_scripts(nodes: list[NodeProcess], skip: set[int]) -> tuple[list[int], 
 
 def _ray_stopped_under(pid: int, members: list[int]) -> bool:
     """Whether ``pid`` is ``ray start --block`` and no raylet runs beside it any more."""
+    return pid in blocking_ray_starts(members)
+
+
+def blocking_ray_starts(members: Collection[int]) -> list[int]:
+    """The ``ray start --block`` processes among a node's ``members`` once no raylet runs beside
+    them. Ray's own takes its processes ended by SIGTERM (what `ray stop` sends) for a graceful
+    stop and goes on blocking, watching nothing; on SIGTERM it would drain the node through a
+    GCS that is gone (``_task_scripts``), so what ends one is SIGKILL."""
+    if any(_name(member) == "raylet" for member in members):
+        return []
+    return [pid for pid in members if _is_blocking_ray_start(pid)]
+
+
+def _is_blocking_ray_start(pid: int) -> bool:
     try:
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
     except OSError:
         return False
-    if not ("start" in argv and "--block" in argv and any(Path(a).name == "ray" for a in argv)):
-        return False
-    return not any(_name(member) == "raylet" for member in members)
+    return "start" in argv and "--block" in argv and any(Path(a).name == "ray" for a in argv)
 
 
 def _name(pid: int) -> str:

@@ -21,9 +21,12 @@ daemons do not die with the terminal of the ``ray up`` that started them."""
 SHIMS_DIR_NAME = "raydog-shims"
 
 
-def write_shims(shims_dir: Path) -> None:
+def write_shims(shims_dir: Path, *, stop_ends_blocking_start: bool = False) -> None:
     """``ray`` and ``sudo`` as the nodes see them: ``ray stop`` stops this node's Ray only
-    (the real one stops every Ray on the machine) and ``sudo shutdown`` stops this node only."""
+    (the real one stops every Ray on the machine) and ``sudo shutdown`` stops this node only.
+
+    ``stop_ends_blocking_start``: ``ray stop`` also ends the node's ``ray start --block``
+    (``node_commands``); without it, that is left blocking, as Ray's own `ray stop` leaves it."""
     shims_dir.mkdir(parents=True, exist_ok=True)
     python = shlex.quote(sys.executable)
     commands = f"{python} -m raydog_backends.process_nodes.node_commands"
@@ -35,9 +38,12 @@ def write_shims(shims_dir: Path) -> None:
         else 'echo "sudo: not available on this local node" >&2; exit 1'
     )
     ray = shlex.quote(real_ray) if real_ray else f"{python} -m ray.scripts.scripts"
+    stop_ray = f"{commands} stop-ray" + (
+        " --end-blocking-start" if stop_ends_blocking_start else ""
+    )
     shims = {
         "ray": (
-            f'if [ "$1" = stop ]; then shift; exec {commands} stop-ray "$@"; fi\n'
+            f'if [ "$1" = stop ]; then shift; exec {stop_ray} "$@"; fi\n'
             f'if [ "$1" = start ] && [ -n "${{{DETACH_VARIABLE}:-}}" ] '
             "&& command -v setsid >/dev/null; then\n"
             f'    exec setsid -w {ray} "$@"\nfi\n'

@@ -74,6 +74,16 @@ def test_ray_down_leaves_no_process_port_or_folder(lifecycle: LifecycleResult) -
     assert lifecycle.leftovers == []
 
 
+def test_ray_down_finds_the_head_ended_by_its_ray_stop(
+    cluster: LocalCluster, lifecycle: LifecycleResult
+) -> None:
+    """`ray down` runs `ray stop` on the head, then lists the nodes: the head's task (`exec ray
+    start --block`) has ended with its Ray, so Ray has no node to terminate and waits for none."""
+    down = next(output for command, output in cluster.transcript if command.startswith("ray down"))
+    assert "No nodes remaining" in down, down[-3000:]
+    assert "nodes to shut down" not in down, down[-3000:]
+
+
 def test_the_client_reaches_the_tag_store_on_the_head(
     cluster: LocalCluster, lifecycle: LifecycleResult
 ) -> None:
