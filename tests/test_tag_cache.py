@@ -137,6 +137,31 @@ def test_writes_before_the_store_exists_are_sent_when_it_appears(
     assert cache.unsent() == 0
 
 
+def test_a_store_that_ended_with_its_head_is_not_called_again(
+    store: FlakyStore, caches: list[TagCache]
+) -> None:
+    """`ray down` after the head's task ended: the head's own store went with it, so the deletes
+    held for it have nothing to delete, and the next use locates the store anew."""
+    head_running = True
+
+    def locate() -> Endpoint | None:
+        if not head_running:
+            raise NotReady
+        return None
+
+    cache = cache_of(caches, store, locate=locate, retry_seconds=0)
+    cache.update({"head": {"kind": "head"}})
+    assert cache.flush(timeout=10)
+    store.up = head_running = False
+    cache.delete(["head"])
+    cache.store_ended()
+    store.calls.clear()
+
+    assert not cache.refresh(timeout=10)
+    assert cache.flush(timeout=10), "a delete held for the ended store is still to be sent"
+    assert store.calls == [], "the ended store's address was called again"
+
+
 def test_an_outage_loses_no_write_and_keeps_delete_order(
     store: FlakyStore, caches: list[TagCache]
 ) -> None:
