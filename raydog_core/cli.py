@@ -17,8 +17,19 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from raydog_core import (
+    cluster_plugins,
+    config_model,
+    config_parsing,
+    file_references,
+    plugins,
+    ray_nodes,
+    starter,
+    user_input,
+    validation,
+    why,
+)
 from raydog_core import config as raydog_config
-from raydog_core import plugins, ray_nodes, starter, user_input, validation, why
 from raydog_core.errors import ConfigErrors, RayDogError
 from raydog_core.interfaces import (
     Check,
@@ -84,7 +95,7 @@ def _plugins() -> int:
     for kind, infos in found.items():
         print(f"{kind} ({plugins.GROUPS[kind]}):")
         for info in infos:
-            default = "  (default)" if raydog_config.DEFAULT_PLUGINS[kind] == info.name else ""
+            default = "  (default)" if config_model.DEFAULT_PLUGINS[kind] == info.name else ""
             print(
                 f"  {info.name:<{name_width}}{info.distribution:<{dist_width}}"
                 f"{info.target}{default}"
@@ -267,7 +278,7 @@ def _metrics(path: Path) -> int:
     return 0
 
 
-def _open_cluster(path: Path) -> tuple[raydog_config.RayDogConfig, RayDogNodeProvider]:
+def _open_cluster(path: Path) -> tuple[config_model.RayDogConfig, RayDogNodeProvider]:
     """The provider a `ray` command would build for this YAML (validated first)."""
     from raydog_core.provider import RayDogNodeProvider
 
@@ -330,13 +341,13 @@ def node_setup_text(cluster: Mapping[str, object], node_type: str, with_key: boo
     writes node setup before the user has made the key)."""
     from raydog_core.node_setup import Versions, common_setup
 
-    resolved = raydog_config.resolve_files(cluster, missing_ok=True)
-    parsed = raydog_config.parse(resolved)
+    resolved = file_references.resolve_files(cluster, missing_ok=True)
+    parsed = config_parsing.parse(resolved)
     if not with_key:
         auth = {k: v for k, v in parsed.auth.items() if k != "ssh_private_key"}
         parsed = dataclasses.replace(parsed, auth=auth)
     with raydog_config.scratch_home():
-        _, _, compute = raydog_config.build_plugins(parsed)
+        _, _, compute = cluster_plugins.build_plugins(parsed)
     common = common_setup(parsed, node_type, Versions.of_this_client())
     text: str = compute.node_setup_script(node_type, common)
     return text
@@ -614,7 +625,7 @@ def _smoke_test(path: Path, record: Path | None, deadline_minutes: float) -> int
             f"--deadline: 0 to {MAX_DEADLINE_MINUTES:g} minutes, got {deadline_minutes:g}"
         )
     parsed = validation.validate(validation.load_file(path))  # no SSH: no key needed
-    _, _, compute = raydog_config.build_plugins(parsed)
+    _, _, compute = cluster_plugins.build_plugins(parsed)
     if not offers_smoke_test(compute):
         raise RayDogError(
             f"the {parsed.compute.name} compute backend has no smoke test "
@@ -655,7 +666,7 @@ def _add_fleet_options(command: argparse.ArgumentParser) -> None:
     command.add_argument(
         "--compute",
         help="the compute backend (default: the one of ./cluster.yaml, else "
-        f"{raydog_config.DEFAULT_PLUGINS['compute']})",
+        f"{config_model.DEFAULT_PLUGINS['compute']})",
     )
 
 
@@ -664,10 +675,10 @@ def _open_fleet(namespace: str | None, compute: str | None) -> Fleet:
     options: Mapping[str, object] = {}
     name = compute
     if NEARBY_CONFIG.is_file():
-        parsed = raydog_config.parse(validation.load_file(NEARBY_CONFIG))
+        parsed = config_parsing.parse(validation.load_file(NEARBY_CONFIG))
         if name is None or name == parsed.compute.name:
             name, options = parsed.compute.name, parsed.compute.options
-    name = name or raydog_config.DEFAULT_PLUGINS["compute"]
+    name = name or config_model.DEFAULT_PLUGINS["compute"]
     backend: type[ComputeBackend] = plugins.load("compute", name, "--compute")
     if not offers_fleet(backend):
         raise RayDogError(

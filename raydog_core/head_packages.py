@@ -30,14 +30,11 @@ import zipfile
 from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from raydog_core import plugins, state
+from raydog_core.config_model import RayDogConfig
 from raydog_core.errors import RayDogError
 from raydog_core.progress import report
-
-if TYPE_CHECKING:
-    from raydog_core.config import RayDogConfig
 
 WHEELS = "wheels"
 """The cluster folder's subfolder that carries the wheels to the head."""

@@ -29,13 +29,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from raydog_core import head_packages, plugins, state
+from raydog_core.config_model import (
+    DEFAULT_SETUP_TIMEOUT_MINUTES,
+    NodeSetupOptions,
+    PluginChoice,
+    RayDogConfig,
+)
 from raydog_core.errors import ConfigError
-
-if TYPE_CHECKING:
-    from raydog_core.config import PluginChoice, RayDogConfig
 
 ROOT = "/opt/raydog"
 VENV = f"{ROOT}/venv"
@@ -51,7 +54,6 @@ SETUP_FINISHED = f"{ROOT}/setup-finished"
 SETUP_FINISHED_ENV = "RAYDOG_SETUP_FINISHED"
 """Moves the marker, for machines that run several nodes (an emulator); unset on real nodes."""
 MARKER = f'"${{{SETUP_FINISHED_ENV}:-{SETUP_FINISHED}}}"'
-DEFAULT_SETUP_TIMEOUT_MINUTES = 20.0
 INSTALL_CHOICES = ("wheel", "index")
 MAX_SETUP_TIMEOUT_MINUTES = 10_080
 """A week: the wait is shell arithmetic in seconds, which a larger number could overflow."""
@@ -82,16 +84,6 @@ class Versions:
     def parse(cls, text: str) -> Versions:
         fields = dict(part.split("=", 1) for part in text.split() if "=" in part)
         return cls(fields.get("python", "?"), fields.get("ray", "?"), fields.get("raydog", "?"))
-
-
-@dataclass(frozen=True)
-class NodeSetupOptions:
-    """The provider section's node setup keys, checked."""
-
-    timeout_minutes: float = DEFAULT_SETUP_TIMEOUT_MINUTES
-    raydog_install: str = "wheel"
-    """``wheel``: the head gets the client's own raydog and plugins as wheels with the cluster's
-    files; ``index``: the head installs the client's versions from its package index."""
 
 
 def parse_options(provider: Mapping[str, Any]) -> NodeSetupOptions:

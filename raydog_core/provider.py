@@ -34,7 +34,7 @@ from ray.autoscaler.tags import (
     TAG_RAY_USER_NODE_TYPE,
 )
 
-from raydog_core import clock, node_setup, state
+from raydog_core import clock, cluster_plugins, config_parsing, node_setup, ray_defaults, state
 from raydog_core import config as raydog_config
 from raydog_core.errors import BackendError, RayDogError, TagValueError
 from raydog_core.interfaces import (
@@ -86,9 +86,9 @@ class RayDogNodeProvider(NodeProvider):
 
     def __init__(self, provider_config: dict[str, Any], cluster_name: str) -> None:
         super().__init__(provider_config, cluster_name)
-        self.raydog_config = raydog_config.from_provider_section(provider_config, cluster_name)
+        self.raydog_config = config_parsing.from_provider_section(provider_config, cluster_name)
         node_setup.stage_head_wheels(self.raydog_config)
-        store, transport, compute = raydog_config.build_plugins(self.raydog_config)
+        store, transport, compute = cluster_plugins.build_plugins(self.raydog_config)
         self.store: TagStore = store
         self.transport: Transport = transport
         self.compute: ComputeBackend = compute
@@ -321,7 +321,7 @@ class RayDogNodeProvider(NodeProvider):
     @staticmethod
     def fillout_available_node_types_resources(cluster_config: dict[str, Any]) -> dict[str, Any]:
         """Ray's only hook before its schema check: RayDog fills in what a config leaves out."""
-        return raydog_config.fill_defaults(cluster_config)
+        return ray_defaults.fill_defaults(cluster_config)
 
     @staticmethod
     def bootstrap_config(cluster_config: dict[str, Any]) -> dict[str, Any]:

@@ -1,5 +1,5 @@
 """The generated parts of docs/configuration.md: Ray's top-level keys (which are required and
-what RayDog fills in) from ``raydog_core.config``, and the plugin options from the plugins.
+what RayDog fills in) from ``raydog_core.ray_defaults``, and the plugin options from the plugins.
 
 Each option is a keyword argument of the plugin's constructor: its name, type and default come
 from the signature, its description from a ``- ``name``: text`` line in the constructor's
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from raydog_core import config, plugins, task_scripts
+from raydog_core import plugins, ray_defaults, task_scripts
 
 BEGIN = "<!-- BEGIN GENERATED: plugin options (python -m raydog_core.reference --write) -->"
 END = "<!-- END GENERATED: plugin options -->"
@@ -121,11 +121,11 @@ def _shown_default(value: object) -> str:
 
 def top_level_keys() -> str:
     rows = [KEYS_BEGIN, "", "| key | required | when left out |", "|---|---|---|"]
-    for key, example in config.RAY_REQUIRED.items():
+    for key, example in ray_defaults.RAY_REQUIRED.items():
         rows.append(f"| `{key}` | yes | Ray reads it before any provider code: write `{example}` |")
-    for key, value in config.TOP_LEVEL_DEFAULTS.items():
+    for key, value in ray_defaults.TOP_LEVEL_DEFAULTS.items():
         rows.append(f"| `{key}` | no | {_shown_default(value)} |")
-    for key, value in config.NODE_TYPE_DEFAULTS.items():
+    for key, value in ray_defaults.NODE_TYPE_DEFAULTS.items():
         rows.append(f"| `available_node_types.*.{key}` | no | {_shown_default(value)} |")
     rows += ["", KEYS_END]
     return "\n".join(rows)

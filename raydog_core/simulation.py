@@ -40,7 +40,7 @@ from ray.autoscaler.tags import (
     TAG_RAY_USER_NODE_TYPE,
 )
 
-from raydog_core import clock, scheduling, state
+from raydog_core import clock, ray_defaults, scheduling, state
 from raydog_core import config as raydog_config
 from raydog_core.clock import SimulatedClock
 from raydog_core.errors import ConfigError
@@ -291,7 +291,7 @@ class Simulation:
         config = _memory_config(cluster_config, name, launch_delay_s)
         try:
             with quiet_ray_logs():
-                config = raydog_config.fill_defaults(prepare_config(config))
+                config = ray_defaults.fill_defaults(prepare_config(config))
             validate_config(config)
         except (ValueError, RuntimeError, KeyError, TypeError) as exc:
             raise ConfigError("cluster config", str(exc)) from None
@@ -440,7 +440,7 @@ def _memory_config(
     provider = config.get("provider")
     if not isinstance(provider, dict):
         raise ConfigError("provider", f"expected a mapping, got {provider!r}")
-    config["provider"] = {k: v for k, v in provider.items() if k in raydog_config.RAY_PROVIDER_KEYS}
+    config["provider"] = {k: v for k, v in provider.items() if k in ray_defaults.RAY_PROVIDER_KEYS}
     config["provider"].update(
         {
             "type": "external",
@@ -462,7 +462,7 @@ def _memory_config(
     # No command reaches a simulated node, so neither a real SSH user nor key is needed.
     config["auth"] = {"ssh_user": "simulation"}
     if "max_workers" not in config:
-        raise ConfigError("max_workers", f"missing: `{raydog_config.RAY_REQUIRED['max_workers']}`")
+        raise ConfigError("max_workers", f"missing: `{ray_defaults.RAY_REQUIRED['max_workers']}`")
     # Ray's setup commands never run in a simulation.
     for key in ("setup_commands", "head_setup_commands", "worker_setup_commands"):
         config.setdefault(key, [])

@@ -1,7 +1,7 @@
 """What ``ray up`` would refuse, found before it runs, and every problem in one go.
 
 ``raydog validate`` runs these checks in the order ``ray up`` meets them: the keys Ray reads
-before any provider code runs (``config.RAY_REQUIRED``), Ray's own schema on the config with
+before any provider code runs (``ray_defaults.RAY_REQUIRED``), Ray's own schema on the config with
 RayDog's defaults filled in, Ray's other checks, then RayDog's part (``config.check``: the
 provider section, ``file:`` targets, uploads and every plugin's options). Each problem is a
 ConfigError with its key path and what to write instead; all of them are raised together.
@@ -16,20 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from raydog_core import node_setup, plugins, user_input
-from raydog_core.config import (
-    MODULE,
-    RAY_REQUIRED,
-    RayDogConfig,
-    check,
-    file_references,
-    fill_defaults,
-    local_file,
-    mapping,
-    parse,
-    reached_over_ssh,
-    shown,
-)
+from raydog_core.config import check, reached_over_ssh
+from raydog_core.config_model import RayDogConfig
+from raydog_core.config_parsing import mapping, parse, shown
 from raydog_core.errors import ConfigError, ConfigErrors, Problems, raise_together
+from raydog_core.file_references import file_references, local_file
+from raydog_core.ray_defaults import MODULE, RAY_REQUIRED, fill_defaults
 
 
 def load_file(path: Path) -> dict[str, Any]:

@@ -16,8 +16,17 @@ from ray.autoscaler._private.commands import _bootstrap_config
 from ray.autoscaler._private.providers import _get_node_provider
 
 from raydog_backends.memory.compute import MemoryComputeBackend
-from raydog_core import RayDogNodeProvider, task_scripts, validation
+from raydog_core import (
+    RayDogNodeProvider,
+    cluster_plugins,
+    config_parsing,
+    file_references,
+    ray_defaults,
+    task_scripts,
+    validation,
+)
 from raydog_core import config as raydog_config
+from raydog_core.errors import ConfigError
 from tests.commands import ray_up, raydog, write_config
 from tests.conftest import memory_cluster_config
 from tests.ray_helpers import head_tags
@@ -57,9 +66,9 @@ def name(forget_memory_clusters: Any) -> str:
 
 def test_the_minimal_config_passes_rays_own_bootstrap(tmp_path: Path, name: str) -> None:
     config = minimal_config(name)
-    assert not set(config) & (set(raydog_config.TOP_LEVEL_DEFAULTS) - {"auth"})
+    assert not set(config) & (set(ray_defaults.TOP_LEVEL_DEFAULTS) - {"auth"})
     bootstrapped = _bootstrap_config(copy.deepcopy(config), no_config_cache=True)
-    for key in raydog_config.TOP_LEVEL_DEFAULTS:
+    for key in ray_defaults.TOP_LEVEL_DEFAULTS:
         assert key in bootstrapped, key
     assert bootstrapped["available_node_types"]["cpu"]["node_config"] == {}
     assert bootstrapped["upscaling_speed"] == 1.0 and bootstrapped["idle_timeout_minutes"] == 5
@@ -74,7 +83,7 @@ def test_a_backend_reached_over_ssh_needs_the_ssh_user(tmp_path: Path, name: str
     """Ray's SSH runner reads auth.ssh_user once the head exists: validate says so first."""
     config = minimal_config(name)
     del config["auth"]
-    with pytest.raises(raydog_config.ConfigError) as raised:
+    with pytest.raises(ConfigError) as raised:
         _bootstrap_config(copy.deepcopy(config), no_config_cache=True)
     assert raised.value.key_path == "auth.ssh_user"
     local = minimal_config(name)
@@ -83,7 +92,7 @@ def test_a_backend_reached_over_ssh_needs_the_ssh_user(tmp_path: Path, name: str
     validation.validate(local)  # its own command runner: no SSH
 
 
-@pytest.mark.parametrize("key", list(raydog_config.RAY_REQUIRED))
+@pytest.mark.parametrize("key", list(ray_defaults.RAY_REQUIRED))
 def test_the_required_keys_are_the_ones_ray_reads_first(
     tmp_path: Path, name: str, key: str
 ) -> None:
@@ -101,7 +110,7 @@ def test_the_required_keys_are_the_ones_ray_reads_first(
     result = raydog("validate", str(config_file))
     assert result.returncode == 2
     assert f"error: {key}: missing; Ray reads it before RayDog can fill it in" in result.stderr
-    assert f"`{raydog_config.RAY_REQUIRED[key]}`" in result.stderr
+    assert f"`{ray_defaults.RAY_REQUIRED[key]}`" in result.stderr
 
 
 def test_default_task_scripts_start_ray_and_block(name: str) -> None:
@@ -163,8 +172,8 @@ def test_default_scripts_start_ray_with_exactly_the_node_types_resources(tmp_pat
         "resources": {"CPU": 8.0, "GPU": 1, "memory": 2**33, "accel": 0.5, 'say "hi"': 2},
         "max_workers": 1,
     }
-    parsed = raydog_config.parse(config)
-    spec = parsed.cluster_spec(None)
+    parsed = config_parsing.parse(config)
+    spec = cluster_plugins.cluster_spec(parsed, None)
     env = {"PATH": f"{tmp_path}:/usr/bin:/bin", "HOME": str(tmp_path), "RAY_HEAD_IP": "10.0.0.5"}
 
     def args(script: str) -> list[str]:
@@ -184,7 +193,7 @@ def test_default_scripts_start_ray_with_exactly_the_node_types_resources(tmp_pat
 @pytest.mark.parametrize("value", [["echo", "hi"], 42, {"run": "x"}, "  "])
 def test_a_script_of_the_wrong_type_names_the_key(value: Any) -> None:
     config = memory_cluster_config(ray_head_node_task_script=value)
-    with pytest.raises(raydog_config.ConfigError) as raised:
+    with pytest.raises(ConfigError) as raised:
         raydog_config.bootstrap(config)
     assert raised.value.key_path == "provider.ray_head_node_task_script"
     assert "leave the key out for RayDog's default" in str(raised.value)
@@ -225,7 +234,7 @@ def test_an_edited_script_takes_effect_on_the_next_bootstrap_despite_rays_cache(
     assert "echo second version" in worker_script and "first version" not in worker_script
     # And the edited file reaches the head with the cluster's files: Ray hashes file mounts'
     # contents, so `ray up` syncs it again.
-    remote = raydog_config.remote_file(name, "file:worker.sh")
+    remote = file_references.remote_file(name, "file:worker.sh")
     assert second["file_mounts"][remote] == "worker.sh"
     assert json.loads(Path(cache_file).read_text())["config"]["file_mounts"][remote] == "worker.sh"
 
@@ -244,8 +253,8 @@ def test_the_local_example_says_only_what_differs() -> None:
     example = Path(__file__).resolve().parents[1] / "examples" / "local" / "cluster.yaml"
     config = yaml.safe_load(example.read_text())
     particular = {"provider", "available_node_types", "head_node_type", "idle_timeout_minutes"}
-    assert set(config) == set(raydog_config.RAY_REQUIRED) | particular
-    assert not set(config["provider"]) & set(raydog_config.SCRIPT_KEYS)
+    assert set(config) == set(ray_defaults.RAY_REQUIRED) | particular
+    assert not set(config["provider"]) & set(config_parsing.SCRIPT_KEYS)
     validation.validate(config)
 
 
@@ -265,7 +274,7 @@ def test_a_missing_file_stops_a_launch_but_not_other_commands(
     cached = _bootstrap_config(copy.deepcopy(config), no_config_cache=False)
     provider = load(cached)
     assert provider.non_terminated_nodes({}) == []
-    with pytest.raises(raydog_config.ConfigError) as raised:
+    with pytest.raises(ConfigError) as raised:
         provider.create_node({}, head_tags(), 1)
     assert raised.value.key_path == "provider.ray_head_node_task_script"
     assert f"file not found: {elsewhere / 'head.sh'}" in str(raised.value)

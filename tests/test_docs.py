@@ -6,8 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from raydog_core import config as raydog_config
-from raydog_core import reference
+from raydog_core import config_parsing, ray_defaults, reference
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 
@@ -38,13 +37,13 @@ def test_the_reference_is_rewritten_as_its_markers_say(tmp_path: Path) -> None:
 
 def test_every_provider_key_and_ray_default_is_documented() -> None:
     document = (DOCS / "configuration.md").read_text()
-    documented = raydog_config.CORE_KEYS - {
-        raydog_config.NORMALIZED_KEY,
-        raydog_config.ON_HEAD_KEY,
+    documented = config_parsing.CORE_KEYS - {
+        config_parsing.NORMALIZED_KEY,
+        config_parsing.ON_HEAD_KEY,
         "auth",
     }
     for key in sorted(
-        documented | set(raydog_config.RAY_REQUIRED) | set(raydog_config.TOP_LEVEL_DEFAULTS)
+        documented | set(ray_defaults.RAY_REQUIRED) | set(ray_defaults.TOP_LEVEL_DEFAULTS)
     ):
         assert f"`{key}`" in document or f"\n{key}:" in document, f"{key} is not documented"
 

@@ -19,7 +19,7 @@ import ray
 import yaml
 
 from raydog_core import config as raydog_config
-from raydog_core import node_setup, state
+from raydog_core import config_parsing, node_setup, state
 from raydog_core.errors import ConfigError
 from tests.commands import raydog
 from tests.conftest import memory_cluster_config
@@ -199,7 +199,7 @@ def test_wheels_are_built_once_and_only_current_ones_travel(site_dir: Path, tmp_
 
 def test_the_head_setup_waits_for_the_node_setup(tmp_path: Path) -> None:
     cluster = yellowdog_config(node_setup_timeout_minutes=0.02)
-    parsed = raydog_config.parse(cluster)
+    parsed = config_parsing.parse(cluster)
     (first, mine) = node_setup.head_setup_commands(parsed, ["echo mine"])
     assert mine == "echo mine"
     env = {**os.environ, node_setup.SETUP_FINISHED_ENV: str(tmp_path / "never")}
@@ -215,7 +215,7 @@ def test_index_installs_raydog_on_the_head_from_the_index(tmp_path: Path) -> Non
     head = raydog("node-setup", str(path), "--node-type", "head")
     assert head.returncode == 0, head.stderr
     assert f"'ray[default]=={ray.__version__}' 'raydog[head]==0.1.0'" in head.stdout
-    parsed = raydog_config.parse(yaml.safe_load(path.read_text()))
+    parsed = config_parsing.parse(yaml.safe_load(path.read_text()))
     (first,) = node_setup.head_setup_commands(parsed, [])
     assert "pip install" not in first
     assert node_setup.stage_head_wheels(parsed) == []
@@ -239,14 +239,14 @@ def test_backends_without_node_setup_change_nothing(tmp_path: Path) -> None:
     cluster["head_setup_commands"] = ["echo mine"]
     booted = raydog_config.bootstrap(cluster)
     assert booted["head_setup_commands"] == ["echo mine"]
-    parsed = raydog_config.parse(cluster)
+    parsed = config_parsing.parse(cluster)
     assert node_setup.stage_head_wheels(parsed) == []
     assert not (state.cluster_dir(parsed.cluster_name) / "wheels").exists()
 
 
 def test_raydog_install_is_checked() -> None:
     with pytest.raises(ConfigError) as error:
-        raydog_config.parse(yellowdog_config(raydog_install="pypi"))
+        config_parsing.parse(yellowdog_config(raydog_install="pypi"))
     assert str(error.value) == (
         "provider.raydog_install: expected wheel or index, got 'pypi' (choices: wheel, index)"
     )

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from raydog_backends.keyvalue.store import KeyValueTagStore
+from raydog_core import cluster_plugins, config_parsing, ray_defaults, task_scripts
 from raydog_core import config as raydog_config
-from raydog_core import task_scripts
 from raydog_core.errors import ConfigError
 from raydog_core.interfaces import Endpoint
 from tests.conftest import memory_cluster_config
@@ -42,8 +42,8 @@ def yellowdog_ray_like(**provider: Any) -> dict[str, Any]:
 
 
 def built(config: dict[str, Any]) -> tuple[Any, Any]:
-    parsed = raydog_config.parse(config)
-    store, _, compute = raydog_config.build_plugins(parsed)
+    parsed = config_parsing.parse(config)
+    store, _, compute = cluster_plugins.build_plugins(parsed)
     return store, compute
 
 
@@ -75,7 +75,7 @@ def test_asking_raydog_to_start_its_own_on_that_port_is_refused_before_anything_
     del config["provider"]["head_node_tag_server_port"]
     config["provider"]["tag_store"] = {"type": "valkey", "port": 16667, "start_server": True}
     with pytest.raises(ConfigError) as raised:
-        raydog_config.check(raydog_config.fill_defaults(config))
+        raydog_config.check(ray_defaults.fill_defaults(config))
     assert "provider.tag_store.start_server: is true, but provider.ray_head_node_task_script" in (
         str(raised.value)
     )

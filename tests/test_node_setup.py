@@ -10,8 +10,7 @@ from typing import Any
 
 import pytest
 
-from raydog_core import config as raydog_config
-from raydog_core import node_setup
+from raydog_core import cluster_plugins, config_parsing, node_setup
 from raydog_core.errors import ConfigError
 from raydog_core.interfaces import ClusterSpec
 from raydog_core.node_setup import SETUP_FINISHED, SETUP_FINISHED_ENV, end_marker
@@ -34,8 +33,8 @@ def yellowdog_config(**provider: Any) -> dict[str, Any]:
 
 
 def spec_of(cluster: dict[str, Any]) -> ClusterSpec:
-    parsed = raydog_config.parse(cluster)
-    return parsed.cluster_spec(parsed.tag_store.build(parsed.cluster_name))
+    parsed = config_parsing.parse(cluster)
+    return cluster_plugins.cluster_spec(parsed, parsed.tag_store.build(parsed.cluster_name))
 
 
 def setup_script(extra_userdata: str) -> str:
@@ -149,7 +148,7 @@ def test_nodes_without_a_setup_phase_do_not_wait() -> None:
 def test_the_setup_time_limit_is_checked(value: object) -> None:
     cluster = yellowdog_config(node_setup_timeout_minutes=value)
     with pytest.raises(ConfigError) as error:
-        raydog_config.parse(cluster)
+        config_parsing.parse(cluster)
     assert str(error.value).startswith("provider.node_setup_timeout_minutes: expected a number")
 
 
@@ -197,7 +196,7 @@ def test_only_nodes_whose_userdata_is_raydogs_setup_wait_for_it() -> None:
     assert SETUP_FINISHED not in spec.head_script
     assert SETUP_FINISHED not in spec.script("other", is_head=False)
     assert SETUP_FINISHED in spec.script("cpu", is_head=False)
-    parsed = raydog_config.parse(cluster)
+    parsed = config_parsing.parse(cluster)
     assert node_setup.head_setup_commands(parsed, ["echo mine"]) == ["echo mine"]
     assert not node_setup.ships_wheels(parsed)
 
@@ -205,7 +204,7 @@ def test_only_nodes_whose_userdata_is_raydogs_setup_wait_for_it() -> None:
 def test_raydogs_own_setup_is_recognised() -> None:
     """What `raydog node-setup` prints (and a hand-written setup that writes the marker, as
     examples/yellowdog/docker-setup.sh does) is RayDog's setup; other userdata is not."""
-    parsed = raydog_config.parse(yellowdog_config())
+    parsed = config_parsing.parse(yellowdog_config())
     versions = node_setup.Versions("3.11.9", "2.49.2", "0.1.0")
     for node_type in ("head", "cpu"):
         assert node_setup.is_raydog_setup(node_setup.common_setup(parsed, node_type, versions))

@@ -20,7 +20,7 @@ from ray.autoscaler.tags import (
 
 from raydog_backends.memory.compute import MemoryComputeBackend
 from raydog_backends.memory.tag_store import MemoryTagStore
-from raydog_core import RayDogNodeProvider, clock, state
+from raydog_core import RayDogNodeProvider, clock, file_references, state
 from raydog_core import config as raydog_config
 from raydog_core.clock import SimulatedClock
 from raydog_core.interfaces import NodeState
@@ -69,7 +69,7 @@ def test_file_references_stay_references_and_travel_as_files(
     bootstrapped = bootstrap(config)
     section = bootstrapped["provider"]
     assert section["ray_head_node_task_script"] == "file:scripts/head.sh"
-    remote = raydog_config.remote_file(config["cluster_name"], "file:scripts/head.sh")
+    remote = file_references.remote_file(config["cluster_name"], "file:scripts/head.sh")
     assert bootstrapped["file_mounts"][remote] == "scripts/head.sh"
     client = RayDogNodeProvider(section, config["cluster_name"])
     head_script = client.compute.spec.head_script

@@ -224,7 +224,7 @@ def test_names_that_cannot_be_mapped_are_config_errors(
 def test_the_core_accepts_yellowdog_ray_flat_keys_and_reports_node_config_paths(
     tmp_path: Path,
 ) -> None:
-    from raydog_core import config as raydog_config
+    from raydog_core import cluster_plugins, config_parsing
     from tests.conftest import memory_cluster_config
 
     config = memory_cluster_config(
@@ -236,7 +236,7 @@ def test_the_core_accepts_yellowdog_ray_flat_keys_and_reports_node_config_paths(
     )
     config["available_node_types"]["head"]["node_config"] = node_config()
     config["available_node_types"]["cpu"]["node_config"] = node_config(images_id="img")
-    _, _, compute = raydog_config.build_plugins(raydog_config.parse(config))
+    _, _, compute = cluster_plugins.build_plugins(config_parsing.parse(config))
     assert isinstance(compute, YellowDogComputeBackend)
     options = compute.options
     assert (options.namespace, options.tag, options.lifetime.total_seconds()) == (
@@ -246,7 +246,7 @@ def test_the_core_accepts_yellowdog_ray_flat_keys_and_reports_node_config_paths(
     )
     del config["available_node_types"]["cpu"]["node_config"]["compute_requirement_template"]
     with pytest.raises(ConfigError) as caught:
-        raydog_config.build_plugins(raydog_config.parse(config))
+        cluster_plugins.build_plugins(config_parsing.parse(config))
     assert (
         caught.value.key_path == "available_node_types.cpu.node_config.compute_requirement_template"
     )

@@ -58,8 +58,7 @@ from raydog_backends.yellowdog import YellowDogComputeBackend
 from raydog_backends.yellowdog_emulator import Emulator, EmulatorClient, EmulatorConfig
 from raydog_backends.yellowdog_emulator.processes import SETUP_FINISHED_VARIABLE
 from raydog_backends.yellowdog_emulator.runner import EmulatedTaskRunner
-from raydog_core import config as raydog_config
-from raydog_core import plugins
+from raydog_core import cluster_plugins, config_parsing, plugins
 from tests.conftest import memory_cluster_config
 from tests.waiting import wait_until
 from tests.yellowdog_fixtures import (
@@ -1010,6 +1009,6 @@ def test_the_emulated_plugins_tasks_wait_for_their_nodes_setup() -> None:
     config["provider"]["compute"] = {"type": "yellowdog-emulated", "cluster_namespace": NAMESPACE}
     for node_type in config["available_node_types"].values():
         node_type["node_config"] = {"compute_requirement_template": TEMPLATE}
-    parsed = raydog_config.parse(config)
-    spec = parsed.cluster_spec(parsed.tag_store.build(parsed.cluster_name))
+    parsed = config_parsing.parse(config)
+    spec = cluster_plugins.cluster_spec(parsed, parsed.tag_store.build(parsed.cluster_name))
     assert SETUP_FINISHED_VARIABLE in spec.worker_script.split("ray start")[0]

@@ -37,8 +37,8 @@ from raydog_backends.process_nodes.addresses import LoopbackAddresses, free_port
 from raydog_backends.process_nodes.processes import NodeProcess
 from raydog_backends.yellowdog.launch import _task_script
 from raydog_backends.yellowdog.pools import Pools
+from raydog_core import cluster_plugins, config_parsing, file_references, head_packages, node_setup
 from raydog_core import config as raydog_config
-from raydog_core import head_packages, node_setup
 from raydog_core.cli import node_setup_text
 from tests.conftest import memory_cluster_config
 from tests.node_machines import (
@@ -127,9 +127,9 @@ def userdata_of(folder: Path, cluster: dict[str, Any]) -> dict[str, str]:
     the working directory, which ``file:`` paths are relative to."""
     for name, setup_of in (("node-setup-head.sh", "head"), ("node-setup-worker.sh", "cpu_worker")):
         (folder / name).write_text(node_setup_text(cluster, setup_of))
-    parsed = raydog_config.parse(raydog_config.resolve_files(cluster))
+    parsed = config_parsing.parse(file_references.resolve_files(cluster))
     with raydog_config.scratch_home():
-        _, _, compute = raydog_config.build_plugins(parsed)
+        _, _, compute = cluster_plugins.build_plugins(parsed)
     pools = SimpleNamespace(options=compute.options, head_setup=compute.pools.head_setup)
     return {
         node_type: Pools._userdata(pools, node_type, config.userdata)  # type: ignore[arg-type]
@@ -172,8 +172,8 @@ def test_an_example_cluster_boots_as_yellowdog_runs_it(
     tag_port = free_port()
     cluster["provider"]["head_node_tag_server_port"] = tag_port
     userdata = userdata_of(folder, cluster)
-    parsed = raydog_config.parse(raydog_config.resolve_files(cluster, missing_ok=True))
-    spec = parsed.cluster_spec(parsed.tag_store.build(parsed.cluster_name))
+    parsed = config_parsing.parse(file_references.resolve_files(cluster, missing_ok=True))
+    spec = cluster_plugins.cluster_spec(parsed, parsed.tag_store.build(parsed.cluster_name))
 
     uid = unused_id()
     head_ip, worker_ip = loopback
@@ -359,8 +359,8 @@ def test_the_docker_example_gives_its_agent_the_docker_group_before_the_agent_st
     real, on the node's own /etc."""
     monkeypatch.chdir(EXAMPLES)
     cluster = yaml.safe_load((EXAMPLES / "cluster-docker.yaml").read_text())
-    parsed = raydog_config.parse(raydog_config.resolve_files(cluster, missing_ok=True))
-    spec = parsed.cluster_spec(parsed.tag_store.build(parsed.cluster_name))
+    parsed = config_parsing.parse(file_references.resolve_files(cluster, missing_ok=True))
+    spec = cluster_plugins.cluster_spec(parsed, parsed.tag_store.build(parsed.cluster_name))
     worker = NodeMachine(tmp_path / "worker", staged_python, uv, 0, agent_installed=False)
     try:
         worker.start()
