@@ -223,7 +223,7 @@ class RayDogNodeProvider(NodeProvider):
             for node_id in node_ids:
                 self._launched_at[node_id] = now
                 self._awaiting_running[node_id] = (node_type, now)
-                if not is_head:
+                if not is_head and self._ray_autoscaler is not None:
                     self._awaiting_ray[node_id] = (node_type, now)
                 self._nodes.setdefault(
                     node_id,
@@ -464,14 +464,17 @@ class RayDogNodeProvider(NodeProvider):
         described: Mapping[str, NodeInfo],
         gone: Mapping[str, str],
     ) -> bool:
-        """A worker that ended while pending is its type's late launch failure; a worker
-        running clears its type's (the platform launches that type again). Holds ``_lock``.
-        Whether the failures changed."""
+        """A worker that ended while pending, or (on the head, under Ray's autoscaler) before
+        its Ray joined, is its type's late launch failure; a worker running clears its type's
+        (the platform launches that type again). Holds ``_lock``. Whether the failures
+        changed."""
         now = self._clock.now()
         failures = dict(self._late_failures)
         for node_id, why in gone.items():
             before = previous.get(node_id) or described.get(node_id)
-            if before is None or before.is_head or before.state is not NodeState.PENDING:
+            if before is None or before.is_head:
+                continue
+            if before.state is not NodeState.PENDING and node_id not in self._awaiting_ray:
                 continue
             # How far it got, as described last (its steps) and with the reason it ended.
             last = described.get(node_id, before)

@@ -169,3 +169,34 @@ def test_the_docs_and_the_dashboard_name_only_the_figures_the_provider_exports()
         for name in re.findall(r"\braydog_[a-z_]+", expr)
     }
     assert used == documented
+
+
+def test_on_the_head_a_worker_that_ends_before_its_ray_joined_is_a_launch_failure(
+    cluster_config: Callable[..., dict[str, Any]],
+    forget_memory_clusters: Callable[[str], None],
+) -> None:
+    """Running is not enough: a task that failed in its setup never gave Ray a node. A worker
+    lost after it joined is no launch failure."""
+    config = cluster_config()
+    forget_memory_clusters(config["cluster_name"])
+    section = raydog_config.for_head(bootstrap(config)["provider"], {})
+    autoscaler = _Autoscaler()
+    provider = autoscaler.reset(section, config["cluster_name"])
+    provider.create_node({}, head_tags(), 1)
+    failed, joined = provider.create_node({}, worker_tags(), 2)
+    provider.non_terminated_nodes({})
+    assert provider.is_running(failed) and provider.is_running(joined)
+    autoscaler.load_metrics.node_id_by_ip[str(provider.internal_ip(joined))] = b"ray-node"
+    provider.non_terminated_nodes({})
+    cluster = MemoryComputeBackend.cluster(config["cluster_name"])
+    cluster.lose(failed, "task FAILED: ray: command not found")
+    provider.non_terminated_nodes({})
+    cluster.lose(joined, "spot reclaim")
+    provider.non_terminated_nodes({})
+    failures = {
+        key[1]: count
+        for key, count in _samples(provider.metrics.render()).items()
+        if key[0] == "raydog_launch_failures_total"
+    }
+    reason = "task FAILED: ray: command not found"
+    assert failures == {(("node_type", "cpu"), ("reason", reason)): 1}

@@ -7,6 +7,10 @@ RayDog checkout, driven by ``raydog_core.testing.lifecycle`` (nothing in the plu
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -99,3 +103,31 @@ class LocalCluster(RayCluster):
         """Stop whatever a failed run left (a clean run leaves nothing to stop)."""
         self.nodes()
         self.observer.shutdown()
+
+    @contextlib.contextmanager
+    def tag_store_paused(self) -> Iterator[None]:
+        """SIGSTOP the head's tag store server (the valkey or redis server among the head's
+        processes) for the block, SIGCONT after: connections stay open, nothing answers."""
+        (head,) = [record for record in self.observer.folder.records() if record.is_head]
+        process = head.process()
+        members = process.members() if process is not None else []
+        servers = [pid for pid in members if _command_name(pid) in TAG_SERVERS]
+        assert servers, f"no tag store server among the head's processes {members}"
+        for pid in servers:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            for pid in servers:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
+
+
+TAG_SERVERS = ("valkey-server", "redis-server")
+
+
+def _command_name(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""

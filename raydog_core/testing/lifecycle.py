@@ -73,6 +73,11 @@ class RayCluster:
         """Stop whatever a failed run left (a clean run leaves nothing to stop)."""
         raise NotImplementedError
 
+    def tag_store_paused(self) -> contextlib.AbstractContextManager[None]:
+        """The head's tag store stops answering (its server stopped, as a stalled server
+        would be) until the block ends; for ``run_lifecycle(hold_writes=True)``."""
+        raise NotImplementedError
+
     # --- driving ------------------------------------------------------------------------
 
     def ray(self, *args: str, timeout: float = 300.0, stdin: str | None = None) -> str:
@@ -160,12 +165,17 @@ class LifecycleResult:
     leftovers: list[str]
 
 
-def run_lifecycle(cluster: RayCluster) -> LifecycleResult:
-    """`ray up` -> job needing workers -> idle workers removed -> `ray down`, each phase timed."""
+def run_lifecycle(cluster: RayCluster, hold_writes: bool = False) -> LifecycleResult:
+    """`ray up` -> job needing workers -> idle workers removed -> `raydog metrics` -> `ray down`,
+    each phase timed.
+
+    ``hold_writes``: the head's tag store does not answer while the idle workers are removed
+    and ``raydog metrics`` runs, so the head's provider holds their deletes (and its figures
+    show it); the store answers again before ``ray status`` and ``ray down``."""
     config = str(cluster.config)
     with cluster.phase("head up (ray up)"):
         cluster.ray("up", "-y", "--no-config-cache", config, timeout=300)
-    (head,) = cluster.nodes().values()
+    (head,) = [info for info in cluster.nodes().values() if info.is_head]
     head_ip = cluster.probe("get-head-ip", config)
     status = cluster.probe("exec", config, "ray status")
     attach = cluster.probe("attach", config, stdin='echo "ATTACHED to $RAYDOG_NODE_ID at $PWD"\n')
@@ -179,16 +189,17 @@ def run_lifecycle(cluster: RayCluster) -> LifecycleResult:
     with cluster.phase("job (ray submit)"):
         job = cluster.ray("submit", "--no-config-cache", config, str(JOB), timeout=600)
     record_workers(cluster.nodes())
-    metrics = cluster.raydog("metrics", config)
     for line in job.splitlines():
         if line.startswith("FIRST_WORKER_JOINED "):
             cluster.timings["first worker joined"] = float(line.split()[1]) - submitted
-    with cluster.phase("scale-down (idle workers)"):
-        after_idle = cluster.wait_for(
-            lambda nodes: not cluster.workers(nodes),
-            "idle workers to be removed",
-            timeout=cluster.idle_timeout_minutes * 60 + 240,
-        )
+    with cluster.tag_store_paused() if hold_writes else contextlib.nullcontext():
+        with cluster.phase("scale-down (idle workers)"):
+            after_idle = cluster.wait_for(
+                lambda nodes: not cluster.workers(nodes),
+                "idle workers to be removed",
+                timeout=cluster.idle_timeout_minutes * 60 + 240,
+            )
+        metrics = cluster.raydog("metrics", config, timeout=180)
     status_after_idle = cluster.probe("exec", config, "ray status")
     with cluster.phase("teardown (ray down)"):
         cluster.ray("down", "-y", config, timeout=300)

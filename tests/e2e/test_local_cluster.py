@@ -2,7 +2,12 @@
 
 `ray up` -> `ray get-head-ip`, `ray exec 'ray status'`, `ray attach` -> `ray submit` of a job that
 needs more CPUs than the head offers, so the head's autoscaler launches workers -> the idle
-workers are removed -> `ray down` -> nothing of the cluster is left on the machine.
+workers are removed while the head's tag store does not answer -> `raydog metrics` -> `ray down`
+-> nothing of the cluster is left on the machine.
+
+The cluster is the local quick start (examples/local/cluster.yaml) plus one worker type a user
+can meet: ``no_ray_worker`` (``min_workers: 1``), whose nodes' image has no Ray, so each one's
+task ends with exit code 127 before its Ray starts, as the platform reports a task that failed.
 
     .venv/bin/python -m pytest -m e2e tests/e2e -s      # -s shows the phase timings
 """
@@ -22,6 +27,7 @@ import yaml
 from ray.autoscaler._private.providers import MINIMAL_EXTERNAL_CONFIG
 
 from raydog_backends.local.testing import LocalCluster
+from raydog_core.task_scripts import DEFAULT_WORKER_SCRIPT
 from raydog_core.testing.lifecycle import LifecycleResult, check_tasks_ran_on_workers, run_lifecycle
 
 pytestmark = [
@@ -30,9 +36,38 @@ pytestmark = [
 ]
 
 
+NO_RAY_TYPE = "no_ray_worker"
+NO_RAY = (
+    f'if [ "$RAYDOG_NODE_TYPE" = {NO_RAY_TYPE} ]; then\n'
+    "    sleep 2  # the node's own setup, before it starts Ray\n"
+    '    echo "ray: command not found (this node type\'s image has no Ray)" >&2; exit 127\n'
+    "fi\n"
+)
+
+
+class QuickStartWithATypeWithoutRay(LocalCluster):
+    """examples/local plus ``no_ray_worker``. Ray's autoscaler keeps launching it (its
+    ``min_workers``) until the provider counts one as a failed launch; the failure then holds
+    for the whole run (``launch_failure_memory``), so no more are launched."""
+
+    def write_config(self) -> Path:
+        path = super().write_config()
+        config = yaml.safe_load(path.read_text())
+        config["available_node_types"][NO_RAY_TYPE] = {
+            "resources": {"CPU": 1},
+            "min_workers": 1,
+            "max_workers": 1,
+        }
+        shebang, _, body = DEFAULT_WORKER_SCRIPT.partition("\n")
+        config["provider"]["ray_worker_node_task_script"] = f"{shebang}\n{NO_RAY}{body}"
+        config["provider"]["launch_failure_memory"] = 3600
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        return path
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    cluster = LocalCluster(
+    cluster = QuickStartWithATypeWithoutRay(
         tmp_path_factory.mktemp("e2e-local"), f"e2e-local-{uuid.uuid4().hex[:6]}"
     )
     try:
@@ -44,7 +79,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
 
 @pytest.fixture(scope="module")
 def lifecycle(cluster: LocalCluster) -> LifecycleResult:
-    return run_lifecycle(cluster)
+    return run_lifecycle(cluster, hold_writes=True)
 
 
 def test_ray_up_starts_a_head_that_ray_exec_and_attach_reach(lifecycle: LifecycleResult) -> None:
@@ -87,11 +122,12 @@ def test_ray_down_finds_the_head_ended_by_its_ray_stop(
 def test_the_client_reaches_the_tag_store_on_the_head(
     cluster: LocalCluster, lifecycle: LifecycleResult
 ) -> None:
-    """Only `ray up` may find the store not there yet (its server starts with the head)."""
+    """Only `ray up` may find the store not there yet (its server starts with the head), and
+    `raydog metrics`, run while the store is stopped on purpose."""
     unreached = [
         command
         for command, output in cluster.transcript
-        if not command.startswith("ray up") and "is unreachable" in output
+        if not command.startswith(("ray up", "raydog metrics")) and "is unreachable" in output
     ]
     assert unreached == []
 
@@ -124,23 +160,53 @@ def test_the_quick_starts_commands_warn_about_no_key_the_config_lacks(
     )
 
 
-def test_raydog_metrics_prints_the_providers_figures_after_the_job(
-    lifecycle: LifecycleResult,
-) -> None:
+def test_raydog_metrics_prints_every_figure_after_the_job(lifecycle: LifecycleResult) -> None:
+    """Prometheus' own parser reads `raydog metrics`; every figure is there, not zero: the
+    job's workers timed to running and to Ray joined, the launch that failed with the task's
+    reason, the head's calls to the backend, and its deletes held while the store was stopped."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    samples = {
-        sample.name: sample.value
+    assert not lifecycle.metrics.startswith("FAILED"), lifecycle.metrics
+    samples = [
+        sample
         for family in text_string_to_metric_families(lifecycle.metrics)
         for sample in family.samples
-        if sample.value > 0
+    ]
+
+    def value(name: str, **labels: str) -> float:
+        return sum(
+            s.value
+            for s in samples
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+        )
+
+    worker = {"node_type": "cpu_worker"}
+    figures = {
+        "tick": value("raydog_tick_seconds_count"),
+        "store round trips": value("raydog_tag_store_round_trips_total"),
+        "store bytes": value("raydog_tag_store_written_bytes_total"),
+        "held writes": value("raydog_tag_store_held_writes"),
+        "launch API calls": value("raydog_compute_api_calls_total", kind="launch", outcome="ok"),
+        "describe API calls": value(
+            "raydog_compute_api_calls_total", kind="describe", outcome="ok"
+        ),
+        "launch to running": value("raydog_launch_to_running_seconds_count", **worker),
+        "launch to Ray joined": value("raydog_launch_to_ray_joined_seconds_count", **worker),
+        "nodes": value("raydog_nodes", node_type="head", state="running"),
+        "launch failures": value("raydog_launch_failures_total", node_type=NO_RAY_TYPE),
+        "node-hours": value("raydog_node_hours_total", **worker),
     }
-    for name in (
-        "raydog_tick_seconds_count",
-        "raydog_tag_store_round_trips_total",
-        "raydog_tag_store_written_bytes_total",
-        "raydog_launch_to_running_seconds_count",
-        "raydog_nodes",
-        "raydog_node_hours_total",
-    ):
-        assert name in samples, lifecycle.metrics[-3000:]
+    assert all(figures.values()), (figures, lifecycle.metrics)
+    (reason,) = {
+        s.labels["reason"]
+        for s in samples
+        if s.name == "raydog_launch_failures_total" and s.labels["node_type"] == NO_RAY_TYPE
+    }
+    # The backend's reason, or (when a client's `ray` command, whose provider also cleans up
+    # ended nodes, removed it first) that the backend no longer reports it.
+    assert reason in (
+        "task script ended with exit code 127",
+        "no longer reported by the compute backend",
+    )
+    assert value("raydog_launch_to_ray_joined_seconds_count", node_type=NO_RAY_TYPE) == 0
+    print(f"\nraydog metrics after the job:\n{lifecycle.metrics}")
