@@ -7,7 +7,7 @@ import bisect
 import contextlib
 import sys
 import threading
-from collections.abc import Collection, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
@@ -62,6 +62,7 @@ class ProviderMetrics:
         self._counters: dict[str, dict[Labels, float]] = {}
         self._histograms: dict[str, dict[Labels, _Histogram]] = {}
         self._gauges: dict[str, dict[Labels, float]] = {}
+        self._read_at_render: dict[str, Callable[[], float]] = {}
 
     def count(self, name: str, amount: float = 1.0, **labels: str) -> None:
         key = tuple(sorted(labels.items()))
@@ -81,6 +82,12 @@ class ProviderMetrics:
         """A counter kept elsewhere (the tag cache's), copied in at each tick."""
         with self._lock:
             self._counters[name] = {(): value}
+
+    def gauge_of(self, name: str, read: Callable[[], float]) -> None:
+        """A gauge read when the figures are rendered (scraped), not at the last tick: what
+        the tag cache holds now, while ticks may be seconds apart."""
+        with self._lock:
+            self._read_at_render[name] = read
 
     def set_gauge(self, name: str, values: Mapping[Labels, float]) -> None:
         """Replace a gauge's every series (a series that left is no longer reported)."""
@@ -103,10 +110,15 @@ class ProviderMetrics:
     def render(self) -> str:
         out: list[str] = []
         with self._lock:
+            readers = dict(self._read_at_render)
+        read: dict[str, dict[Labels, float]] = {
+            name: {(): float(reader())} for name, reader in readers.items()
+        }
+        with self._lock:
             for name, series in sorted(self._counters.items()):
                 out.append(f"# TYPE {name} counter")
                 out.extend(f"{name}{_label_text(k)} {v}" for k, v in sorted(series.items()))
-            for name, gauge in sorted(self._gauges.items()):
+            for name, gauge in sorted({**self._gauges, **read}.items()):
                 out.append(f"# TYPE {name} gauge")
                 out.extend(f"{name}{_label_text(k)} {v}" for k, v in sorted(gauge.items()))
             for name, hists in sorted(self._histograms.items()):

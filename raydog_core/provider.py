@@ -121,6 +121,7 @@ class RayDogNodeProvider(NodeProvider):
         self.tags = TagCache(
             self.store, self._store_endpoint, read_timeout=self.raydog_config.tag_store_read_timeout
         )
+        self.metrics.gauge_of("raydog_tag_store_held_writes", self.tags.unsent)
 
     # --- Ray's queries: answered from the last snapshot, no I/O ---------------------------
     # Readers take no lock: ``_nodes`` entries and the cache's per-node dicts are replaced,
@@ -454,7 +455,6 @@ class RayDogNodeProvider(NodeProvider):
         self._last_tick = now
         self.metrics.set_gauge("raydog_nodes", by_state)
         store = self.tags.figures()
-        self.metrics.set_gauge("raydog_tag_store_held_writes", {(): store["held_writes"]})
         self.metrics.set_total("raydog_tag_store_round_trips_total", store["round_trips"])
         self.metrics.set_total("raydog_tag_store_written_bytes_total", store["bytes_written"])
 

@@ -147,13 +147,9 @@ class TagCache:
             return {node: dict(tags) for node, tags in self._tags.items()}
 
     def figures(self) -> dict[str, int]:
-        """Round trips to the store, bytes of tags written (node ids, keys and values), and
-        nodes with writes held: the provider's metrics read these."""
-        return {
-            "round_trips": self._round_trips,
-            "bytes_written": self._bytes_written,
-            "held_writes": self.unsent(),
-        }
+        """Round trips to the store and bytes of tags written (node ids, keys and values): the
+        provider's metrics copy these at each tick (held writes, ``unsent``, are read live)."""
+        return {"round_trips": self._round_trips, "bytes_written": self._bytes_written}
 
     def unsent(self) -> int:
         """How many nodes have writes that have not reached the store yet."""

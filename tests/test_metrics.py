@@ -12,6 +12,7 @@ from raydog_backends.memory.compute import MemoryComputeBackend
 from raydog_core import RayDogNodeProvider
 from raydog_core import config as raydog_config
 from raydog_core.errors import BackendError
+from raydog_core.metrics import ProviderMetrics
 from tests.ray_helpers import bootstrap, head_tags, load_provider, worker_tags
 
 
@@ -200,3 +201,13 @@ def test_on_the_head_a_worker_that_ends_before_its_ray_joined_is_a_launch_failur
     }
     reason = "task FAILED: ray: command not found"
     assert failures == {(("node_type", "cpu"), ("reason", reason)): 1}
+
+
+def test_held_writes_are_read_when_the_figures_are_rendered() -> None:
+    """Not at the last tick: a scrape between ticks sees what is held then."""
+    metrics = ProviderMetrics()
+    held = [0]
+    metrics.gauge_of("raydog_tag_store_held_writes", lambda: held[0])
+    assert _samples(metrics.render())[("raydog_tag_store_held_writes", ())] == 0
+    held[0] = 3
+    assert _samples(metrics.render())[("raydog_tag_store_held_writes", ())] == 3
