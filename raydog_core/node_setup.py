@@ -277,23 +277,6 @@ def common_setup(
     is_head = node_type == config.head_node_type
     account = user or str(config.auth.get("ssh_user", "root"))
     key = public_key(dict(config.auth))
-    packages = [f"ray[default]=={versions.ray}"]
-    what = f"# Python {versions.python}, Ray {versions.ray}"
-    if is_head:
-        names = head_packages.distributions(config)
-        if config.setup_options.raydog_install == "index":
-            packages += [f"raydog[head]=={versions.raydog}"]
-            packages += [f"{name}=={metadata.version(name)}" for name in names[1:]]
-            what += f", raydog {versions.raydog} from the package index (raydog_install: index)"
-        else:
-            packages += head_packages.requirements(names)
-            listed = ", ".join(names)
-            what += (
-                f" and what {listed} need. The client's own {listed} come as wheels"
-                "\n# with the cluster's files; `ray up` installs them before it starts Ray"
-            )
-    else:
-        what += " (workers need no raydog)"
     lines = [
         "#!/usr/bin/env bash",
         f"{HEADER}cluster {config.cluster_name}, node type {node_type}"
@@ -301,39 +284,62 @@ def common_setup(
         "set -euo pipefail",
         "",
         end_marker(f"{versions}"),
+        *_root_environment(account),
+    ]
+    if key:
+        lines += ["", *_ssh_access(account, key)]
+    lines += ["", *_installs(config, is_head, versions)]
+    if is_head and config.setup_options.raydog_install == "wheel":
+        lines += [f"# `ray up` installs the wheels as {account}, over SSH", f"rm -f {INSTALLED}"]
+        if account != "root":
+            lines.append(f"chown -R {shlex.quote(account)} {VENV}")
+    return "\n".join(lines) + "\n"
+
+
+def _root_environment(account: str) -> list[str]:
+    """What the installs run with: files every user can read, uv's folders out of root's home,
+    bytecode compiled as root.
+
+    The tasks' user (YellowDog's yd-agent) cannot write ``__pycache__`` in these folders, so
+    without it each Python process Ray starts compiles what it imports, each time: Ray's
+    dashboard agent imported 3x slower (0.95 s to 2.96 s on a 2-core machine), and the raylet
+    aborts a node's start when that agent has not reported its ports within 15 s ("Timed out
+    waiting for file ... metrics_agent_port_..."). ``uv pip install`` compiles what it installs
+    (``UV_COMPILE_BYTECODE``); uv's Python downloads carry no bytecode for their standard
+    library (astral-sh/uv issue 16408), compiled by ``_installs``."""
+    return [
         f"# This runs as root at boot, perhaps without HOME; the node's tasks and `ray up` run as"
         f"\n# {account}: what they run lives in {ROOT}, readable by every user, and so do uv's"
         "\n# Pythons and cache (by default in root's home, which other users cannot enter).",
         "umask 022",
         f"export UV_PYTHON_INSTALL_DIR={PYTHONS} UV_CACHE_DIR={UV_CACHE} UV_NO_MODIFY_PATH=1",
-        # Bytecode compiled as root: the tasks' user (YellowDog's yd-agent) cannot write
-        # __pycache__ here, so each Python process Ray starts would compile what it imports, each
-        # time: Ray's dashboard agent imported 3x slower (0.95 s to 2.96 s on a 2-core machine),
-        # and the raylet aborts a node's start when that agent has not reported its ports within
-        # 15 s ("Timed out waiting for file ... metrics_agent_port_..."). `uv pip install`
-        # compiles what it installs (UV_COMPILE_BYTECODE); uv's Python downloads carry no bytecode
-        # for their standard library (astral-sh/uv issue 16408), compiled below.
         "# Bytecode compiled now, as root: the tasks' user cannot write it into these folders,"
         "\n# and every Python process Ray starts would compile what it imports, each time.",
         "export UV_COMPILE_BYTECODE=1",
     ]
-    if key:
-        lines += [
-            "",
-            "# SSH access for Ray's CLI (ray up, ray exec), first: `ray up` may connect long before"
-            "\n# the installs below end (it then waits for this setup). The key of"
-            " auth.ssh_private_key.",
-            f"RAYDOG_USER={shlex.quote(account)}",
-            'RAYDOG_HOME_DIR=$(getent passwd "$RAYDOG_USER" | cut -d: -f6) || {',
-            '  echo "RayDog: no user $RAYDOG_USER on this node (auth.ssh_user)" >&2; exit 1; }',
-            'install -d -m 700 -o "$RAYDOG_USER" "$RAYDOG_HOME_DIR/.ssh"',
-            f'grep -qxF {shlex.quote(key)} "$RAYDOG_HOME_DIR/.ssh/authorized_keys" 2>/dev/null'
-            f' || echo {shlex.quote(key)} >> "$RAYDOG_HOME_DIR/.ssh/authorized_keys"',
-            'chown "$RAYDOG_USER" "$RAYDOG_HOME_DIR/.ssh/authorized_keys"',
-            'chmod 600 "$RAYDOG_HOME_DIR/.ssh/authorized_keys"',
-        ]
-    lines += [
-        "",
+
+
+def _ssh_access(account: str, key: str) -> list[str]:
+    """``auth.ssh_private_key``'s public key in ``account``'s ``authorized_keys``, once."""
+    return [
+        "# SSH access for Ray's CLI (ray up, ray exec), first: `ray up` may connect long before"
+        "\n# the installs below end (it then waits for this setup). The key of"
+        " auth.ssh_private_key.",
+        f"RAYDOG_USER={shlex.quote(account)}",
+        'RAYDOG_HOME_DIR=$(getent passwd "$RAYDOG_USER" | cut -d: -f6) || {',
+        '  echo "RayDog: no user $RAYDOG_USER on this node (auth.ssh_user)" >&2; exit 1; }',
+        'install -d -m 700 -o "$RAYDOG_USER" "$RAYDOG_HOME_DIR/.ssh"',
+        f'grep -qxF {shlex.quote(key)} "$RAYDOG_HOME_DIR/.ssh/authorized_keys" 2>/dev/null'
+        f' || echo {shlex.quote(key)} >> "$RAYDOG_HOME_DIR/.ssh/authorized_keys"',
+        'chown "$RAYDOG_USER" "$RAYDOG_HOME_DIR/.ssh/authorized_keys"',
+        'chmod 600 "$RAYDOG_HOME_DIR/.ssh/authorized_keys"',
+    ]
+
+
+def _installs(config: RayDogConfig, is_head: bool, versions: Versions) -> list[str]:
+    """uv, the client's Python and the venv's packages, readable and on every user's PATH."""
+    packages, what = _packages(config, is_head, versions)
+    return [
         "# uv, which installs Python and the packages below",
         "if ! command -v uv >/dev/null; then",
         "  curl -LsSf https://astral.sh/uv/install.sh | env UV_INSTALL_DIR=/usr/local/bin sh",
@@ -354,11 +360,28 @@ def common_setup(
         f"echo 'export PATH={VENV}/bin:$PATH' > {PROFILE}",
         f". {PROFILE}  # the rest of this setup, and what a backend appends to it, use them too",
     ]
-    if is_head and config.setup_options.raydog_install == "wheel":
-        lines += [f"# `ray up` installs the wheels as {account}, over SSH", f"rm -f {INSTALLED}"]
-        if account != "root":
-            lines.append(f"chown -R {shlex.quote(account)} {VENV}")
-    return "\n".join(lines) + "\n"
+
+
+def _packages(config: RayDogConfig, is_head: bool, versions: Versions) -> tuple[list[str], str]:
+    """The venv's requirements, and the comment that says what they are: Ray on every node;
+    on the head, raydog (from the index) or what the client's wheels need (``ray up`` brings
+    the wheels)."""
+    packages = [f"ray[default]=={versions.ray}"]
+    what = f"# Python {versions.python}, Ray {versions.ray}"
+    if not is_head:
+        return packages, what + " (workers need no raydog)"
+    names = head_packages.distributions(config)
+    if config.setup_options.raydog_install == "index":
+        packages += [f"raydog[head]=={versions.raydog}"]
+        packages += [f"{name}=={metadata.version(name)}" for name in names[1:]]
+        return packages, what + (
+            f", raydog {versions.raydog} from the package index (raydog_install: index)"
+        )
+    listed = ", ".join(names)
+    return packages + head_packages.requirements(names), what + (
+        f" and what {listed} need. The client's own {listed} come as wheels"
+        "\n# with the cluster's files; `ray up` installs them before it starts Ray"
+    )
 
 
 HEADER = "# RayDog node setup: "
