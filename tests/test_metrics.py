@@ -24,14 +24,21 @@ def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     }
 
 
-def test_ticks_writes_and_launches_move_the_figures(
+@pytest.fixture
+def headed(
     cluster_config: Callable[..., dict[str, Any]],
     forget_memory_clusters: Callable[[str], None],
-) -> None:
+) -> tuple[str, RayDogNodeProvider]:
+    """A provider on the memory backends with its head launched, and its cluster's name."""
     config = cluster_config()
     forget_memory_clusters(config["cluster_name"])
     provider: RayDogNodeProvider = load_provider(config)
     provider.create_node({}, head_tags(), 1)
+    return config["cluster_name"], provider
+
+
+def test_ticks_writes_and_launches_move_the_figures(headed: tuple[str, RayDogNodeProvider]) -> None:
+    _, provider = headed
     workers = provider.create_node({}, worker_tags(), 2)
     provider.non_terminated_nodes({})
     provider.tags.flush(timeout=10)
@@ -47,17 +54,13 @@ def test_ticks_writes_and_launches_move_the_figures(
 
 
 def test_every_call_to_the_compute_backend_is_counted_by_kind_and_outcome(
-    cluster_config: Callable[..., dict[str, Any]],
-    forget_memory_clusters: Callable[[str], None],
+    headed: tuple[str, RayDogNodeProvider],
 ) -> None:
     """Counted where the core calls its backend: the memory backend, which counts nothing
     itself, gets the figure like every other."""
-    config = cluster_config()
-    forget_memory_clusters(config["cluster_name"])
-    provider: RayDogNodeProvider = load_provider(config)
-    provider.create_node({}, head_tags(), 1)
+    name, provider = headed
     (worker,) = provider.create_node({}, worker_tags(), 1)
-    MemoryComputeBackend.cluster(config["cluster_name"]).fail_next_launch("quota exceeded")
+    MemoryComputeBackend.cluster(name).fail_next_launch("quota exceeded")
     with pytest.raises(BackendError):
         provider.create_node({}, head_tags(), 1)
     provider.non_terminated_nodes({})
@@ -77,14 +80,10 @@ def test_every_call_to_the_compute_backend_is_counted_by_kind_and_outcome(
 
 
 def test_a_worker_that_ends_before_it_runs_counts_as_its_types_launch_failure(
-    cluster_config: Callable[..., dict[str, Any]],
-    forget_memory_clusters: Callable[[str], None],
+    headed: tuple[str, RayDogNodeProvider],
 ) -> None:
-    config = cluster_config()
-    forget_memory_clusters(config["cluster_name"])
-    provider: RayDogNodeProvider = load_provider(config)
-    provider.create_node({}, head_tags(), 1)
-    MemoryComputeBackend.cluster(config["cluster_name"]).make_unavailable("cpu", 'quota "x"')
+    name, provider = headed
+    MemoryComputeBackend.cluster(name).make_unavailable("cpu", 'quota "x"')
     provider.create_node({}, worker_tags(), 1)
     provider.non_terminated_nodes({})
     figures = _samples(provider.metrics.render())
