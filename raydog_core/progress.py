@@ -6,12 +6,14 @@ import contextlib
 import logging
 from collections.abc import Iterator
 
-from ray.autoscaler._private.cli_logger import cli_logger
-
 
 def report(message: str, *args: object) -> None:
     """One line of progress (``%``-style arguments), shown through Ray's CLI output: on the
-    terminal during ``ray up``, in the autoscaler's log on the head."""
+    terminal during ``ray up``, in the autoscaler's log on the head. Ray is imported here, not
+    at the top: importing it costs most of a second, which ``raydog validate``, ``init`` and
+    ``node-setup`` (they import this module through ``head_packages``) never need to pay."""
+    from ray.autoscaler._private.cli_logger import cli_logger
+
     cli_logger.print("{}", "RayDog: " + (message % args if args else message))
 
 

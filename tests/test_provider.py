@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -41,6 +43,33 @@ def provider(
 def test_ray_loads_the_provider_from_the_yaml_module_path(provider: RayDogNodeProvider) -> None:
     assert type(provider).__module__ == "raydog_core.provider"
     assert provider.compute.__class__ is MemoryComputeBackend
+
+
+LOADED_BY_RAY_IN_A_FRESH_INTERPRETER = """
+import sys
+import raydog_core
+print("ray imported by raydog_core:", "ray" in sys.modules)
+from ray.autoscaler._private.providers import _get_node_provider_cls
+found = _get_node_provider_cls({"type": "external", "module": "raydog_core.RayDogNodeProvider"})
+print("ray loaded:", found.__module__, found.__qualname__)
+"""
+
+
+def test_raydog_core_imports_without_ray_and_ray_still_loads_its_provider() -> None:
+    """``import raydog_core`` leaves Ray (most of a second) to the names that need it, and Ray's
+    loader (``import_module`` of the package, then ``getattr``) still gets the provider class:
+    a fresh interpreter, as Ray's monitor on the head is."""
+    result = subprocess.run(
+        [sys.executable, "-c", LOADED_BY_RAY_IN_A_FRESH_INTERPRETER],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "ray imported by raydog_core: False",
+        "ray loaded: raydog_core.provider RayDogNodeProvider",
+    ]
 
 
 def test_bootstrap_defaults_and_uploads(cluster_config: ConfigFactory, tmp_path: Path) -> None:

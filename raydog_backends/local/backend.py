@@ -35,9 +35,7 @@ import uuid
 from collections.abc import Collection, Mapping
 from pathlib import Path
 from types import ModuleType
-from typing import Any
-
-from ray.autoscaler.command_runner import CommandRunnerInterface
+from typing import TYPE_CHECKING, Any
 
 from raydog_backends.local.fleet import LocalFleet
 from raydog_backends.local.nodes import (
@@ -46,7 +44,6 @@ from raydog_backends.local.nodes import (
     NodeRecord,
     node_environment,
 )
-from raydog_backends.local.runner import LocalCommandRunner
 from raydog_backends.process_nodes.addresses import LoopbackAddresses, free_port
 from raydog_backends.process_nodes.processes import NodeProcess, stop_all
 from raydog_backends.process_nodes.shims import write_shims
@@ -61,6 +58,9 @@ from raydog_core.interfaces import (
     NodeState,
     NodeSteps,
 )
+
+if TYPE_CHECKING:
+    from ray.autoscaler.command_runner import CommandRunnerInterface
 
 HEAD_START_CHECK_SECONDS = 0.5
 """How long a head launch watches its task script for an immediate failure."""
@@ -189,6 +189,10 @@ class LocalComputeBackend(ComputeBackend):
         process_runner: ModuleType,
         use_internal_ip: bool,
     ) -> CommandRunnerInterface:
+        # Here, not at the top: the runner subclasses Ray's, and importing Ray costs most of a
+        # second that `raydog validate`, `init` and `node-setup` of a local config never use.
+        from raydog_backends.local.runner import LocalCommandRunner
+
         return LocalCommandRunner(
             self.spec, self.folder, node_id, process_runner=process_runner, log_prefix=log_prefix
         )
