@@ -171,8 +171,10 @@ def test_status_shows_an_ended_node_every_time_it_is_asked(tmp_path: Path) -> No
 
 def test_the_config_testing_example_passes(tmp_path: Path) -> None:
     example = Path(__file__).resolve().parents[1] / "examples" / "testing"
+    # -n0: the repository's pytest options would spread its four quick tests over four xdist
+    # workers, each importing Ray (9 CPU-seconds on a machine whose cores the suite keeps busy).
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(example)],
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n0", str(example)],
         capture_output=True,
         text=True,
         timeout=300,

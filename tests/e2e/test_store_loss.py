@@ -3,25 +3,27 @@
 `ray up` a local cluster whose head's autoscaler keeps two workers (min_workers), lose the head's
 tag store, and run `ray up` again with the same YAML, as a user whose first `ray up` looked slow
 would: Ray must find the head up to date (its launch config hash comes from the compute backend's
-record), so the same head and workers keep running. Two ways to lose the store:
+record), so the same head and workers keep running. Two ways to lose the store, in this order on
+one cluster (each test asks for its scenario; the first scenario runs first whichever asks):
 
-- unreachable: the supervisor and its valkey-server are killed (nothing restarts them);
 - empty: the server (kept without persistence) is killed, and its supervisor restarts it empty;
-  the providers (the client's and the head's autoscaler's) fill it again from what they know.
+  the providers (the client's and the head's autoscaler's) fill it again from what they know;
+- unreachable: the supervisor and its valkey-server are killed (nothing restarts them).
 
     .venv/bin/python -m pytest -m e2e tests/e2e/test_store_loss.py -s
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -42,15 +44,13 @@ WORKERS = 2
 
 @dataclass
 class KeptWorkersCluster(LocalCluster):
-    """examples/local with ``min_workers: 2``; ``appendonly`` false keeps no data on restart."""
-
-    appendonly: bool = True
+    """examples/local with ``min_workers: 2``; ``appendonly`` false: no data kept on restart."""
 
     def write_config(self) -> Path:
         path = super().write_config()
         config = yaml.safe_load(path.read_text())
         config["available_node_types"]["cpu_worker"]["min_workers"] = WORKERS
-        config["provider"]["tag_store"]["appendonly"] = self.appendonly
+        config["provider"]["tag_store"]["appendonly"] = False
         path.write_text(yaml.safe_dump(config, sort_keys=False))
         return path
 
@@ -103,59 +103,52 @@ def accepts(port: int, host: str = "127.0.0.1") -> bool:
         return False
 
 
-@pytest.fixture
-def make_cluster(
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[Callable[[bool], KeptWorkersCluster]]:
-    made: list[KeptWorkersCluster] = []
+@dataclass
+class Scenario:
+    """What a lost store left: the second `ray up`'s output and the nodes a few ticks later."""
 
-    def make(appendonly: bool) -> KeptWorkersCluster:
-        cluster = KeptWorkersCluster(
-            tmp_path_factory.mktemp("e2e-store-loss"),
-            f"e2e-store-{uuid.uuid4().hex[:6]}",
-            appendonly=appendonly,
-        )
-        made.append(cluster)
-        return cluster
+    ray_up: str
+    nodes: list[str]
+    alive: list[str]
+    stored: dict[str, dict[str, str]] = field(default_factory=dict)
 
-    yield make
-    for cluster in made:
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KeptWorkersCluster]:
+    """One cluster for both ways to lose the store: its server comes back empty first (its
+    supervisor is alive then), and then the supervisor and server go for good."""
+    cluster = KeptWorkersCluster(
+        tmp_path_factory.mktemp("e2e-store-loss"), f"e2e-store-{uuid.uuid4().hex[:6]}"
+    )
+    try:
+        yield cluster
+    finally:
         cluster.probe("down", "-y", str(cluster.config), timeout=300)
         cluster.destroy()
 
 
-def test_ray_up_while_the_store_is_unreachable_keeps_the_whole_cluster(
-    make_cluster: Callable[[bool], KeptWorkersCluster],
-) -> None:
-    cluster = make_cluster(True)
-    nodes = cluster.up_with_workers()
-    ids = sorted(nodes)
+@pytest.fixture(scope="module")
+def nodes(cluster: KeptWorkersCluster) -> dict[str, NodeInfo]:
+    return cluster.up_with_workers()
+
+
+@pytest.fixture(scope="module")
+def head(nodes: dict[str, NodeInfo]) -> str:
     (head,) = [n for n, info in nodes.items() if info.is_head]
+    return head
 
-    supervisor, server = cluster.tag_server_pids(head)
-    os.kill(supervisor, signal.SIGKILL)  # first, so that nothing restarts the server
-    os.kill(server, signal.SIGKILL)
-    wait_until(lambda: not accepts(cluster.tag_port), "the tag store to go", timeout=30)
 
+def after_ray_up_again(cluster: KeptWorkersCluster) -> Scenario:
     again = cluster.ray("up", "-y", "--no-config-cache", str(cluster.config), timeout=300)
-    assert "out-of-date" not in again, again[-3000:]
-    assert "Terminated head node" not in again
-    assert "is unreachable" in again, "the store was expected to be down during this ray up"
-    # A few of the head's autoscaler ticks (1 s each here), its store still unreachable.
+    # A few of the head's autoscaler ticks (1 s each here) with the store as it was left.
     time.sleep(15)
-    assert sorted(cluster.nodes()) == ids
-    assert cluster.alive(ids) == ids
-    assert not accepts(cluster.tag_port)
+    ids = sorted(cluster.nodes())
+    return Scenario(again, ids, cluster.alive(ids))
 
 
-def test_a_store_that_comes_back_empty_replaces_no_node(
-    make_cluster: Callable[[bool], KeptWorkersCluster], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    cluster = make_cluster(False)
-    nodes = cluster.up_with_workers()
-    ids = sorted(nodes)
-    (head,) = [n for n, info in nodes.items() if info.is_head]
-
+@pytest.fixture(scope="module")
+def emptied(cluster: KeptWorkersCluster, nodes: dict[str, NodeInfo], head: str) -> Scenario:
+    """The server (kept without persistence) is killed; its supervisor restarts it empty."""
     supervisor, server = cluster.tag_server_pids(head)
     os.kill(server, signal.SIGKILL)
 
@@ -168,29 +161,62 @@ def test_a_store_that_comes_back_empty_replaces_no_node(
     wait_until(restarted, "the supervisor to restart the tag server", timeout=60)
     wait_until(lambda: accepts(cluster.tag_port), "the restarted server to listen", timeout=60)
     assert cluster.tag_server_pids(head)[0] == supervisor
+    scenario = after_ray_up_again(cluster)
+    # The providers send back what they know, and the backend's record what none remembered:
+    # within a few ticks of a loaded head. Read here (the next scenario takes the store away);
+    # the test judges what was stored.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RAYDOG_HOME", str(cluster.home))  # the cluster's password
+        store = ValkeyTagStore(cluster.cluster_name, port=cluster.tag_port)
+        store.connect(Endpoint("127.0.0.1", cluster.tag_port))
 
-    again = cluster.ray("up", "-y", "--no-config-cache", str(cluster.config), timeout=300)
-    assert "out-of-date" not in again, again[-3000:]
-    assert "Terminated head node" not in again
-    # A few of the head's autoscaler ticks (1 s each here) against the emptied store.
-    time.sleep(15)
-    assert sorted(cluster.nodes()) == ids
-    assert cluster.alive(ids) == ids
+        def refilled() -> bool:
+            scenario.stored = store.load_all()
+            return every_launch_config_stored(scenario.stored, sorted(nodes))
+
+        try:
+            with contextlib.suppress(pytest.fail.Exception):
+                wait_until(refilled, "every node's launch config in the store", timeout=60)
+        finally:
+            store.close()
+    return scenario
+
+
+def every_launch_config_stored(stored: dict[str, dict[str, str]], ids: list[str]) -> bool:
+    return sorted(stored) == ids and all(t.get(TAG_RAY_LAUNCH_CONFIG) for t in stored.values())
+
+
+@pytest.fixture(scope="module")
+def unreachable(cluster: KeptWorkersCluster, head: str, emptied: Scenario) -> Scenario:
+    """The supervisor and its server are killed: nothing restarts them. After ``emptied``,
+    whose store must still answer, whichever test asks first."""
+    supervisor, server = cluster.tag_server_pids(head)
+    os.kill(supervisor, signal.SIGKILL)  # first, so that nothing restarts the server
+    os.kill(server, signal.SIGKILL)
+    wait_until(lambda: not accepts(cluster.tag_port), "the tag store to go", timeout=30)
+    return after_ray_up_again(cluster)
+
+
+def test_a_store_that_comes_back_empty_replaces_no_node(
+    nodes: dict[str, NodeInfo], emptied: Scenario
+) -> None:
+    ids = sorted(nodes)
+    assert "out-of-date" not in emptied.ray_up, emptied.ray_up[-3000:]
+    assert "Terminated head node" not in emptied.ray_up
+    assert emptied.nodes == ids
+    assert emptied.alive == ids
     # The providers sent back what they knew, and the backend's record what none remembered:
-    # every node's launch config is in the store again (within a few ticks of a loaded head).
-    monkeypatch.setenv("RAYDOG_HOME", str(cluster.home))  # the cluster's password
-    store = ValkeyTagStore(cluster.cluster_name, port=cluster.tag_port)
-    store.connect(Endpoint("127.0.0.1", cluster.tag_port))
-    stored: dict[str, dict[str, str]] = {}
+    # every node's launch config is in the store again.
+    assert every_launch_config_stored(emptied.stored, ids), f"the store holds {emptied.stored}"
 
-    def refilled() -> bool:
-        stored.clear()
-        stored.update(store.load_all())
-        return sorted(stored) == ids and all(t.get(TAG_RAY_LAUNCH_CONFIG) for t in stored.values())
 
-    try:
-        wait_until(refilled, "every node's launch config in the store", timeout=60)
-    except AssertionError as exc:
-        raise AssertionError(f"{exc}; the store holds {stored}") from None
-    finally:
-        store.close()
+def test_ray_up_while_the_store_is_unreachable_keeps_the_whole_cluster(
+    cluster: KeptWorkersCluster, nodes: dict[str, NodeInfo], unreachable: Scenario
+) -> None:
+    ids = sorted(nodes)
+    assert "out-of-date" not in unreachable.ray_up, unreachable.ray_up[-3000:]
+    assert "Terminated head node" not in unreachable.ray_up
+    assert "is unreachable" in unreachable.ray_up, "the store was expected to be down"
+    assert unreachable.nodes == ids
+    assert unreachable.alive == ids
+    assert not accepts(cluster.tag_port)
