@@ -39,7 +39,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
 
 @pytest.fixture(scope="module")
 def lifecycle(cluster: LocalCluster) -> LifecycleResult:
-    return run_lifecycle(cluster)
+    return run_lifecycle(cluster, status_after_idle=True)
 
 
 def test_the_jobs_tasks_ran_on_workers_v2_launched(lifecycle: LifecycleResult) -> None:
