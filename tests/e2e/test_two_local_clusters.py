@@ -51,7 +51,8 @@ def two_clusters(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Defa
         yield clusters
     finally:
         for cluster in clusters:
-            cluster.probe("down", "-y", str(cluster.config), timeout=300)
+            if cluster.nodes():  # the test's own `ray down` did not run (or left a node)
+                cluster.probe("down", "-y", str(cluster.config), timeout=300)
             cluster.destroy()
 
 
