@@ -1,4 +1,8 @@
-"""The `raydog` command as a user runs it: output and exit codes, never a traceback."""
+"""The `raydog` command as a user runs it: output and exit codes, never a traceback.
+
+`raydog(...)` runs the command's `main` in this process; `simulate`, `status` and `doctor` build
+providers, whose tag caches install signal handlers for their process, so they run in a process
+of their own (`raydog_process`), as does the test of the installed entry points."""
 
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ import pytest
 import ray
 
 from raydog_core.interfaces import NodeState
-from tests.commands import raydog, write_config
+from tests.commands import raydog, raydog_process, write_config
 from tests.conftest import memory_cluster_config
 from tests.ray_helpers import head_tags, load_provider, worker_tags
 
@@ -21,7 +25,7 @@ from tests.ray_helpers import head_tags, load_provider, worker_tags
 def test_simulate_draws_the_cluster_and_prints_its_figures(tmp_path: Path) -> None:
     path = write_config(tmp_path, memory_cluster_config())
     args = ("simulate", str(path), "--demand", "8 CPU for 5m", "--launch-delay", "60s")
-    result = raydog(*args, "--events")
+    result = raydog_process(*args, "--events")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert "workers per node type (simulated minutes)" in result.stdout
@@ -35,7 +39,7 @@ def test_simulate_draws_the_cluster_and_prints_its_figures(tmp_path: Path) -> No
     assert figures["cpu"][1] == "4" and figures["all"][1] == "4"
     assert lines[-1] == "workers at the end: none"
 
-    as_json = raydog(*args, "--json")
+    as_json = raydog_process(*args, "--json")
     assert as_json.returncode == 0, as_json.stderr
     summary = json.loads(as_json.stdout)
     cpu = summary["node_types"]["cpu"]
@@ -53,10 +57,10 @@ def test_simulate_unavailable_shows_ray_falling_back_to_another_type(tmp_path: P
     config["available_node_types"]["big"] = {"resources": {"CPU": 4}, "max_workers": 2}
     path = write_config(tmp_path, config)
     args = ("simulate", str(path), "--demand", "4 CPU for 10m", "--launch-delay", "60s", "--json")
-    preferred = json.loads(raydog(*args).stdout)["node_types"]
+    preferred = json.loads(raydog_process(*args).stdout)["node_types"]
     assert preferred["cpu"]["launches"] > 0 and preferred["big"]["launches"] == 0
 
-    result = raydog(*args, "--unavailable", "cpu=quota exceeded")
+    result = raydog_process(*args, "--unavailable", "cpu=quota exceeded")
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     failed = [e for e in summary["events"] if e["action"] == "failed"]
@@ -66,7 +70,9 @@ def test_simulate_unavailable_shows_ray_falling_back_to_another_type(tmp_path: P
     assert summary["node_types"]["big"]["peak"] > 0
     assert summary["node_types"]["cpu"]["failed_launches"] == len(failed)
 
-    refused = raydog("simulate", str(path), "--demand", "1 CPU for 1m", "--unavailable", "head")
+    refused = raydog_process(
+        "simulate", str(path), "--demand", "1 CPU for 1m", "--unavailable", "head"
+    )
     assert refused.returncode != 0 and "--unavailable" in refused.stderr
 
 
@@ -111,18 +117,45 @@ def test_node_setup_names_an_unknown_node_type(tmp_path: Path) -> None:
     assert "--node-type: no node type 'gpu' (choices: cpu, head)" in result.stderr
 
 
+@pytest.mark.parametrize(
+    "args",
+    [("node-setup", "CONFIG", "--node-type", "gpu"), ("node-setup", "CONFIG"), ("--version",)],
+    ids=["config-error", "missing-option", "unknown-option"],
+)
+def test_the_installed_command_prints_and_exits_as_main_does(
+    tmp_path: Path, args: tuple[str, ...]
+) -> None:
+    """The tests above run ``main`` in this process; a user types ``raydog`` (the script pip
+    installs) or ``python -m raydog_core.cli``: each prints the same and exits with the same
+    code, a usage error included (argparse's ``SystemExit(2)``)."""
+    config = str(write_config(tmp_path, memory_cluster_config()))
+    args = tuple(config if arg == "CONFIG" else arg for arg in args)
+    console_script = subprocess.run(
+        [str(Path(sys.executable).with_name("raydog")), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    seen = [
+        (result.returncode, result.stdout, result.stderr)
+        for result in (console_script, raydog_process(*args), raydog(*args))
+    ]
+    assert seen[0][0] == 2 and seen[0][2].startswith(("error: ", "usage: raydog")), seen[0]
+    assert seen[0] == seen[1] == seen[2]
+
+
 def test_doctor_flags_a_key_others_can_read(tmp_path: Path) -> None:
     key = tmp_path / "id_ed25519"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
     os.chmod(key, 0o644)
     config = memory_cluster_config()
     config["auth"] = {"ssh_user": "ubuntu", "ssh_private_key": str(key)}
-    result = raydog("doctor", str(write_config(tmp_path, config)))
+    result = raydog_process("doctor", str(write_config(tmp_path, config)))
     assert result.returncode == 1
     assert f"FAIL  ssh key: {key} is readable by others" in result.stdout
     assert f"fix: chmod 600 {key}" in result.stdout
     os.chmod(key, 0o600)
-    again = raydog("doctor", str(write_config(tmp_path, config)))
+    again = raydog_process("doctor", str(write_config(tmp_path, config)))
     assert again.returncode == 0, again.stdout
     assert again.stdout.splitlines()[-1].endswith("0 failed")
 
@@ -135,7 +168,7 @@ def test_doctor_reports_a_bad_config_as_a_failed_check(tmp_path: Path) -> None:
 
 
 def test_status_of_a_cluster_that_is_not_up(tmp_path: Path) -> None:
-    result = raydog("status", str(write_config(tmp_path, memory_cluster_config())))
+    result = raydog_process("status", str(write_config(tmp_path, memory_cluster_config())))
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[-1] == "no nodes"
 
@@ -161,7 +194,7 @@ def test_status_shows_an_ended_node_every_time_it_is_asked(tmp_path: Path) -> No
             assert time.monotonic() < deadline, "the worker's task script did not end"
             time.sleep(0.1)
         for _ in range(2):
-            result = raydog("status", str(path))
+            result = raydog_process("status", str(path))
             assert result.returncode == 0, result.stderr
             (line,) = [line for line in result.stdout.splitlines() if line.startswith(worker)]
             assert "terminated (task script ended)" in line
@@ -246,7 +279,9 @@ def test_init_local_writes_one_config_that_validates(tmp_path: Path) -> None:
 def test_a_starter_config_simulates_as_written(tmp_path: Path, compute: str) -> None:
     """A new user's next step after `raydog init`: what would the cluster do?"""
     assert raydog("init", "--compute", compute, str(tmp_path / "c")).returncode == 0
-    result = raydog("simulate", "cluster.yaml", "--demand", "8 CPU for 5m", cwd=tmp_path / "c")
+    result = raydog_process(
+        "simulate", "cluster.yaml", "--demand", "8 CPU for 5m", cwd=tmp_path / "c"
+    )
     assert result.returncode == 0, result.stderr
     assert "workers per node type (simulated minutes)" in result.stdout
 
