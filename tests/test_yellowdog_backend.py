@@ -7,8 +7,6 @@ import json
 import logging
 import re
 import stat
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -1094,6 +1092,7 @@ def test_raydog_status_shows_why_a_pool_failed_and_the_monitor_log_keeps_it(
     import yaml
 
     from raydog_backends.memory.tag_store import MemoryTagStore
+    from tests.commands import raydog_process
     from tests.ray_helpers import head_tags, load_provider, worker_tags
 
     name = f"status-{uuid.uuid4().hex[:6]}"
@@ -1106,23 +1105,13 @@ def test_raydog_status_shows_why_a_pool_failed_and_the_monitor_log_keeps_it(
         provider.non_terminated_nodes({})  # the autoscaler's first look, before the failure
         emulator_client.fail_provisioning("vCPU quota exceeded in eu-west-2")
         started = list(provider.create_node(node_config(), worker_tags(), 2))
-        result = subprocess.run(
-            [sys.executable, "-m", "raydog_core.cli", "status", str(path)],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        result = raydog_process("status", str(path))
         assert result.returncode == 0, result.stderr
         for worker in started:
             (line,) = [x for x in result.stdout.splitlines() if x.startswith(worker)]
             assert "terminated (YellowDog could not provision worker pool" in line, line
             assert "vCPU quota exceeded in eu-west-2" in line, line
-        why = subprocess.run(
-            [sys.executable, "-m", "raydog_core.cli", "status", str(path), "--why"],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        why = raydog_process("status", str(path), "--why")
         assert why.returncode == 0, why.stderr
         chain = why.stdout.split("why: node type cpu\n")[1].splitlines()
         for worker in started:
