@@ -156,9 +156,12 @@ def test_a_failed_end_is_an_error_naming_what_failed(
     emulator_client.fail("/workerPools/", 500, method="DELETE")
     # The namespace, the backend and one attempt per request from the config next to it.
     Path("cluster.yaml").write_text(yaml.safe_dump(yellowdog_cluster_config("elsewhere")))
+    before = emulator_client.request_count()
     code = cli.main(["shutdown", "fleet-stuck", "--yes"])
     error = capsys.readouterr().err
     assert code == 2 and "shut down worker pool fleet-stuck_" in error, error
+    deletes = [r for r in emulator_client.requests(before) if r["method"] == "DELETE"]
+    assert len(deletes) == 1, f"the config's api_max_attempts: 1 was not kept: {deletes}"
 
 
 # --- local clusters -----------------------------------------------------------------------------

@@ -182,7 +182,12 @@ class YellowDogFleet(Fleet):
             head_script="",
             worker_script="",
         )
-        backend: Any = self.backend(spec, cluster_namespace=self.namespace, api_url=self.api_url)
+        backend: Any = self.backend(
+            spec,
+            cluster_namespace=self.namespace,
+            api_url=self.api_url,
+            api_max_attempts=self.max_attempts,
+        )
         backend.api.save_credentials = False
         return backend
 
