@@ -25,8 +25,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """Keep on one xdist worker what must not be split, so that a new test is parallel-safe
     without marks: tests sharing a class-, module- or package-scoped fixture (it is set up once,
     on that worker; an end-to-end module's cluster, for one). The ``e2e`` tests, the slowest
-    (they wait on Ray's autoscaler more than they compute), start first. A test's own
-    ``xdist_group`` mark wins."""
+    (they wait on Ray's autoscaler more than they compute), start first, then the tests marked
+    ``waits`` (mostly waiting: an emulator's clock, a timeout), beside them, where a wait costs
+    no core; the short tests that compute fill the end of the run. pytest-xdist hands out work
+    units (a test, or a group at its first test's place) in this order, a worker taking more
+    when it has two tests or fewer left. A test's own ``xdist_group`` mark wins."""
     for item in items:
         if item.get_closest_marker("xdist_group") is None:
             group = shared_fixture_group(item)
@@ -34,7 +37,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 item.add_marker(pytest.mark.xdist_group(group))
         if getattr(config.option, "loadgroup", False):
             carry_group_in_node_id(item)
-    items.sort(key=lambda item: item.get_closest_marker("e2e") is None)
+    items.sort(key=start_order)
+
+
+def start_order(item: pytest.Item) -> int:
+    """0 for the ``e2e`` tests, 1 for those marked ``waits``, 2 for the rest."""
+    for order, mark in enumerate(("e2e", "waits")):
+        if item.get_closest_marker(mark) is not None:
+            return order
+    return 2
 
 
 def shared_fixture_group(item: pytest.Item) -> str | None:

@@ -103,6 +103,7 @@ def test_tags_travel_client_tunnel_store(
 
 
 @pytest.mark.servers
+@pytest.mark.waits  # on the store's command timeout; its module's group starts with it
 @pytest.mark.parametrize("breakage", ["dropped", "silent"])
 def test_next_tick_works_after_the_tunnel_connection_breaks(
     sshd: SSHServer,

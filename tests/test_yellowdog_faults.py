@@ -315,6 +315,7 @@ def run_matrix(
     assert matrix.hit >= matrix.scenarios - 2, "only the last calls may be left unreached"
 
 
+@pytest.mark.waits  # on the emulator booting each scenario's head
 @pytest.mark.parametrize("kind", KINDS)
 def test_a_head_launch_cleans_up_after_any_failed_or_interrupted_call(
     emulator: Emulator, yd_env: str, kind: str, capsys: pytest.CaptureFixture[str]
@@ -322,6 +323,7 @@ def test_a_head_launch_cleans_up_after_any_failed_or_interrupted_call(
     run_matrix(emulator, "head launch", False, head_launch, kind, capsys)
 
 
+@pytest.mark.waits  # on the emulator booting each scenario's head
 @pytest.mark.parametrize("kind", KINDS)
 def test_a_worker_scale_up_leaves_nothing_after_ray_down(
     emulator: Emulator, yd_env: str, kind: str, capsys: pytest.CaptureFixture[str]
@@ -329,6 +331,7 @@ def test_a_worker_scale_up_leaves_nothing_after_ray_down(
     run_matrix(emulator, "worker scale-up", True, worker_scale_up, kind, capsys)
 
 
+@pytest.mark.waits  # on the emulator booting each scenario's head
 @pytest.mark.parametrize("kind", KINDS)
 def test_ray_up_through_the_node_provider_cleans_up_after_any_failed_or_interrupted_call(
     emulator: Emulator, yd_env: str, kind: str, capsys: pytest.CaptureFixture[str]
@@ -338,6 +341,7 @@ def test_ray_up_through_the_node_provider_cleans_up_after_any_failed_or_interrup
     )
 
 
+@pytest.mark.waits  # on the emulator booting each scenario's head
 @pytest.mark.parametrize("kind", KINDS)
 def test_a_scale_up_through_the_node_provider_leaves_nothing_after_ray_down(
     emulator: Emulator, yd_env: str, kind: str, capsys: pytest.CaptureFixture[str]
