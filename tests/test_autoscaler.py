@@ -105,3 +105,32 @@ def test_a_store_that_comes_back_empty_replaces_no_worker(
     stored = reader.load_all()
     assert set(workers) <= set(stored)
     assert all(stored[worker].get("ray-launch-config") for worker in workers)
+
+
+@pytest.mark.parametrize(("worker_liveness_check", "replaced"), [(None, False), (True, True)])
+def test_a_worker_is_not_replaced_for_joining_ray_after_its_task_started(
+    simulation: Callable[..., Simulation],
+    cluster_config: ConfigFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    worker_liveness_check: bool | None,
+    replaced: bool,
+) -> None:
+    """A worker is up to date for Ray once its task runs, and its Ray starts after its setup:
+    on YellowDog, minutes after the task starts. Ray's liveness check replaces a worker whose
+    raylet has not reported within 30 s of the first tick that saw it up to date. Here that
+    window is shut: a worker the check judges is replaced at once. RayDog leaves a worker's
+    health to its task (which ends with its Ray) unless the config turns the check on."""
+    from ray.autoscaler._private import autoscaler
+
+    monkeypatch.setattr(autoscaler, "AUTOSCALER_HEARTBEAT_TIMEOUT_S", 0)
+    config = cluster_config()
+    config["available_node_types"]["cpu"]["min_workers"] = 2
+    if worker_liveness_check is not None:
+        config["provider"]["worker_liveness_check"] = worker_liveness_check
+    sim = simulation(**config)
+    timeline = sim.run([], duration_s=300)
+    if replaced:
+        assert timeline.terminations("cpu"), timeline.events
+    else:
+        assert timeline.terminations() == [], timeline.events
+        assert len(timeline.launches("cpu")) == timeline.workers_at(300)["cpu"] == 2

@@ -46,8 +46,12 @@ def emulator_running_tasks(
     """The emulator as a process of its own that runs each node's task as a local process with
     its own loopback address, in ``work_dir``; stopped (with every task process) on exit."""
     with pytest.MonkeyPatch.context() as patch:
-        # Inherited by the head's autoscaler (a task process of the emulator): shorter ticks.
+        # Inherited by the head's autoscaler (a task process of the emulator): shorter ticks,
+        # and 2 s, not 30, for a worker's raylet to report once Ray sees the worker up to date.
+        # A worker's Ray joins later than that here (as on YellowDog its task starts before
+        # its setup ends), so workers that Ray's liveness check judged would never join.
         patch.setenv("AUTOSCALER_UPDATE_INTERVAL_S", "1")
+        patch.setenv("AUTOSCALER_HEARTBEAT_TIMEOUT_S", "2")
         process = start_emulator_process(
             "--run-tasks",
             "--loopback-ips",
