@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -309,7 +310,7 @@ def _raise_unique(found: list[ConfigError]) -> None:
 def notes(cluster_config: Mapping[str, Any], parsed: RayDogConfig | None = None) -> list[str]:
     """What is valid but likely not meant, for ``raydog validate`` to mention (never an error);
     with ``parsed``, also what the compute backend says of each node type's boot script."""
-    found = [] if parsed is None else _boot_setup_notes(parsed)
+    found = [] if parsed is None else _boot_setup_notes(parsed) + _worker_script_notes(parsed)
     types = cluster_config.get("available_node_types")
     head = cluster_config.get("head_node_type")
     if isinstance(types, Mapping):
@@ -321,6 +322,25 @@ def notes(cluster_config: Mapping[str, Any], parsed: RayDogConfig | None = None)
                     "`resources: {CPU: 4}`"
                 )
     return found
+
+
+_RAY_START = re.compile(r"\bray\s+start\b")
+
+
+def _worker_script_notes(parsed: RayDogConfig) -> list[str]:
+    """A worker task script that starts Ray without ``--block``: its task does not last as long
+    as its Ray. It ends at once (and the node with it), or something else keeps it running after
+    Ray stopped; with Ray's liveness check off (config.bootstrap), nothing replaces that worker."""
+    script = parsed.worker_script
+    if not _RAY_START.search(script) or "--block" in script:
+        return []
+    return [
+        "provider.ray_worker_node_task_script: starts Ray without --block, so the task does not "
+        "last as long as its Ray: it ends at once, ending its node, or it keeps running (and "
+        "billing) after its Ray stopped, and nothing replaces that worker (Ray's "
+        "worker_liveness_check is off unless you set it); start Ray with "
+        "`exec ray start --block ...`"
+    ]
 
 
 def _boot_setup_notes(parsed: RayDogConfig) -> list[str]:

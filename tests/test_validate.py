@@ -175,6 +175,28 @@ def test_fuzz_through_the_command(tmp_path: Path, capsys: pytest.CaptureFixture[
         assert cli.main(["validate", str(config_file)]) in (0, 2), capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("script", "noted"),
+    [
+        ("#!/bin/bash\nray start --address=$RAY_HEAD_IP:6379\nsleep infinity\n", True),
+        ("#!/bin/bash\nray  start --address=$RAY_HEAD_IP:6379\n", True),
+        ("#!/bin/bash\nexec ray start --block --address=$RAY_HEAD_IP:6379\n", False),
+        ("#!/bin/bash\npython -m my_worker\n", False),
+    ],
+)
+def test_a_worker_script_whose_task_does_not_last_as_long_as_its_ray_gets_a_note(
+    tmp_path: Path, script: str, noted: bool
+) -> None:
+    """Ray's liveness check is off, so a worker is replaced only once its task ends: a task
+    that ends before its Ray, or outlives it, is worth a line."""
+    config = memory_cluster_config()
+    config["provider"]["ray_worker_node_task_script"] = script
+    result = raydog("validate", str(write_config(tmp_path, config)))
+    assert result.returncode == 0, result.stderr
+    notes = [line for line in result.stdout.splitlines() if line.startswith("note: ")]
+    assert any("without --block" in note for note in notes) is noted, notes
+
+
 def test_a_worker_type_without_resources_is_valid_with_a_note(tmp_path: Path) -> None:
     config = memory_cluster_config()
     del config["available_node_types"]["cpu"]["resources"]
