@@ -129,12 +129,13 @@ class ProviderMetrics:
 
 
 def find_ray_autoscaler(depth: int = 12) -> Any | None:
-    """Ray's ``StandardAutoscaler`` building the provider that calls this, or None (``ray up``
+    """What holds Ray's autoscaler building the provider that calls this, or None (``ray up``
     on a laptop, ``raydog status``, tests, autoscaler v2).
 
-    Ray builds the provider inside ``StandardAutoscaler.reset`` after setting its
-    ``prom_metrics`` and ``load_metrics``; the autoscaler is the ``self`` of a caller that has
-    both."""
+    Ray's ``Monitor`` on the head holds ``prom_metrics`` and ``load_metrics`` (the very one it
+    hands its ``StandardAutoscaler``, whose ``reset`` builds the provider; Ray 2.60 sets the
+    autoscaler's own ``load_metrics`` only after that): the ``self`` of a caller that has both
+    (``ray/autoscaler/_private/monitor.py``)."""
     frame: FrameType | None = sys._getframe(1)
     for _ in range(depth):
         if frame is None:

@@ -25,6 +25,7 @@ from ray.autoscaler.node_provider import NodeProvider
 from ray.autoscaler.tags import (
     NODE_KIND_HEAD,
     NODE_KIND_WORKER,
+    STATUS_SETTING_UP,
     STATUS_UNINITIALIZED,
     STATUS_UP_TO_DATE,
     TAG_RAY_CLUSTER_NAME,
@@ -113,8 +114,9 @@ class RayDogNodeProvider(NodeProvider):
             serve_through_ray_autoscaler(self.metrics, self._ray_autoscaler)
         self._versions_reported = False
         self._filled_reload = 0
-        # _derived_tags(info) by the NodeInfo fields it reads; a handful of distinct values.
-        self._derived: dict[tuple[bool, str, NodeState, str], Tags] = {}
+        # _derived_tags by the NodeInfo fields it reads and whether the node is joining Ray;
+        # a handful of distinct values.
+        self._derived: dict[tuple[bool, str, NodeState, str, bool], Tags] = {}
         # node_tags' answers: (the NodeInfo, the stored tags, the tags) they were made of. An
         # ended node's goes with it (terminate_nodes, refresh), or they would pile up for good.
         self._composed: dict[str, tuple[NodeInfo | None, Mapping[str, str] | None, Tags]] = {}
@@ -438,6 +440,7 @@ class RayDogNodeProvider(NodeProvider):
                 if info.internal_ip in in_ray:
                     launched = self._awaiting_ray.pop(info.node_id, None)
                     if launched is not None:
+                        self._composed.pop(info.node_id, None)  # its status is up to date now
                         self.metrics.observe(
                             "raydog_launch_to_ray_joined_seconds",
                             now - launched[1],
@@ -589,27 +592,35 @@ class RayDogNodeProvider(NodeProvider):
 
     def _derived_of(self, info: NodeInfo) -> Tags:
         """``_derived_tags(info)``, computed once per distinct value (shared: never modify)."""
-        key = (info.is_head, info.node_type, info.state, info.launch_config)
+        joining = info.node_id in self._awaiting_ray
+        key = (info.is_head, info.node_type, info.state, info.launch_config, joining)
         derived = self._derived.get(key)
         if derived is None:
-            derived = self._derived[key] = self._derived_tags(info)
+            derived = self._derived[key] = self._derived_tags(info, joining)
         return derived
 
-    def _derived_tags(self, info: NodeInfo) -> Tags:
+    def _derived_tags(self, info: NodeInfo, joining: bool) -> Tags:
         """What the backend alone says of a node: enough for Ray if its tags were lost.
 
         Ray terminates a node whose ``ray-launch-config`` differs from its config's hash (and
         ``ray up`` the head, which takes the whole cluster down), so the backend's record of it
         is what a node without tags shows. A running node counts as up to date: a head whose
-        runtime-config tag is lost gets its setup re-run by ``ray up``, which is harmless.
+        runtime-config tag is lost gets its setup re-run by ``ray up``, which is harmless. On
+        the head, a worker launched there that runs but whose Ray has not joined yet
+        (``joining``: its setup, then `ray start`) is setting up, which `ray status` lists
+        under "Pending" rather than not at all.
         """
+        if info.state is not NodeState.RUNNING:
+            status = STATUS_UNINITIALIZED
+        elif joining:
+            status = STATUS_SETTING_UP
+        else:
+            status = STATUS_UP_TO_DATE
         tags = {
             TAG_RAY_CLUSTER_NAME: self.cluster_name,
             TAG_RAY_NODE_KIND: NODE_KIND_HEAD if info.is_head else NODE_KIND_WORKER,
             TAG_RAY_USER_NODE_TYPE: info.node_type,
-            TAG_RAY_NODE_STATUS: (
-                STATUS_UP_TO_DATE if info.state is NodeState.RUNNING else STATUS_UNINITIALIZED
-            ),
+            TAG_RAY_NODE_STATUS: status,
         }
         if info.launch_config:
             tags[TAG_RAY_LAUNCH_CONFIG] = info.launch_config

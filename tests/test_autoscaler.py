@@ -134,3 +134,72 @@ def test_a_worker_is_not_replaced_for_joining_ray_after_its_task_started(
     else:
         assert timeline.terminations() == [], timeline.events
         assert len(timeline.launches("cpu")) == timeline.workers_at(300)["cpu"] == 2
+
+
+class _Monitor:
+    """Like Ray's Monitor on the head (``ray/autoscaler/_private/monitor.py``): it holds the
+    load metrics (the GCS's reports) and the figures' registry, then builds Ray's autoscaler,
+    which builds the provider."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        from ray.autoscaler._private.autoscaler import StandardAutoscaler
+        from ray.autoscaler._private.load_metrics import LoadMetrics
+        from ray.autoscaler._private.prom_metrics import AutoscalerPrometheusMetrics
+
+        from raydog_core.simulation import _NoGcs
+
+        self.load_metrics = LoadMetrics()
+        self.prom_metrics = AutoscalerPrometheusMetrics(session_name="test")
+        self.autoscaler = StandardAutoscaler(
+            lambda: config,
+            self.load_metrics,
+            _NoGcs(),
+            update_interval_s=0,
+            prom_metrics=self.prom_metrics,
+        )
+
+
+def test_on_the_head_ray_status_lists_a_worker_whose_ray_has_not_joined_as_setting_up(
+    cluster_config: ConfigFactory, forget_memory_clusters: Callable[[str], None]
+) -> None:
+    """Ray's own autoscaler builds the head's provider, as Ray's monitor has it do. A worker
+    that runs but whose Ray has not joined (its setup, then `ray start`) is "setting-up", under
+    "Pending" in `ray status`, instead of missing from it; once Ray's monitor reports its
+    address it is up to date, and active."""
+    from ray.autoscaler._private.util import prepare_config
+    from ray.autoscaler.tags import NODE_KIND_HEAD, TAG_RAY_NODE_KIND, TAG_RAY_USER_NODE_TYPE
+
+    from raydog_core import config as raydog_config
+    from raydog_core.progress import quiet_ray_logs
+    from raydog_core.ray_defaults import fill_defaults
+
+    config = cluster_config(foreground_node_launch=True)
+    config["available_node_types"]["cpu"]["min_workers"] = 1
+    forget_memory_clusters(config["cluster_name"])
+    with quiet_ray_logs():
+        config = raydog_config.bootstrap(fill_defaults(prepare_config(config)))
+    config["provider"] = raydog_config.for_head(config["provider"], {})
+    with quiet_ray_logs():
+        monitor = _Monitor(config)
+        autoscaler = monitor.autoscaler
+        provider = autoscaler.provider
+        assert provider is not None
+        provider.create_node(
+            {}, {TAG_RAY_NODE_KIND: NODE_KIND_HEAD, TAG_RAY_USER_NODE_TYPE: "head"}, 1
+        )
+        autoscaler.update()  # launches the worker
+        autoscaler.update()  # sees it run
+        (worker,) = provider.non_terminated_nodes({TAG_RAY_NODE_KIND: "worker"})
+        setting_up = autoscaler.summary()
+        ip = provider.internal_ip(worker)
+        assert ip is not None
+        monitor.load_metrics.update(ip, b"worker", {"CPU": 2.0}, {"CPU": 2.0}, 0)
+        autoscaler.update()
+        joined = autoscaler.summary()
+    assert setting_up is not None and joined is not None
+    assert provider.is_running(worker)
+    assert setting_up.pending_nodes == [(ip, "cpu", "setting-up")], setting_up
+    assert dict(setting_up.active_nodes) == {}
+    assert provider.node_tags(worker)["ray-node-status"] == "up-to-date"
+    assert joined.pending_nodes == [], joined
+    assert dict(joined.active_nodes) == {"cpu": 1}, joined

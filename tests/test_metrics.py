@@ -106,8 +106,8 @@ class _LoadMetrics:
 
 
 class _Autoscaler:
-    """Like Ray's StandardAutoscaler: prom_metrics and load_metrics set before ``reset``
-    builds the provider."""
+    """Like what holds Ray's autoscaler on the head (Ray's Monitor): prom_metrics and
+    load_metrics set before the provider is built."""
 
     def __init__(self) -> None:
         self.prom_metrics = _PromMetrics()
