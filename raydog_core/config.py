@@ -85,12 +85,12 @@ def bootstrap(cluster_config: Mapping[str, Any]) -> dict[str, Any]:
     provider = config["provider"]
     provider.setdefault("disable_node_updaters", True)
     if provider["disable_node_updaters"]:
-        # Ray's liveness check gives a worker 30 s (AUTOSCALER_HEARTBEAT_TIMEOUT_S) from the first
-        # tick that sees it up to date to its raylet's first report, else replaces it. A worker
-        # that starts Ray from its task is up to date once the task runs, before its setup ends
-        # and Ray starts: a setup longer than that window would be replaced again and again.
-        # The task is the health check instead (RayDog's task ends with its Ray), as KubeRay's
-        # pods are (ray/autoscaler/_private/kuberay/autoscaling_config.py).
+        # Ray's liveness check replaces an up-to-date worker whose raylet has not reported for
+        # 30 s (AUTOSCALER_HEARTBEAT_TIMEOUT_S), counted from the first tick that sees it. A
+        # worker that starts Ray from its task runs before its setup ends and Ray starts; the
+        # head's provider reports it setting-up meanwhile only where it finds Ray's monitor
+        # (autoscaler v1). The task is the health check instead (RayDog's ends with its Ray),
+        # as KubeRay's pods are (ray/autoscaler/_private/kuberay/autoscaling_config.py).
         provider.setdefault("worker_liveness_check", False)
     node_types = config["available_node_types"]
     provider[NORMALIZED_KEY] = {
