@@ -48,38 +48,23 @@ from raydog_core.interfaces import (
     TagStore,
     Transport,
 )
+from raydog_core.launches import Launches
 from raydog_core.metrics import (
     TICK_BUCKETS,
     ProviderMetrics,
     find_ray_autoscaler,
-    ray_node_ips,
     serve_through_ray_autoscaler,
 )
 from raydog_core.node_setup import VERSIONS_TAG, Versions
 from raydog_core.progress import report
 from raydog_core.tag_cache import NotReady, TagCache
-from raydog_core.why import FAILURES_TAG, REQUESTED_TAG, Chain, chain_of, encode_failures
+from raydog_core.why import FAILURES_TAG, REQUESTED_TAG, encode_failures
 
 logger = logging.getLogger(__name__)
-
-# How long a node launched by this process is kept as pending while describe() does not list it
-# yet (a describe that started before the launch returned cannot know it).
-LAUNCH_GRACE_SECONDS = 120.0
 
 # NodeLaunchException's category (Ray asks for under 20 characters): a launch create_node took
 # that ended before its node ran, as the compute backend reports it.
 LATE_FAILURE_CATEGORY = "LaunchFailedLater"
-
-
-@dataclasses.dataclass(frozen=True)
-class LaunchFailure:
-    """A node type's latest launch that ended before its node ran: when, the platform's
-    reason, and how far the node got (``raydog status --why``)."""
-
-    node_type: str
-    at: float
-    reason: str
-    chain: Chain | None = None
 
 
 class RayDogNodeProvider(NodeProvider):
@@ -97,21 +82,14 @@ class RayDogNodeProvider(NodeProvider):
         self._lock = threading.Lock()
         self._refresh_lock = threading.Lock()
         self._nodes: dict[str, NodeInfo] = {}
-        self._launched_at: dict[str, float] = {}
-        self._clock = clock.of_cluster(cluster_name)
-        self._late_failures: dict[str, LaunchFailure] = {}
         self.metrics = ProviderMetrics()
-        # Launches not yet seen running, and not yet seen in Ray (node id -> (type, monotonic
-        # launch time)), and the last tick's time: the launch-to-running and launch-to-Ray-
-        # joined histograms and node-hours are made of them.
-        self._awaiting_running: dict[str, tuple[str, float]] = {}
-        self._awaiting_ray: dict[str, tuple[str, float]] = {}
+        # The last tick's time: node-hours are counted from it.
         self._last_tick: float | None = None
-        # Ray's autoscaler that builds this provider on the head: it serves the figures and
-        # says which nodes joined Ray. None elsewhere.
-        self._ray_autoscaler = find_ray_autoscaler() if self.raydog_config.on_head else None
-        if self._ray_autoscaler is not None:
-            serve_through_ray_autoscaler(self.metrics, self._ray_autoscaler)
+        # What holds Ray's autoscaler that builds this provider on the head: it serves the
+        # figures and says which nodes joined Ray. None elsewhere.
+        ray_monitor = find_ray_autoscaler() if self.raydog_config.on_head else None
+        if ray_monitor is not None:
+            serve_through_ray_autoscaler(self.metrics, ray_monitor)
         self._versions_reported = False
         self._filled_reload = 0
         # _derived_tags by the NodeInfo fields it reads and whether the node is joining Ray;
@@ -124,6 +102,13 @@ class RayDogNodeProvider(NodeProvider):
             self.store, self._store_endpoint, read_timeout=self.raydog_config.tag_store_read_timeout
         )
         self.metrics.gauge_of("raydog_tag_store_held_writes", self.tags.unsent)
+        self.launches = Launches(
+            self.metrics,
+            clock.of_cluster(cluster_name),
+            self.raydog_config.launch_failure_memory,
+            self.tags.view,
+            ray_monitor,
+        )
 
     # --- Ray's queries: answered from the last snapshot, no I/O ---------------------------
     # Readers take no lock: ``_nodes`` entries and the cache's per-node dicts are replaced,
@@ -204,7 +189,7 @@ class RayDogNodeProvider(NodeProvider):
             )
         self.raydog_config.check_files()
         if not is_head:
-            failure = self.recent_failure(node_type)
+            failure = self.launches.recent_failure(node_type)
             if failure is not None:
                 # Ray records this against the node type (``ray status``: Recent failures).
                 raise NodeLaunchException(LATE_FAILURE_CATEGORY, failure.reason, src_exc_info=None)
@@ -221,13 +206,9 @@ class RayDogNodeProvider(NodeProvider):
             if is_head:
                 raise
             raise NodeLaunchException("RayDog launch failed", str(exc), src_exc_info=None) from exc
-        now = time.monotonic()
         with self._lock:
+            self.launches.launched(node_ids, node_type, is_head)
             for node_id in node_ids:
-                self._launched_at[node_id] = now
-                self._awaiting_running[node_id] = (node_type, now)
-                if not is_head and self._ray_autoscaler is not None:
-                    self._awaiting_ray[node_id] = (node_type, now)
                 self._nodes.setdefault(
                     node_id,
                     NodeInfo(
@@ -247,24 +228,6 @@ class RayDogNodeProvider(NodeProvider):
         # The launch's own write: the only one that may bring back a node id deleted before.
         self.tags.update({node_id: base for node_id in node_ids}, launched=True)
         return {node_id: node_id for node_id in node_ids}
-
-    def recent_failure(self, node_type: str) -> LaunchFailure | None:
-        """The node type's late launch failure while it counts: within
-        ``provider.launch_failure_memory`` and no node of the type has run since."""
-        with self._lock:
-            failure = self._late_failures.get(node_type)
-            if failure is None:
-                return None
-            if self._clock.now() - failure.at < self.raydog_config.launch_failure_memory:
-                return failure
-            del self._late_failures[node_type]
-            return None
-
-    def late_failures(self) -> list[LaunchFailure]:
-        """Every node type's late launch failure that still counts."""
-        with self._lock:
-            types = list(self._late_failures)
-        return [f for f in map(self.recent_failure, types) if f is not None]
 
     def cleanup_cluster_resources(self, node_ids: Collection[str] = ()) -> None:
         """Shut the whole cluster down; Ray's ``ray down`` calls it last (a head that had
@@ -388,10 +351,8 @@ class RayDogNodeProvider(NodeProvider):
             with self._lock:
                 previous = self._nodes
                 kept = set()
-                for node_id, launched in list(self._launched_at.items()):
-                    if node_id in described or started - launched > LAUNCH_GRACE_SECONDS:
-                        del self._launched_at[node_id]
-                    elif node_id in previous:
+                for node_id in self.launches.not_yet_described(described.keys(), started):
+                    if node_id in previous:
                         described[node_id] = previous[node_id]
                         kept.add(node_id)
                 self._nodes = described
@@ -402,10 +363,10 @@ class RayDogNodeProvider(NodeProvider):
                     if previous[node_id].state is not NodeState.TERMINATED:
                         vanished.add(node_id)
                 gone = {node_id: _why_ended(described.get(node_id)) for node_id in vanished - kept}
-                for node_id in gone:
+                failures_changed, joined = self.launches.observe(previous, described, gone)
+                for node_id in [*gone, *joined]:  # ended, or up to date now
                     self._composed.pop(node_id, None)
-                failures_changed = self._note_launch_outcomes(previous, described, gone)
-                self._measure(described, gone)
+                self._measure(described)
             if failures_changed and reconcile:
                 self._record_failures_on_head(described)
             if gone and reconcile:
@@ -422,85 +383,25 @@ class RayDogNodeProvider(NodeProvider):
         if self.raydog_config.on_head and not self._versions_reported:
             self._report_versions()
 
-    def _measure(self, described: Mapping[str, NodeInfo], gone: Mapping[str, str]) -> None:
-        """This tick's figures: launch-to-running and launch-to-Ray-joined times, node-hours,
-        nodes by type and state, the tag store's counts. Holds ``_lock``."""
+    def _measure(self, described: Mapping[str, NodeInfo]) -> None:
+        """This tick's figures: nodes by type and state, node-hours, the tag store's counts
+        (the launches' own are ``Launches``'). Holds ``_lock``."""
         now = time.monotonic()
-        in_ray = ray_node_ips(self._ray_autoscaler) if self._awaiting_ray else ()
         by_state: dict[tuple[tuple[str, str], ...], float] = {}
         for info in described.values():
             key = (("node_type", info.node_type), ("state", info.state.value))
             by_state[key] = by_state.get(key, 0.0) + 1
-            if info.state is NodeState.RUNNING:
-                launched = self._awaiting_running.pop(info.node_id, None)
-                if launched is not None:
-                    self.metrics.observe(
-                        "raydog_launch_to_running_seconds", now - launched[1], node_type=launched[0]
-                    )
-                if info.internal_ip in in_ray:
-                    launched = self._awaiting_ray.pop(info.node_id, None)
-                    if launched is not None:
-                        self._composed.pop(info.node_id, None)  # its status is up to date now
-                        self.metrics.observe(
-                            "raydog_launch_to_ray_joined_seconds",
-                            now - launched[1],
-                            node_type=launched[0],
-                        )
-                if self._last_tick is not None:
-                    self.metrics.count(
-                        "raydog_node_hours_total",
-                        (now - self._last_tick) / 3600.0,
-                        node_type=info.node_type,
-                    )
-        for node_id in gone:
-            self._awaiting_running.pop(node_id, None)
-            self._awaiting_ray.pop(node_id, None)
+            if info.state is NodeState.RUNNING and self._last_tick is not None:
+                self.metrics.count(
+                    "raydog_node_hours_total",
+                    (now - self._last_tick) / 3600.0,
+                    node_type=info.node_type,
+                )
         self._last_tick = now
         self.metrics.set_gauge("raydog_nodes", by_state)
         store = self.tags.figures()
         self.metrics.set_total("raydog_tag_store_round_trips_total", store["round_trips"])
         self.metrics.set_total("raydog_tag_store_written_bytes_total", store["bytes_written"])
-
-    def _note_launch_outcomes(
-        self,
-        previous: Mapping[str, NodeInfo],
-        described: Mapping[str, NodeInfo],
-        gone: Mapping[str, str],
-    ) -> bool:
-        """A worker that ended while pending, or (on the head, under Ray's autoscaler) before
-        its Ray joined, is its type's late launch failure; a worker running clears its type's
-        (the platform launches that type again). Holds ``_lock``. Whether the failures
-        changed."""
-        now = self._clock.now()
-        failures = dict(self._late_failures)
-        for node_id, why in gone.items():
-            before = previous.get(node_id) or described.get(node_id)
-            if before is None or before.is_head:
-                continue
-            if before.state is not NodeState.PENDING and node_id not in self._awaiting_ray:
-                continue
-            # How far it got, as described last (its steps) and with the reason it ended.
-            last = described.get(node_id, before)
-            ended = dataclasses.replace(last, state=NodeState.TERMINATED, detail=why)
-            chain = chain_of(node_id, ended, self.tags.view(node_id) or {}, None)
-            chain = dataclasses.replace(chain, ended=time.time())
-            self._late_failures[before.node_type] = LaunchFailure(before.node_type, now, why, chain)
-            self.metrics.count(
-                "raydog_launch_failures_total", node_type=before.node_type, reason=why
-            )
-            logger.warning(
-                "RayDog: a %s launch failed after create_node returned (%s); the next %s "
-                "launches fail for up to %.0f s so Ray can try another node type",
-                before.node_type,
-                why,
-                before.node_type,
-                self.raydog_config.launch_failure_memory,
-            )
-        if self._late_failures:
-            for info in described.values():
-                if info.state is NodeState.RUNNING:
-                    self._late_failures.pop(info.node_type, None)
-        return failures != self._late_failures
 
     def _record_failures_on_head(self, described: Mapping[str, NodeInfo]) -> None:
         """Keep the late failures' chains on the head node's tags, where ``raydog status
@@ -510,8 +411,7 @@ class RayDogNodeProvider(NodeProvider):
             for i in described.values()
             if i.is_head and i.state is not NodeState.TERMINATED
         ]
-        with self._lock:
-            chains = [f.chain for f in self._late_failures.values() if f.chain is not None]
+        chains = self.launches.failure_chains()
         if not heads:
             return
         try:
@@ -592,7 +492,7 @@ class RayDogNodeProvider(NodeProvider):
 
     def _derived_of(self, info: NodeInfo) -> Tags:
         """``_derived_tags(info)``, computed once per distinct value (shared: never modify)."""
-        joining = info.node_id in self._awaiting_ray
+        joining = self.launches.joining(info.node_id)
         key = (info.is_head, info.node_type, info.state, info.launch_config, joining)
         derived = self._derived.get(key)
         if derived is None:

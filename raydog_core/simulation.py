@@ -421,7 +421,7 @@ class Simulation:
         for node_id, node_type in self._known.items():
             if node_id in live:
                 continue
-            failure = self.provider.recent_failure(node_type)
+            failure = self.provider.launches.recent_failure(node_type)
             if node_id not in self._running and failure is not None:
                 timeline.events.append(
                     Event(self.elapsed, "failed", node_type, node_id, failure.reason)

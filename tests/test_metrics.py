@@ -156,8 +156,13 @@ def test_the_docs_and_the_dashboard_name_only_the_figures_the_provider_exports()
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
-    written = set(re.findall(r'"(raydog_[a-z_]+)"', (root / "raydog_core/provider.py").read_text()))
-    written |= set(re.findall(r'"(raydog_[a-z_]+)"', (root / "raydog_core/metrics.py").read_text()))
+    written = {
+        name
+        for module in ("provider", "launches", "metrics")
+        for name in re.findall(
+            r'"(raydog_[a-z_]+)"', (root / f"raydog_core/{module}.py").read_text()
+        )
+    }
     doc = (root / "docs/observability.md").read_text()
     documented = set(re.findall(r"^\| `(raydog_[a-z_]+)` \|", doc, re.MULTILINE))
     assert documented == written

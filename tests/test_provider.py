@@ -324,7 +324,7 @@ def test_a_node_of_the_failed_type_running_ends_its_failure_at_once(
     time.advance(3600)  # the other node runs: the platform launches the type again
     provider.non_terminated_nodes({})
     assert provider.is_running(second)
-    assert provider.late_failures() == []
+    assert provider.launches.late_failures() == []
     assert len(provider.create_node({}, worker_tags(), 1)) == 1
 
 
