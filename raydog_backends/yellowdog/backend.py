@@ -30,6 +30,7 @@ from raydog_backends.yellowdog.cluster import (
 )
 from raydog_backends.yellowdog.describe import Describer
 from raydog_backends.yellowdog.fleet import fleet as fleet_of
+from raydog_backends.yellowdog.heads import Heads
 from raydog_backends.yellowdog.launch import Launcher
 from raydog_backends.yellowdog.options import DEFAULT_LIFETIME_HOURS, Options, userdata_of
 from raydog_backends.yellowdog.pools import Pools
@@ -110,13 +111,14 @@ class YellowDogComputeBackend(ComputeBackend):
         )
         self.pools = Pools(self.api, self.clusters, self.options, spec.head_setup)
         self.addresses = Addresses(self.api, self.clusters)
+        self.heads = Heads(spec, self.options, self.api, self.clusters, self.pools, self.addresses)
         self.launcher = Launcher(
             spec,
             self.options,
             self.api,
             self.clusters,
             self.pools,
-            self.addresses,
+            self.heads,
             self._shutdown_everything,
         )
         self.describer = Describer(
@@ -124,7 +126,7 @@ class YellowDogComputeBackend(ComputeBackend):
             self.clusters,
             self.pools,
             self.addresses,
-            self.launcher,
+            self.heads,
             self.options.node_recheck_seconds,
         )
 
@@ -164,7 +166,7 @@ class YellowDogComputeBackend(ComputeBackend):
             raise BackendError("shut down", self.clusters.what(), "; ".join(failures), cleaned)
 
     def _shutdown_everything(self) -> tuple[list[str], list[str]]:
-        self.launcher.forget()
+        self.heads.forget()
         self.addresses.clear()
         self.describer.clear()
         return shutdown_everything(self.api, self.clusters, self.pools)

@@ -27,7 +27,8 @@ from raydog_backends.yellowdog.addresses import Addresses
 from raydog_backends.yellowdog.api import API_ERRORS, Api, all_items, call, is_refusal, reason
 from raydog_backends.yellowdog.api import task_errors as errors_of
 from raydog_backends.yellowdog.cluster import Cluster, Clusters
-from raydog_backends.yellowdog.launch import LIVE_TASK, Launcher
+from raydog_backends.yellowdog.heads import Heads
+from raydog_backends.yellowdog.launch import LIVE_TASK
 from raydog_backends.yellowdog.names import launch_config_of
 from raydog_backends.yellowdog.pools import Pools
 from raydog_core.errors import BackendError
@@ -52,14 +53,14 @@ class Describer:
         clusters: Clusters,
         pools: Pools,
         addresses: Addresses,
-        launcher: Launcher,
+        heads: Heads,
         recheck_seconds: float,
     ) -> None:
         self.api = api
         self.clusters = clusters
         self.pools = pools
         self.addresses = addresses
-        self.launcher = launcher
+        self.heads = heads
         self.recheck_seconds = recheck_seconds
         self._lock = threading.RLock()
         self._seen: dict[str, NodeInfo] = {}
@@ -268,7 +269,7 @@ class Describer:
             return info(NodeState.TERMINATED, "its task script ended")
         if status is TaskStatus.EXECUTING and address is not None and address.private:
             if group.is_head:
-                self.launcher.remember_head(cluster.id, address)
+                self.heads.remember(cluster.id, address)
             return info(NodeState.RUNNING, f"task {status} on node {node_id}")
         return info(NodeState.PENDING, f"task {status}")
 

@@ -21,7 +21,6 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
 
 from yellowdog_client.model import (
     RetryPolicy,
@@ -34,7 +33,6 @@ from yellowdog_client.model import (
     WorkRequirement,
 )
 
-from raydog_backends.yellowdog.addresses import Address, Addresses
 from raydog_backends.yellowdog.api import (
     API_ERRORS,
     MAX_TASKS_PER_ADD,
@@ -47,7 +45,6 @@ from raydog_backends.yellowdog.api import (
     reason,
     retry_after,
 )
-from raydog_backends.yellowdog.api import task_errors as errors_of
 from raydog_backends.yellowdog.cluster import (
     HEAD_GROUP_TAG,
     WORKER_GROUP_TAG,
@@ -55,12 +52,12 @@ from raydog_backends.yellowdog.cluster import (
     Clusters,
     Group,
 )
+from raydog_backends.yellowdog.heads import MAX_POLL_SECONDS, Heads
 from raydog_backends.yellowdog.names import launch_id, launch_tag, stamp
-from raydog_backends.yellowdog.options import DEFAULT_LIFETIME_HOURS, Options
+from raydog_backends.yellowdog.options import Options
 from raydog_backends.yellowdog.pools import CapacityChange, Pools
 from raydog_core.errors import BackendError
 from raydog_core.interfaces import ClusterSpec
-from raydog_core.progress import report
 
 logger = logging.getLogger(__name__)
 
@@ -68,8 +65,6 @@ TASK_TYPE = "bash"
 TASK_SCRIPT_FILE = "taskdata.txt"
 """The YellowDog agent writes a bash task's data to this file; the task's argument names it."""
 LIVE_TASK = [s for s in TaskStatus if not s.finished]
-PROGRESS_SECONDS = 30.0
-MAX_POLL_SECONDS = 5.0
 
 
 class Launcher:
@@ -82,7 +77,7 @@ class Launcher:
         api: Api,
         clusters: Clusters,
         pools: Pools,
-        addresses: Addresses,
+        heads: Heads,
         shutdown_everything: Callable[[], tuple[list[str], list[str]]],
     ) -> None:
         self.spec = spec
@@ -90,14 +85,10 @@ class Launcher:
         self.api = api
         self.clusters = clusters
         self.pools = pools
-        self.addresses = addresses
+        self.heads = heads
         self.shutdown_everything = shutdown_everything
         self.lock = threading.RLock()
         """Held for a whole launch (and a shutdown): one at a time."""
-        self._heads_lock = threading.Lock()
-        self._head_addresses: dict[str, Address] = {}
-        """Work requirement id -> its head's addresses; taken without the launch lock, so
-        that a describe may record them while a launch runs."""
 
     def head(self, node_type: str, launch_config: str) -> list[str]:
         """The head's task, once it runs and its addresses are known; on any failure, what
@@ -120,9 +111,9 @@ class Launcher:
                 else:
                     capacity = self.pools.add_capacity(cluster, node_type, 1)
                 (task_id,) = self._add_tasks(cluster, group, 1, launch, tag, None)
-            address = self._wait_until_running(task_id, cluster, node_type, deadline)
-            self.remember_head(cluster.id, address)
-            self._report_lifetime()
+            address = self.heads.wait_until_running(task_id, cluster, node_type, deadline)
+            self.heads.remember(cluster.id, address)
+            self.heads.report_lifetime()
             return [task_id]
         except BaseException as exc:
             cleaned = self._undo_head(cluster, creating, capacity)
@@ -149,7 +140,7 @@ class Launcher:
                     what,
                     "the cluster has no running work requirement: launch the head first",
                 )
-            head_ip = self._head_private_ip(cluster)
+            head_ip = self.heads.private_ip(cluster)
             group = self._open_group(cluster, node_type, head=False)
             capacity = self.pools.add_capacity(cluster, node_type, count)
             try:
@@ -347,115 +338,6 @@ class Launcher:
             for task in tasks
             if task.name and task.id and self.options.names.launch_of(task.name) == launch
         }
-
-    def _wait_until_running(
-        self, task_id: str, cluster: Cluster, node_type: str, deadline: float
-    ) -> Address:
-        """Poll the head's task (backing off) until it executes on a node whose addresses are
-        known; fail early if its pool can never start it.
-
-        A status line goes to Ray's CLI output when the task's status changes, and every
-        ``PROGRESS_SECONDS`` while it does not, so `ray up` shows the instance booting.
-        """
-        delay = 0.1
-        started = checked = time.monotonic()
-        shown: tuple[object, float] = (None, started)
-        what = f"the head node of {self.clusters.what()}"
-        timeout = self.options.build_timeout.total_seconds()
-        report("waiting for %s (task %s; up to %g minutes)", what, task_id, timeout / 60)
-        while True:
-            task = call(
-                "read",
-                f"head task {task_id}",
-                lambda: self.api.sdk.work_client.get_task_by_id(task_id),
-            )
-            status = task.status
-            if status is not None and (status.finished or status is TaskStatus.UPLOADING):
-                raise BackendError("launch", what, f"its task is {status}{errors_of(task)}")
-            if status is TaskStatus.EXECUTING:
-                address = self.addresses.of_task(task, public=True)
-                if address is not None and address.private:
-                    if address.public is None and not self.spec.internal_ips:
-                        raise BackendError("launch", what, self._no_public_address(node_type))
-                    report("the head node runs at %s", address.public or address.private)
-                    return address
-            now = time.monotonic()
-            if status is not TaskStatus.EXECUTING and now - checked >= min(
-                self.options.node_recheck_seconds, PROGRESS_SECONDS
-            ):
-                checked = now
-                unable = self.pools.why_unable(cluster.generation, node_type)
-                if unable is not None:
-                    raise BackendError("launch", what, unable)
-            if status != shown[0] or now - shown[1] >= PROGRESS_SECONDS:
-                report("head task %s after %.0f s", status, now - started)
-                shown = (status, now)
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise BackendError(
-                    "launch",
-                    what,
-                    f"not running after {timeout / 60:g} minutes "
-                    f"(head_node_build_timeout_minutes); its task is {status}",
-                )
-            time.sleep(min(delay, remaining))
-            delay = min(delay * 2, MAX_POLL_SECONDS)
-
-    def _report_lifetime(self) -> None:
-        """Say how long the cluster lives, in ``ray up``'s output: each task's timeout is the
-        cluster's lifetime, so the head's task ends by then (and the cluster with it)."""
-        lifetime = self.options.lifetime
-        ends = (datetime.now(timezone.utc) + lifetime).strftime("%Y-%m-%d %H:%M UTC")
-        report(
-            "cluster lifetime %g h (provider.cluster_lifetime_hours; default %g): YellowDog ends "
-            "the head by %s at the latest, and each worker at most %g h after it starts",
-            lifetime.total_seconds() / 3600,
-            DEFAULT_LIFETIME_HOURS,
-            ends,
-            lifetime.total_seconds() / 3600,
-        )
-
-    def _no_public_address(self, node_type: str) -> str:
-        template = self.options.node_types[node_type].template
-        return (
-            f"its instance runs without a public IP address: the compute sources of compute "
-            f"requirement template {template} assign none (assignPublicIp), so Ray cannot reach "
-            "it from outside their network. From inside that network, set "
-            "`use_internal_ips: true` under `provider` (with `transport: direct`); from "
-            f"outside, give node type {node_type!r} a template whose sources assign public IPs"
-        )
-
-    def _head_private_ip(self, cluster: Cluster) -> str:
-        with self._heads_lock:
-            known = self._head_addresses.get(cluster.id)
-        if known is not None and known.private:
-            return known.private
-        head_groups = [g.id for g in cluster.groups.values() if g.is_head]
-        for group_id in reversed(head_groups):
-            search = TaskSearch(
-                workRequirementId=cluster.id, taskGroupId=group_id, statuses=[TaskStatus.EXECUTING]
-            )
-            tasks = call(
-                "find",
-                f"the head node of {self.clusters.what()}",
-                lambda search=search: all_items(self.api.sdk.work_client.get_tasks(search)),  # type: ignore[misc]
-            )
-            for task in tasks:
-                address = self.addresses.of_task(task, public=False)
-                if address is not None and address.private:
-                    self.remember_head(cluster.id, address)
-                    return address.private
-        raise BackendError(
-            "launch", f"workers of {self.clusters.what()}", "the head node is not running"
-        )
-
-    def remember_head(self, cluster_id: str, address: Address) -> None:
-        with self._heads_lock:
-            self._head_addresses[cluster_id] = address
-
-    def forget(self) -> None:
-        with self._heads_lock:
-            self._head_addresses.clear()
 
     # --- undoing ---------------------------------------------------------------------------
 
