@@ -124,10 +124,12 @@ class SmokeTest:
         self.generation = stamp()
         self.answers: dict[str, str] = {}
         self.requirement_id: str | None = None
+        self._interrupt = _Interrupt()
 
     def run(self) -> dict[str, str]:
         try:
-            self._sequence()
+            with self._interrupt.caught():
+                self._sequence()
         finally:
             with _interrupts_held():
                 self._end_everything()
@@ -242,7 +244,7 @@ class SmokeTest:
                     f"{time.monotonic() - started:.0f}"
                 )
                 break
-            time.sleep(POLL_SECONDS)
+            self._interrupt.pause(POLL_SECONDS)
         self.answers["pool of 0 nodes grows to its waiting task"] = "yes" if grew else "no"
         self.answers["task runs on the pool's node"] = "yes" if runs else "no"
         self.answers["instance addresses over time"] = " -> ".join(seen)
@@ -265,7 +267,7 @@ class SmokeTest:
             live = [n for n in nodes if n.status is not None and n.status.active]
             if pool.status in (WorkerPoolStatus.SHUTDOWN, WorkerPoolStatus.TERMINATED) and not live:
                 break
-            time.sleep(POLL_SECONDS)
+            self._interrupt.pause(POLL_SECONDS)
         self.answers["seconds from pool shutdown to its nodes gone"] = (
             f"{time.monotonic() - started:.0f}"
         )
@@ -277,7 +279,7 @@ class SmokeTest:
             requirement = sdk.compute_client.get_compute_requirement_by_id(self.requirement_id)
             if requirement.status is ComputeRequirementStatus.TERMINATED:
                 break
-            time.sleep(POLL_SECONDS)
+            self._interrupt.pause(POLL_SECONDS)
         self.answers["seconds from compute requirement termination to TERMINATED"] = (
             f"{time.monotonic() - started:.0f}"
         )
@@ -312,6 +314,43 @@ def _addresses(instance: Any) -> str:
 
 def _value(status: Any) -> str:
     return str(status.value) if status is not None else "none"
+
+
+class _Interrupt:
+    """Ctrl-C during the run: raised at once as KeyboardInterrupt, and remembered, so that the
+    next pause raises it again. CPython 3.11.7 was seen to lose the exception its handler raised
+    (while requests built a response, ``requests/cookies.py``): the run went on waiting, leaving
+    the ending to the deadline."""
+
+    def __init__(self) -> None:
+        self.pressed = False
+
+    @contextlib.contextmanager
+    def caught(self) -> Iterator[None]:
+        """Where SIGINT is not ignored already (a background job), and in the main thread."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = signal.getsignal(signal.SIGINT)
+        if previous is signal.SIG_IGN:
+            yield
+            return
+        signal.signal(signal.SIGINT, self._on_sigint)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    def _on_sigint(self, signum: int, frame: object) -> None:
+        self.pressed = True
+        raise KeyboardInterrupt
+
+    def pause(self, seconds: float) -> None:
+        """Sleep; raise KeyboardInterrupt if Ctrl-C was pressed before or meanwhile."""
+        if not self.pressed:
+            time.sleep(seconds)
+        if self.pressed:
+            raise KeyboardInterrupt
 
 
 @contextlib.contextmanager
