@@ -325,21 +325,8 @@ class _Interrupt:
     def __init__(self) -> None:
         self.pressed = False
 
-    @contextlib.contextmanager
-    def caught(self) -> Iterator[None]:
-        """Where SIGINT is not ignored already (a background job), and in the main thread."""
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-        previous = signal.getsignal(signal.SIGINT)
-        if previous is signal.SIG_IGN:
-            yield
-            return
-        signal.signal(signal.SIGINT, self._on_sigint)
-        try:
-            yield
-        finally:
-            signal.signal(signal.SIGINT, previous)
+    def caught(self) -> contextlib.AbstractContextManager[None]:
+        return _sigint_handled_by(self._on_sigint)
 
     def _on_sigint(self, signum: int, frame: object) -> None:
         self.pressed = True
@@ -353,13 +340,22 @@ class _Interrupt:
             raise KeyboardInterrupt
 
 
-@contextlib.contextmanager
-def _interrupts_held() -> Iterator[None]:
+def _interrupts_held() -> contextlib.AbstractContextManager[None]:
     """Ctrl-C while everything is being ended would leave it half-ended: ignored meanwhile."""
-    if threading.current_thread() is not threading.main_thread():
+    return _sigint_handled_by(signal.SIG_IGN)
+
+
+@contextlib.contextmanager
+def _sigint_handled_by(handler: Any) -> Iterator[None]:
+    """SIGINT goes to ``handler`` for the block, then as before. Left alone outside the main
+    thread (only it may set handlers) and where it is ignored already (a background job)."""
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    ):
         yield
         return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    previous = signal.signal(signal.SIGINT, handler)
     try:
         yield
     finally:
