@@ -24,10 +24,6 @@ from ray.autoscaler.node_launch_exception import NodeLaunchException
 from ray.autoscaler.node_provider import NodeProvider
 from ray.autoscaler.tags import (
     NODE_KIND_HEAD,
-    NODE_KIND_WORKER,
-    STATUS_SETTING_UP,
-    STATUS_UNINITIALIZED,
-    STATUS_UP_TO_DATE,
     TAG_RAY_CLUSTER_NAME,
     TAG_RAY_LAUNCH_CONFIG,
     TAG_RAY_NODE_KIND,
@@ -56,6 +52,7 @@ from raydog_core.metrics import (
     serve_through_ray_autoscaler,
 )
 from raydog_core.node_setup import VERSIONS_TAG, Versions
+from raydog_core.node_tags import NodeTags
 from raydog_core.progress import report
 from raydog_core.tag_cache import NotReady, TagCache
 from raydog_core.why import FAILURES_TAG, REQUESTED_TAG, encode_failures
@@ -78,7 +75,6 @@ class RayDogNodeProvider(NodeProvider):
         self.store: TagStore = store
         self.transport: Transport = transport
         self.compute: ComputeBackend = compute
-        self._derive_worker_status = bool(provider_config.get("disable_node_updaters", True))
         self._lock = threading.Lock()
         self._refresh_lock = threading.Lock()
         self._nodes: dict[str, NodeInfo] = {}
@@ -92,12 +88,6 @@ class RayDogNodeProvider(NodeProvider):
             serve_through_ray_autoscaler(self.metrics, ray_monitor)
         self._versions_reported = False
         self._filled_reload = 0
-        # _derived_tags by the NodeInfo fields it reads and whether the node is joining Ray;
-        # a handful of distinct values.
-        self._derived: dict[tuple[bool, str, NodeState, str, bool], Tags] = {}
-        # node_tags' answers: (the NodeInfo, the stored tags, the tags) they were made of. An
-        # ended node's goes with it (terminate_nodes, refresh), or they would pile up for good.
-        self._composed: dict[str, tuple[NodeInfo | None, Mapping[str, str] | None, Tags]] = {}
         self.tags = TagCache(
             self.store, self._store_endpoint, read_timeout=self.raydog_config.tag_store_read_timeout
         )
@@ -108,6 +98,12 @@ class RayDogNodeProvider(NodeProvider):
             self.raydog_config.launch_failure_memory,
             self.tags.view,
             ray_monitor,
+        )
+        self.node_view = NodeTags(
+            cluster_name,
+            self.tags.view,
+            self.launches.joining,
+            bool(provider_config.get("disable_node_updaters", True)),
         )
 
     # --- Ray's queries: answered from the last snapshot, no I/O ---------------------------
@@ -120,7 +116,8 @@ class RayDogNodeProvider(NodeProvider):
             live = [n for n, info in self._nodes.items() if info.state is not NodeState.TERMINATED]
         if not tag_filters:
             return live
-        return [node_id for node_id in live if self._matches(node_id, tag_filters)]
+        nodes = self._nodes
+        return [n for n in live if self.node_view.matches(n, nodes.get(n), tag_filters)]
 
     def is_running(self, node_id: str) -> bool:
         info = self._nodes.get(node_id)
@@ -131,39 +128,8 @@ class RayDogNodeProvider(NodeProvider):
         return info is None or info.state is NodeState.TERMINATED
 
     def node_tags(self, node_id: str) -> dict[str, str]:
-        """The stored tags over what the backend says; worker status from the backend.
-
-        Composed once per change of the node's facts or stored tags (both are replaced, never
-        changed, so identity tells); each call then costs one copy of this node's tags."""
-        info = self._nodes.get(node_id)
-        stored = self.tags.view(node_id)
-        known = self._composed.get(node_id)
-        if known is not None and known[0] is info and known[1] is stored:
-            return dict(known[2])
-        if info is None:
-            tags = dict(stored) if stored else {}
-        else:
-            derived = self._derived_of(info)
-            tags = {**derived, **stored} if stored else dict(derived)
-            if self._derive_worker_status and not info.is_head:
-                tags[TAG_RAY_NODE_STATUS] = derived[TAG_RAY_NODE_STATUS]
-        self._composed[node_id] = (info, stored, tags)
-        return dict(tags)
-
-    def _matches(self, node_id: str, tag_filters: Mapping[str, str]) -> bool:
-        """Whether ``node_tags(node_id)`` has every filter's value, without building it."""
-        info = self._nodes.get(node_id)
-        stored = self.tags.view(node_id) or {}
-        derived = self._derived_of(info) if info is not None else {}
-        status_derived = info is not None and self._derive_worker_status and not info.is_head
-        for key, wanted in tag_filters.items():
-            if key == TAG_RAY_NODE_STATUS and status_derived:
-                value = derived.get(key)
-            else:
-                value = stored.get(key, derived.get(key))
-            if value != wanted:
-                return False
-        return True
+        """The stored tags over what the backend says; worker status from the backend."""
+        return self.node_view.of(node_id, self._nodes.get(node_id))
 
     def internal_ip(self, node_id: str) -> str | None:  # type: ignore[override]
         info = self._nodes.get(node_id)
@@ -278,7 +244,7 @@ class RayDogNodeProvider(NodeProvider):
                 info = self._nodes.get(node_id)
                 if info is not None:
                     self._nodes[node_id] = _terminated(info, "terminated by Ray")
-                self._composed.pop(node_id, None)
+                self.node_view.forget(node_id)
         self.tags.delete(node_ids)
         return None
 
@@ -365,7 +331,7 @@ class RayDogNodeProvider(NodeProvider):
                 gone = {node_id: _why_ended(described.get(node_id)) for node_id in vanished - kept}
                 failures_changed, joined = self.launches.observe(previous, described, gone)
                 for node_id in [*gone, *joined]:  # ended, or up to date now
-                    self._composed.pop(node_id, None)
+                    self.node_view.forget(node_id)
                 self._measure(described)
             if failures_changed and reconcile:
                 self._record_failures_on_head(described)
@@ -455,7 +421,7 @@ class RayDogNodeProvider(NodeProvider):
             stored = self.tags.view(info.node_id) or {}
             lacking = {
                 name: value
-                for name, value in self._derived_of(info).items()
+                for name, value in self.node_view.derived(info).items()
                 if name != TAG_RAY_NODE_STATUS and name not in stored
             }
             if lacking:
@@ -489,42 +455,6 @@ class RayDogNodeProvider(NodeProvider):
         if info is not None:
             return info.is_head
         return self.tags.get(node_id).get(TAG_RAY_NODE_KIND) == NODE_KIND_HEAD
-
-    def _derived_of(self, info: NodeInfo) -> Tags:
-        """``_derived_tags(info)``, computed once per distinct value (shared: never modify)."""
-        joining = self.launches.joining(info.node_id)
-        key = (info.is_head, info.node_type, info.state, info.launch_config, joining)
-        derived = self._derived.get(key)
-        if derived is None:
-            derived = self._derived[key] = self._derived_tags(info, joining)
-        return derived
-
-    def _derived_tags(self, info: NodeInfo, joining: bool) -> Tags:
-        """What the backend alone says of a node: enough for Ray if its tags were lost.
-
-        Ray terminates a node whose ``ray-launch-config`` differs from its config's hash (and
-        ``ray up`` the head, which takes the whole cluster down), so the backend's record of it
-        is what a node without tags shows. A running node counts as up to date: a head whose
-        runtime-config tag is lost gets its setup re-run by ``ray up``, which is harmless. On
-        the head, a worker launched there that runs but whose Ray has not joined yet
-        (``joining``: its setup, then `ray start`) is setting up, which `ray status` lists
-        under "Pending" rather than not at all.
-        """
-        if info.state is not NodeState.RUNNING:
-            status = STATUS_UNINITIALIZED
-        elif joining:
-            status = STATUS_SETTING_UP
-        else:
-            status = STATUS_UP_TO_DATE
-        tags = {
-            TAG_RAY_CLUSTER_NAME: self.cluster_name,
-            TAG_RAY_NODE_KIND: NODE_KIND_HEAD if info.is_head else NODE_KIND_WORKER,
-            TAG_RAY_USER_NODE_TYPE: info.node_type,
-            TAG_RAY_NODE_STATUS: status,
-        }
-        if info.launch_config:
-            tags[TAG_RAY_LAUNCH_CONFIG] = info.launch_config
-        return tags
 
     def _head_store_ended(self) -> bool:
         """Whether the tag store was the head's own and the head has ended (seen from a client:

@@ -233,7 +233,7 @@ def test_an_autoscaler_that_runs_for_days_keeps_nothing_of_ended_nodes(
         provider.terminate_nodes([n for n in provider.non_terminated_nodes({}) if n != head])
         for node_id in provider.non_terminated_nodes({}):
             provider.node_tags(node_id)
-    assert set(provider._composed) <= {head}
+    assert provider.node_view.composed() <= {head}
 
 
 def test_a_batch_with_the_head_shuts_the_cluster_down(provider: RayDogNodeProvider) -> None:
